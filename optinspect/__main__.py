@@ -1,0 +1,5 @@
+import sys
+
+from optinspect.cli import main
+
+sys.exit(main())

@@ -1,0 +1,187 @@
+"""Command line: argument parsing and exit codes only. Each command's module is imported lazily, so
+`optinspect validate` never imports torch, textual or safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2 with one clear line, as argparse does
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"optinspect: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="optinspect", description=__doc__.split("\n")[0] if __doc__ else None)
+    from optinspect import __version__
+
+    p.add_argument("--version", action="version", version=f"optinspect {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    v = sub.add_parser("validate", help="check the [optimizer] table of trainer configs")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
+    v.add_argument("--strict", action="store_true", help="warnings also fail (exit 1)")
+    v.add_argument("--ignore", action="append", default=[], metavar="CODE", help="skip a rule (repeatable, "
+                   "or comma-separated)")
+    v.add_argument("--require-optimizer", action="store_true", help="a file without [optimizer] is an error")
+    v.add_argument("--world-size", type=int, default=None, help="number of GPUs the run will use (OPT601)")
+    v.add_argument("--quiet", "-q", action="store_true", help="no summary line when nothing was found")
+
+    sub.add_parser("rules", help="list every rule code")
+    e = sub.add_parser("explain", help="the long form of one rule")
+    e.add_argument("code")
+
+    s = sub.add_parser("schema", help="print a JSON Schema (the whole-config one without TYPE)")
+    s.add_argument("type", nargs="?")
+    s.add_argument("--path", action="store_true", help="print the schema file's path instead")
+    s.add_argument("--list", action="store_true", help="list the optimizer types that have a schema")
+
+    from optinspect import commands
+
+    commands.add_heavy_parsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "rules":
+            return cmd_rules()
+        if args.command == "explain":
+            return cmd_explain(args.code)
+        if args.command == "schema":
+            return cmd_schema(args)
+        from optinspect import commands
+
+        return commands.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from optinspect.config.validate import Options, validate_file
+
+    ignore = frozenset(c.strip().upper() for item in args.ignore for c in item.split(",") if c.strip())
+    opts = Options(require_optimizer=args.require_optimizer, ignore=ignore, world_size=args.world_size)
+    reports = [validate_file(f, opts) for f in args.files]
+    if args.format == "json":
+        from optinspect.render.machine import to_json
+
+        print(to_json(reports))
+    elif args.format == "github":
+        from optinspect.render.machine import to_github
+
+        out = to_github(reports)
+        if out:
+            print(out)
+    elif args.format == "sarif":
+        from optinspect import __version__
+        from optinspect.config.registry import RULES
+        from optinspect.render.machine import to_sarif
+
+        print(to_sarif(reports, RULES, __version__))
+    else:
+        if any(r.diagnostics for r in reports):
+            from optinspect.render.text import render
+
+            render(reports, _console())
+        elif not args.quiet:
+            print(f"{len(reports)} file{'s' * (len(reports) != 1)} checked: no problems found")
+    if any(r.unreadable for r in reports):
+        return EXIT_USAGE
+    failing = {"error", "warning"} if args.strict else {"error"}
+    return EXIT_FOUND if any(d.severity.value in failing for r in reports for d in r.diagnostics) else EXIT_OK
+
+
+def _all_rules() -> dict:
+    from optinspect.config import rules  # noqa: F401 - registers the rule functions
+    from optinspect.config.registry import RULES
+
+    return RULES
+
+
+def cmd_rules() -> int:
+    from rich.table import Table
+
+    table = Table("code", "name", "severity", "summary", box=None, pad_edge=False)
+    for code, r in sorted(_all_rules().items()):
+        table.add_row(code, r.name, r.severity.value, r.summary)
+    _console().print(table)
+    return EXIT_OK
+
+
+def cmd_explain(code: str) -> int:
+    rules = _all_rules()
+    r = rules.get(code.upper())
+    if r is None:
+        import difflib
+
+        close = difflib.get_close_matches(code.upper(), list(rules), n=3)
+        sys.stderr.write(f"optinspect: unknown rule code {code!r}"
+                         + (f"; did you mean {', '.join(close)}?" if close else "") + "\n")
+        return EXIT_USAGE
+    from rich.markdown import Markdown
+
+    applies = ", ".join(r.types) if r.types else "every optimizer type"
+    md = [f"# {r.code} {r.name} ({r.severity.value})", "", r.summary, "", "## What it checks",
+          f"{r.summary} Applies to: {applies}. Produced by: {r.kind}.", ""]
+    if r.why:
+        md += ["## Why it matters", r.why, ""]
+    if r.example:
+        md += ["## Example", "```toml", r.example, "```", ""]
+    if r.fix:
+        md += ["## Fix", r.fix, ""]
+    md += ["## Suppress", f"`# optinspect: ignore[{r.code}]` at the end of the key's line, or "
+           f"`--ignore {r.code}`."]
+    _console().print(Markdown("\n".join(md)))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from optinspect.config import catalog, schemas
+
+    if args.list:
+        for name in schemas.available():
+            print(schemas.meta(name).get("type", name))
+        return EXIT_OK
+    if args.type is None:
+        name = schemas.BUNDLE
+    else:
+        res = catalog.resolve_type(args.type)
+        name = res.schema or args.type.lower()
+        if not schemas.schema_path(name).is_file():
+            sys.stderr.write(f"optinspect: no schema for type {args.type!r}; known: "
+                             f"{', '.join(schemas.meta(n).get('type', n) for n in schemas.available())}\n")
+            return EXIT_USAGE
+    if args.path:
+        print(schemas.schema_path(name))
+    else:
+        print(json.dumps(schemas.load(name), indent=2))
+    return EXIT_OK

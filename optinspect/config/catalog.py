@@ -1,0 +1,74 @@
+"""Which `type` strings the trainer accepts and how it resolves them (train.py `get_optimizer`).
+
+Built-in types are compared lower-cased; anything else is looked up with `getattr(pytorch_optimizer, type)`,
+which is case-sensitive. The class list below is pytorch_optimizer 4.1.0's public optimizer classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+# lower-cased trainer name -> schema name (file schemas/<name>.schema.json, lower-cased)
+BUILTIN_TYPES = {
+    "adamw": "adamw",
+    "adamw8bit": "adamw8bit",
+    "adamw_optimi": "adamw_optimi",
+    "stableadamw": "stableadamw",
+    "sgd": "sgd",
+    "adamw8bitkahan": "adamw8bitkahan",
+    "scorn": "scorn",
+    "adafactor": "adafactor",
+    "remaster": "remaster",
+    "persona": "persona",
+    "offload": "offload",
+    "automagic": "automagic",
+}
+# pytorch_optimizer classes with a schema of ours (exact class name -> schema name)
+PYTORCH_OPTIMIZER_SCHEMAS = {"Prodigy": "prodigy"}
+
+# keys the trainer pops from [optimizer] before calling the constructor
+TRAINER_KEYS = frozenset({"type", "gradient_release", "beta2_half_life"})
+
+PYTORCH_OPTIMIZER_CLASSES = frozenset(
+    """
+    A2Grad ADOPT APOLLO ASGD AccSGD AdEMAMix AdaBelief AdaBound AdaDelta AdaFactor AdaGC AdaGO
+    AdaHessian AdaLOMO AdaMax AdaMod AdaMuon AdaNorm AdaPNM AdaShift AdaSmooth AdaTAM Adai Adalite Adam
+    AdamC AdamG AdamMini AdamP AdamS AdamW AdamWSN Adan AggMo Aida AliG Alice Amos Ano ApolloDQN AvaGrad
+    BCOS BSAM CAME Conda DASH DAdaptAdaGrad DAdaptAdam DAdaptAdan DAdaptLion DAdaptSGD DeMo DiffGrad
+    DistributedMuon DualAdam EXAdam EmoFact EmoLynx EmoNavi FAdam FOCUS FTRL Fira FlashAdamW FriendlySAM
+    Fromage GSAM GaLore Grams Gravity GrokFastAdamW Kate Kron LARS LBFGS LOMO LaProp Lamb Lion LoRARite
+    LookSAM Lookahead MADGRAD MARS MSVAG Magma Muon MuonClip NAdam Nero NorMuon NovoGrad OrthoGrad PAdam
+    PCGrad PID PNM Prodigy QHAdam QHM RACS RAdam RMSprop ROSE Ranger Ranger21 SAM SCION SCIONLight SGD
+    SGDP SGDSaI SGDW SM3 SOAP SPAM SPlus SRMM SWATS SaRA SafeFP16Optimizer ScalableShampoo
+    ScheduleFreeAdamW ScheduleFreeRAdam ScheduleFreeSGD ScheduleFreeWrapper Shampoo SignSGD
+    SimplifiedAdEMAMix SophiaH SpectralSphere StableAdamW StableSPAM TAM TRAC Tiger VSGD WSAM Yogi
+    """.split()
+)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How the trainer would resolve a `type` string."""
+
+    written: str
+    schema: str | None  # schema name when we have one
+    source: str  # "builtin" | "pytorch_optimizer" | "unknown"
+    suggestions: tuple[str, ...] = ()
+    case_fix: str | None = None  # the right casing for a case-sensitive fallback name
+
+
+def resolve_type(written: str) -> Resolution:
+    low = written.lower()
+    if low in BUILTIN_TYPES:
+        return Resolution(written, BUILTIN_TYPES[low], "builtin")
+    if written in PYTORCH_OPTIMIZER_CLASSES:
+        return Resolution(written, PYTORCH_OPTIMIZER_SCHEMAS.get(written), "pytorch_optimizer")
+    by_lower = {n.lower(): n for n in PYTORCH_OPTIMIZER_CLASSES}
+    case_fix = by_lower.get(low)
+    known = sorted(set(BUILTIN_TYPES) | PYTORCH_OPTIMIZER_CLASSES)
+    close = difflib.get_close_matches(written, known, n=3, cutoff=0.6)
+    if not close:
+        close = [by_lower[m] if m in by_lower else m
+                 for m in difflib.get_close_matches(low, list(BUILTIN_TYPES) + list(by_lower), n=3, cutoff=0.6)]
+    return Resolution(written, None, "unknown", tuple(dict.fromkeys(close)), case_fix)

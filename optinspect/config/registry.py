@@ -1,0 +1,123 @@
+"""The rule catalogue: every diagnostic code, its severity and its documentation, in one table.
+
+Codes are stable. `kind` says where a code is produced: `input` (reading the file), `schema` (the
+JSON Schemas), `rule` (an interaction rule function in `rules.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from optinspect.diagnostics import Severity
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a rule reports; `key` is a path inside the [optimizer] table (or absolute with `absolute`)."""
+
+    key: tuple
+    message: str
+    hint: str = ""
+    severity: Severity | None = None  # overrides the rule's default
+    absolute: bool = False
+    on_value: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    name: str
+    severity: Severity
+    kind: str
+    summary: str
+    why: str = ""
+    example: str = ""
+    fix: str = ""
+    types: tuple[str, ...] = ()  # schema names it applies to; empty = all
+    check: Callable[..., Iterator[Finding]] | None = field(default=None, compare=False)
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register(code: str, name: str, severity: str, kind: str, summary: str, *, why: str = "", example: str = "",
+             fix: str = "", types: tuple[str, ...] = ()) -> Callable:
+    """Register a rule; used as a decorator for rule functions, or called bare for input/schema codes."""
+
+    def deco(fn: Callable | None) -> Callable | None:
+        if code in RULES:
+            raise ValueError(f"duplicate rule code {code}")
+        RULES[code] = Rule(code, name, Severity(severity), kind, summary, why, example, fix, types, fn)
+        return fn
+
+    return deco
+
+
+def declare(code: str, name: str, severity: str, kind: str, summary: str, **kw) -> None:
+    register(code, name, severity, kind, summary, **kw)(None)
+
+
+# -- codes produced while reading the file and by the schemas -------------------------------------------
+declare("OPT001", "toml-syntax", "error", "input", "The file is not valid TOML (syntax error or duplicate key).",
+        why="The trainer's TOML reader stops at the same place, before anything runs.",
+        example="lr = 1e-4,\nlr = 2e-4", fix="Fix the syntax at the marked position; remove the duplicate key.")
+declare("OPT002", "unreadable-input", "error", "input",
+        "The file cannot be read as a TOML config (missing, binary, not UTF-8, or too large).",
+        why="A config is a small UTF-8 text file; anything else is the wrong file.",
+        fix="Pass the trainer config itself.")
+declare("OPT003", "byte-order-mark", "error", "input", "The file starts with a UTF-8 byte-order mark.",
+        why="TOML readers (tomllib, toml) reject the BOM: the trainer fails on the first line.",
+        fix="Save the file as UTF-8 without BOM.")
+declare("OPT004", "missing-optimizer", "error", "input",
+        "No [optimizer] table (reported only with --require-optimizer).",
+        why="The trainer needs [optimizer] to build an optimizer.", fix="Add an [optimizer] table with a `type`.")
+declare("OPT005", "optimizer-not-a-table", "error", "input",
+        "`optimizer` is not a table (e.g. written as [[optimizer]] or `optimizer = \"adamw\"`).",
+        why="The trainer indexes the value as a table; an array of tables or a string crashes it.",
+        example="[[optimizer]]\ntype = 'adamw'", fix="Write a single [optimizer] table.")
+declare("OPT006", "foreign-optimizer-table", "error", "input",
+        "The [optimizer] table is from another trainer (optimizer_type/optimizer_args, beta1/beta2 keys).",
+        why="diffusion-pipe passes the table's keys straight to the constructor; another trainer's layout "
+            "fails as a whole, so listing each key would only hide the real problem.",
+        example="[optimizer]\noptimizer_type = 'AdamW8bit'\noptimizer_args = ['weight_decay=0.1']",
+        fix="Rewrite the table as `type = '...'` plus constructor keywords (see `optinspect schema TYPE`).")
+declare("OPT101", "unknown-type", "error", "schema", "`type` does not resolve to an optimizer.",
+        why="Built-in types are matched lower-cased, anything else is `getattr(pytorch_optimizer, type)`, "
+            "which is case-sensitive: `prodigy` fails after the model has loaded, `Prodigy` works.",
+        example="type = 'prodigy'", fix="Use a known type with the right casing (e.g. 'Prodigy').")
+declare("OPT102", "unknown-key", "error", "schema", "A key the optimizer's constructor does not accept.",
+        why="The trainer passes every key as a keyword argument: a TypeError after the model has loaded.",
+        example="[optimizer]\ntype = 'scorn'\nweight_decay_rat = 0.998", fix="Use the suggested key, or remove it.")
+declare("OPT103", "ignored-key", "error", "schema",
+        "A key that a **kwargs constructor (pytorch_optimizer) silently drops.",
+        why="pytorch_optimizer classes accept **kwargs and ignore what they do not know: the setting has no "
+            "effect and nothing says so.", example="type = 'Prodigy'\nuse_bias_correction = true",
+        fix="Use the class's own spelling (see the hint) or remove the key.")
+declare("OPT104", "quoted-value", "error", "schema", "A number or boolean written as a string.",
+        why="The trainer passes strings through unchanged: `\"0.01\"` reaches the constructor as text and "
+            "`\"false\"` is truthy.", example="weight_decay = \"0.01\"", fix="Remove the quotes.")
+declare("OPT105", "none-string", "error", "schema", "`None` written as a string; TOML has no null.",
+        why="The README says 'set to None', but `\"None\"` is a non-empty string, not None.",
+        example="beta1 = \"None\"", fix="Omit the key to get the constructor's None default.")
+declare("OPT106", "out-of-range", "error", "schema", "A value outside the range the optimizer accepts.",
+        why="Constructors raise (or silently produce NaN) only once the model has loaded.",
+        example="betas = [0.9, 1.0]", fix="Use a value inside the documented range.")
+declare("OPT107", "wrong-type", "error", "schema", "A value of the wrong TOML type.",
+        example="eps = 1e-30   # Adafactor wants [1e-30, 1e-3]", fix="Write the value in the expected type.")
+declare("OPT108", "wrong-length", "error", "schema", "An array with the wrong number of elements.",
+        example="betas = [0.9, 0.99, 0.999]", fix="Write exactly the documented number of elements.")
+declare("OPT109", "non-finite", "error", "schema", "`nan` or `inf` where a finite number is needed.",
+        why="TOML allows nan/inf literals; an optimizer fed one produces NaN weights.",
+        example="lr = nan", fix="Write a finite number.")
+declare("OPT110", "missing-key", "error", "schema", "A required key is missing (`type`, or `lr` for optimi).",
+        example="[optimizer]\nlr = 1e-4", fix="Add the key.")
+declare("OPT111", "misplaced-top-level-key", "error", "schema",
+        "A top-level trainer key written below [optimizer], so TOML puts it into the optimizer table.",
+        why="Every key after a table header belongs to that table until the next header: the trainer setting "
+            "is lost and the optimizer gets an unknown keyword.",
+        example="[optimizer]\ntype = 'adamw'\nwarmup_steps = 100", fix="Move the key above the first [table].")
+declare("OPT113", "optinspect-only-key", "info", "schema",
+        "A key that only optinspect's bundled optimizers accept (a documented fix of an original's bug).",
+        why="The trainer's original optimizer classes reject it with a TypeError.",
+        fix="Use it only when the trainer imports optinspect's `optimizers` package.")

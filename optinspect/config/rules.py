@@ -1,0 +1,482 @@
+"""Interaction rules: what a schema cannot express. One small function per rule, registered by code.
+
+Each function takes a RuleContext and yields Findings. Rules never import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from optinspect.config.registry import Finding, register
+from optinspect.config.validate import RuleContext, show
+from optinspect.diagnostics import Severity
+
+LOW_PRECISION = {"bfloat16", "float16"}
+SR_TYPES = ("scorn", "remaster", "persona")
+RESET_TYPES = ("scorn", "remaster", "persona")
+
+
+def _truthy(v: object) -> bool:
+    return v is True
+
+
+def reset_steps(interval: int, increment: int, *, exact: bool, horizon: int, limit: int = 6) -> list[int]:
+    """Steps on which the optimizer resets its state (spec 4.4: the originals' period is one step short)."""
+    steps: list[int] = []
+    n, s = 0, 0
+    while len(steps) < limit:
+        period = interval + n * increment
+        if period <= 0:
+            break
+        s = period if n == 0 else s + period - (0 if exact else 1)
+        if s > horizon:
+            break
+        steps.append(s)
+        n += 1
+    return steps
+
+
+# -- Adafactor ---------------------------------------------------------------------------------------
+@register("OPT201", "adafactor-lr-with-relative-step", "error", "rule",
+          "Adafactor: `lr` is set while `relative_step` is true (its default).",
+          why="transformers raises 'Cannot combine manual `lr` and `relative_step=True`'; the default of "
+              "relative_step is true, so a table with only `lr` fails.",
+          example="[optimizer]\ntype = 'adafactor'\nlr = 1e-4", fix="add `relative_step = false` and "
+          "`scale_parameter = false`", types=("adafactor",))
+def adafactor_lr_with_relative_step(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("lr") is not None and _truthy(ctx.get("relative_step")):
+        written = "is true" if ctx.has("relative_step") else "defaults to true"
+        yield Finding(("lr",), f"`lr` is set but `relative_step` {written}: the constructor raises ValueError",
+                      "add `relative_step = false` (and `scale_parameter = false`)")
+
+
+@register("OPT202", "adafactor-relative-step-in-trainer", "error", "rule",
+          "Adafactor with `relative_step = true`: the trainer's LR scheduler cannot handle lr = None.",
+          why="train.py always wraps the optimizer in ConstantLR/LinearLR, which multiply group['lr']; with "
+              "relative_step the lr is None and the scheduler raises TypeError at start-up.",
+          example="[optimizer]\ntype = 'adafactor'\nrelative_step = true",
+          fix="set `relative_step = false` and give `lr`", types=("adafactor",))
+def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("relative_step")) and ctx.get("lr") is None:
+        key = ("relative_step",) if ctx.has("relative_step") else ("type",)
+        yield Finding(key, "`relative_step` is true (the default when omitted): the group lr is None and the "
+                      "trainer's ConstantLR/LinearLR scheduler raises TypeError before the first step",
+                      "set `relative_step = false`, `scale_parameter = false` and `lr = 1e-4`")
+
+
+@register("OPT203", "adafactor-missing-lr", "error", "rule",
+          "Adafactor: `relative_step = false` without `lr`.",
+          why="With relative_step off Adafactor multiplies by lr = None: TypeError at the first step().",
+          example="[optimizer]\ntype = 'adafactor'\nrelative_step = false", fix="add `lr = 1e-4`",
+          types=("adafactor",))
+def adafactor_missing_lr(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("relative_step") is False and ctx.get("lr") is None:
+        yield Finding(("relative_step",), "`relative_step = false` but no `lr`: TypeError at the first step",
+                      "add `lr = 1e-4`")
+
+
+@register("OPT204", "adafactor-warmup-init-without-relative-step", "error", "rule",
+          "Adafactor: `warmup_init = true` requires `relative_step = true`.",
+          why="transformers raises ValueError; other trainers silently flip relative_step on.",
+          example="warmup_init = true\nrelative_step = false", fix="remove `warmup_init`",
+          types=("adafactor",))
+def adafactor_warmup_init(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("warmup_init")) and ctx.get("relative_step") is False:
+        yield Finding(("warmup_init",), "`warmup_init = true` needs `relative_step = true`: the constructor "
+                      "raises ValueError", "remove `warmup_init` (it only applies to the relative step)")
+
+
+@register("OPT205", "adafactor-scale-parameter-with-lr", "warning", "rule",
+          "Adafactor: `scale_parameter` (default true) with an explicit `lr`.",
+          why="The step becomes lr x max(eps2, RMS(p)): a zero-initialised LoRA-up matrix trains at lr x 1e-3 "
+              "and every tensor gets a different effective lr.",
+          example="lr = 1e-4\nrelative_step = false", fix="add `scale_parameter = false`", types=("adafactor",))
+def adafactor_scale_parameter(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("lr") is not None and _truthy(ctx.get("scale_parameter")):
+        key = ("scale_parameter",) if ctx.has("scale_parameter") else ("lr",)
+        written = "is true" if ctx.has("scale_parameter") else "defaults to true"
+        yield Finding(key, f"`scale_parameter` {written} with an explicit `lr = {show('lr', ctx.get('lr'))}`: "
+                      "the step is lr x RMS(p), so zero-initialised LoRA weights move 1000x slower",
+                      "add `scale_parameter = false`")
+
+
+@register("OPT206", "adafactor-beta1-zero", "info", "rule",
+          "Adafactor `beta1 = 0`: a full-size first moment that gives no momentum.",
+          why="Momentum is on whenever beta1 is not None; 0 allocates exp_avg and keeps it equal to the update.",
+          example="beta1 = 0", fix="omit `beta1` to disable momentum (TOML cannot write None)",
+          types=("adafactor",))
+def adafactor_beta1_zero(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.has("beta1") and ctx.num("beta1") == 0:
+        yield Finding(("beta1",), "`beta1 = 0` does not disable momentum: it allocates a full-size `exp_avg` "
+                      "that equals the update", "omit the `beta1` key to disable momentum and save the memory",
+                      on_value=True)
+
+
+@register("OPT207", "adafactor-decay-rate-sign", "error", "rule",
+          "Adafactor `decay_rate` must be negative (-0.8 typical).",
+          why="beta2_t = 1 - t^decay_rate: 0 disables averaging and a positive value gives negative EMA weights "
+              "and NaN weights within a few steps.", example="decay_rate = 0.8", fix="use `decay_rate = -0.8`",
+          types=("adafactor",))
+def adafactor_decay_rate(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.num("decay_rate")
+    if v is not None and v >= 0:
+        yield Finding(("decay_rate",), f"`decay_rate = {v:g}` must be negative: beta2_t = 1 - t^decay_rate "
+                      + ("is 0 (no averaging)" if v == 0 else "goes negative and the moments turn NaN"),
+                      "use `decay_rate = -0.8`", on_value=True)
+
+
+@register("OPT208", "adafactor-eps-scalar", "error", "rule",
+          "Adafactor/Automagic `eps` written as one number instead of `[eps1, eps2]`.",
+          why="The optimizer indexes eps[0] and eps[1]: 'float object is not subscriptable' at step 1.",
+          example="eps = 1e-30", fix="write `eps = [1e-30, 1e-3]`", types=("adafactor", "automagic"))
+def adafactor_eps_scalar(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.get("eps")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        yield Finding(("eps",), f"`eps = {show('eps', v)}` is one number, but this optimizer indexes eps[0] and "
+                      "eps[1] (TypeError at step 1)", f"write `eps = [{v:g}, 1e-3]`", on_value=True)
+
+
+@register("OPT209", "double-clipping", "info", "rule",
+          "Adafactor `clip_threshold` and the trainer's `gradient_clipping` both clip.",
+          why="DeepSpeed clips gradients to global norm `gradient_clipping` (1.0 when the key is absent) before "
+              "Adafactor clips its update RMS: two mechanisms that interact.",
+          example="gradient_clipping = 1.0\n[optimizer]\ntype = 'adafactor'",
+          fix="set top-level `gradient_clipping = 0.0` to rely on Adafactor's clip_threshold",
+          types=("adafactor", "automagic"))
+def double_clipping(ctx: RuleContext) -> Iterator[Finding]:
+    gc = ctx.top("gradient_clipping", 1.0)
+    ct = ctx.num("clip_threshold")
+    if isinstance(gc, (int, float)) and gc > 0 and ct is not None and ct > 0:
+        src = f"`gradient_clipping = {gc:g}`" if "gradient_clipping" in ctx.config else \
+            "DeepSpeed's default gradient_clipping of 1.0 (the key is absent)"
+        key = ("gradient_clipping",) if "gradient_clipping" in ctx.config else ("clip_threshold",)
+        yield Finding(key, f"{src} clips gradients and `clip_threshold = {ct:g}` clips the update as well",
+                      "set top-level `gradient_clipping = 0.0` to keep only Adafactor's clipping",
+                      absolute="gradient_clipping" in ctx.config)
+
+
+@register("OPT210", "clip-threshold-nonpositive", "warning", "rule",
+          "`clip_threshold <= 0`: 0 makes every update zero, negative disables clipping.",
+          example="clip_threshold = 0", fix="use `clip_threshold = 1.0`", types=("adafactor", "automagic"))
+def clip_threshold_nonpositive(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.num("clip_threshold")
+    if v is not None and v <= 0:
+        what = "every update becomes 0: the optimizer does nothing" if v == 0 else "update clipping is disabled"
+        yield Finding(("clip_threshold",), f"`clip_threshold = {v:g}`: {what}", "use `clip_threshold = 1.0`",
+                      severity=Severity.ERROR if v == 0 else None, on_value=True)
+
+
+# -- Prodigy -----------------------------------------------------------------------------------------
+@register("OPT301", "prodigy-lr-not-one", "warning", "rule",
+          "Prodigy `lr` far from 1.0.",
+          why="Prodigy estimates the step size d itself; lr multiplies it. lr = 1e-4 (an Adam habit) stalls "
+              "training (the golden problem moves 1e5x less).", example="type = 'Prodigy'\nlr = 1e-4",
+          fix="use `lr = 1.0` and scale with `d_coef`", types=("prodigy",))
+def prodigy_lr(ctx: RuleContext) -> Iterator[Finding]:
+    lr = ctx.num("lr")
+    if lr is not None and ctx.has("lr") and not (0.5 <= lr <= 2.0):
+        yield Finding(("lr",), f"Prodigy `lr = {lr:g}` multiplies the estimated step size d"
+                      + ("; this small a value stalls training" if lr <= 0.1 else ""),
+                      "use `lr = 1.0`; scale with `d_coef` if needed",
+                      severity=Severity.ERROR if lr <= 0.01 else None, on_value=True)
+
+
+@register("OPT302", "prodigy-warmup-without-safeguard", "warning", "rule",
+          "Prodigy with LR warm-up but without `safeguard_warmup = true`.",
+          why="During warm-up the small lr makes d overestimate; the authors recommend safeguard_warmup.",
+          example="warmup_steps = 100\n[optimizer]\ntype = 'Prodigy'", fix="add `safeguard_warmup = true`",
+          types=("prodigy",))
+def prodigy_warmup(ctx: RuleContext) -> Iterator[Finding]:
+    ws = ctx.top("warmup_steps", 0)
+    if isinstance(ws, (int, float)) and ws > 0 and not _truthy(ctx.get("safeguard_warmup")):
+        yield Finding(("type",), f"`warmup_steps = {ws}` with Prodigy but `safeguard_warmup` is false: d "
+                      "overestimates during warm-up", "add `safeguard_warmup = true`")
+
+
+@register("OPT303", "prodigy-konstmish-spelling", "error", "rule",
+          "Prodigy keys in the original prodigyopt spelling, which pytorch_optimizer silently ignores.",
+          why="`use_bias_correction` and `decouple` are prodigyopt names; pytorch_optimizer spells them "
+              "`bias_correction` and `weight_decouple` and drops unknown keys, so the setting never applies.",
+          example="type = 'Prodigy'\nuse_bias_correction = true", fix="use `bias_correction = true`",
+          types=("prodigy",))
+def prodigy_spelling(ctx: RuleContext) -> Iterator[Finding]:
+    for k, right in (("use_bias_correction", "bias_correction"), ("decouple", "weight_decouple")):
+        if ctx.has(k):
+            yield Finding((k,), f"`{k}` is prodigyopt's spelling; pytorch_optimizer.Prodigy ignores it silently",
+                          f"rename it to `{right}`")
+
+
+@register("OPT304", "prodigy-coupled-decay-noop", "warning", "rule",
+          "Prodigy `weight_decouple = false`: coupled weight decay has no effect in pytorch_optimizer.",
+          why="The decay is added to the gradient after the moments were computed (measured: identical to "
+              "weight_decay = 0).", example="weight_decouple = false\nweight_decay = 0.05",
+          fix="keep `weight_decouple = true`", types=("prodigy",))
+def prodigy_coupled(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("weight_decouple") is False and (ctx.num("weight_decay") or 0) > 0:
+        yield Finding(("weight_decouple",), "`weight_decouple = false`: pytorch_optimizer's coupled weight decay "
+                      "is applied after the moments and has no effect", "remove `weight_decouple`")
+
+
+@register("OPT305", "prodigy-gradient-release", "warning", "rule",
+          "Prodigy with `gradient_release = true`: d is estimated per tensor.",
+          why="Gradient release builds one optimizer per parameter, so each tensor gets its own d (measured: "
+              "1e-6 to 5.6e-3 instead of one global value).", example="type = 'Prodigy'\ngradient_release = true",
+          fix="turn gradient_release off for Prodigy", types=("prodigy",))
+def prodigy_gradient_release(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("gradient_release")):
+        yield Finding(("gradient_release",), "gradient release builds one Prodigy per tensor: d becomes a "
+                      "per-tensor estimate, not the global one", "remove `gradient_release`")
+
+
+@register("OPT306", "prodigy-diffusion-defaults", "info", "rule",
+          "Prodigy's maintainers recommend `safeguard_warmup = true` and `bias_correction = true` for diffusion.",
+          why="konstmish/prodigy README: diffusion models train better with both on, weight_decay ~0.01.",
+          example="type = 'Prodigy'", fix="add `safeguard_warmup = true` and `bias_correction = true`",
+          types=("prodigy",))
+def prodigy_defaults(ctx: RuleContext) -> Iterator[Finding]:
+    missing = [k for k in ("safeguard_warmup", "bias_correction") if not _truthy(ctx.get(k))]
+    if missing:
+        yield Finding(("type",), f"for diffusion models Prodigy's authors recommend {' and '.join(f'`{k} = true`' for k in missing)}",
+                      "add them unless you have measured otherwise")
+
+
+# -- precision ---------------------------------------------------------------------------------------
+@register("OPT401", "adamw-on-bf16", "warning", "rule",
+          "`type = 'adamw'` (no stochastic rounding or Kahan summation) on bf16 weights.",
+          why="Updates below bf16 resolution, weight decay first, are rounded away.",
+          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adamw'",
+          fix="use `type = 'adamw_optimi'` (Kahan summation)", types=("adamw", "sgd", "offload"))
+def adamw_on_bf16(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.trained_dtype in LOW_PRECISION:
+        yield Finding(("type",), f"`{ctx.type_name}` updates {ctx.trained_dtype} weights with plain "
+                      "round-to-nearest: small updates are lost", "use `type = 'adamw_optimi'`")
+
+
+@register("OPT402", "stochastic-rounding-on-fp32", "info", "rule",
+          "`stochastic_fp = true` while the trained weights are fp32: it does nothing.",
+          example="[adapter]\ndtype = 'float32'\n[optimizer]\ntype = 'scorn'\nstochastic_fp = true",
+          fix="remove `stochastic_fp`", types=SR_TYPES)
+def sr_on_fp32(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.has("stochastic_fp") and _truthy(ctx.get("stochastic_fp")) and ctx.trained_dtype == "float32":
+        yield Finding(("stochastic_fp",), "`stochastic_fp = true` has no effect on float32 weights",
+                      "remove it, or train in bfloat16")
+
+
+@register("OPT403", "adamw8bitkahan-stabilize", "warning", "rule",
+          "AdamW8bitKahan `stabilize` (class default true) misbehaves.",
+          why="It divides by the previous raw second moment: the first step is skipped, and on the 8-bit path "
+              "it divides gradients by uint8 code indices. The README's example sets it false.",
+          example="type = 'AdamW8bitKahan'", fix="set `stabilize = false` (or, with optinspect's optimizer, "
+          "`fix_stabilize = true`)", types=("adamw8bitkahan",))
+def adamw8bit_stabilize(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("stabilize")) and not _truthy(ctx.get("fix_stabilize")):
+        key = ("stabilize",) if ctx.has("stabilize") else ("type",)
+        written = "is true" if ctx.has("stabilize") else "defaults to true"
+        yield Finding(key, f"`stabilize` {written}: the first step is skipped and on 8-bit tensors the "
+                      "gradient is divided by uint8 codes", "set `stabilize = false`, or `fix_stabilize = true` "
+                      "with optinspect's AdamW8bitKahan")
+
+
+@register("OPT404", "adamw8bitkahan-weight-decay-noop", "warning", "rule",
+          "AdamW8bitKahan `weight_decay` has no effect (it decays the Kahan buffer, not the weights).",
+          why="bitsandbytes applies decoupled decay to the tensor it updates, which is the ~0 Kahan buffer: "
+              "weight_decay 1.0 vs 0.0 changed weights by 6e-8 in 25 steps.",
+          example="type = 'AdamW8bitKahan'\nweight_decay = 0.01",
+          fix="accept no decay, or set `decay_weights = true` with optinspect's AdamW8bitKahan",
+          types=("adamw8bitkahan",))
+def adamw8bit_wd(ctx: RuleContext) -> Iterator[Finding]:
+    wd = ctx.num("weight_decay") or 0
+    if wd > 0 and not _truthy(ctx.get("decay_weights")):
+        key = ("weight_decay",) if ctx.has("weight_decay") else ("type",)
+        yield Finding(key, f"`weight_decay = {wd:g}` is applied to the Kahan buffer, not the weights: it does "
+                      "nothing", "set `decay_weights = true` (optinspect's AdamW8bitKahan) or remove it")
+
+
+@register("OPT405", "bitsandbytes-removed-kwargs", "warning", "rule",
+          "`percentile_clipping`/`block_wise`: accepted by trainer-era bitsandbytes, TypeError on >= 0.46.",
+          example="type = 'adamw8bit'\npercentile_clipping = 100", fix="remove the key",
+          types=("adamw8bit", "adamw8bitkahan"))
+def bnb_removed(ctx: RuleContext) -> Iterator[Finding]:
+    for k in ("percentile_clipping", "block_wise"):
+        if ctx.has(k):
+            yield Finding((k,), f"`{k}` is not a constructor argument in bitsandbytes >= 0.46 (TypeError)",
+                          "remove it unless the trainer pins an old bitsandbytes")
+
+
+@register("OPT406", "low-precision-math", "warning", "rule",
+          "SCORN/REMASTER `stochastic_fp = false` on bf16/fp16 weights: the whole update is computed in bf16.",
+          why="Without stochastic_fp the working copies keep the weights' precision.",
+          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'scorn'\nstochastic_fp = false",
+          fix="keep `stochastic_fp = true`", types=("scorn", "remaster"))
+def low_precision_math(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("stochastic_fp") is False and ctx.trained_dtype in LOW_PRECISION:
+        yield Finding(("stochastic_fp",), f"`stochastic_fp = false` on {ctx.trained_dtype} weights: moments and "
+                      "update are computed in low precision", "remove `stochastic_fp = false`")
+
+
+@register("OPT407", "fp16-rounds-to-bf16", "warning", "rule",
+          "SCORN/REMASTER/Persona stochastic rounding on fp16 weights keeps only bf16 precision.",
+          why="The originals truncate to 16 high bits of fp32 (the bf16 grid) before copying into fp16.",
+          example="[adapter]\ndtype = 'float16'\n[optimizer]\ntype = 'scorn'",
+          fix="train in bfloat16, or set `fp16_rounding = true` with optinspect's optimizers", types=SR_TYPES)
+def fp16_rounding(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.trained_dtype == "float16" and _truthy(ctx.get("stochastic_fp")) and not _truthy(ctx.get("fp16_rounding")):
+        yield Finding(("type",), "float16 weights with stochastic_fp: the original rounds them to bf16 precision "
+                      "(7 mantissa bits instead of 10)", "train in bfloat16, or `fp16_rounding = true`")
+
+
+# -- resets and SCORN/REMASTER/Persona knobs ---------------------------------------------------------
+@register("OPT501", "reset-interval-small", "warning", "rule",
+          "`reset_interval` between 1 and 99.",
+          why="The docs recommend >= 100; 1 resets every step (the optimizer becomes stateless).",
+          example="reset_interval = 10", fix="use `reset_interval >= 100` or 0", types=RESET_TYPES)
+def reset_small(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.get("reset_interval")
+    if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 100:
+        extra = ": every step is a first step (stateless optimizer)" if v == 1 else ""
+        yield Finding(("reset_interval",), f"`reset_interval = {v}` resets the moments every few steps{extra}",
+                      "use `reset_interval = 0` (off) or >= 100", on_value=True)
+
+
+@register("OPT502", "reset-increment-without-interval", "warning", "rule",
+          "`reset_increment` set while `reset_interval = 0`: resets are off, so it does nothing.",
+          example="reset_increment = 100", fix="set `reset_interval` too, or remove `reset_increment`",
+          types=RESET_TYPES)
+def reset_increment_alone(ctx: RuleContext) -> Iterator[Finding]:
+    inc = ctx.get("reset_increment")
+    if isinstance(inc, int) and inc > 0 and (ctx.get("reset_interval") or 0) == 0:
+        yield Finding(("reset_increment",), f"`reset_increment = {inc}` does nothing: resets are gated on "
+                      "`reset_interval > 0`", "set `reset_interval` (>= 100) or remove `reset_increment`")
+
+
+@register("OPT503", "focus-ratio-range", "warning", "rule",
+          "SCORN `focus_ratio` outside the documented 0.0-0.2.",
+          example="focus_ratio = 0.5", fix="use a value in 0.0-0.2", types=("scorn",))
+def focus_ratio_range(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.num("focus_ratio")
+    if v is not None and not (0.0 <= v <= 0.2):
+        yield Finding(("focus_ratio",), f"`focus_ratio = {v:g}` is outside the recommended 0.0-0.2",
+                      "use a value in 0.0-0.2", on_value=True)
+
+
+@register("OPT504", "reset-period-off-by-one", "info", "rule",
+          "The originals reset one step earlier than documented after the first reset.",
+          why="Resets happen on step T0, then every T_n - 1 steps (100 -> 100, 199, 298...).",
+          example="reset_interval = 100", fix="accept it, or set `exact_reset_period = true` with optinspect's "
+          "optimizers", types=RESET_TYPES)
+def reset_schedule(ctx: RuleContext) -> Iterator[Finding]:
+    iv, inc = ctx.get("reset_interval"), ctx.get("reset_increment") or 0
+    if isinstance(iv, int) and iv > 0 and isinstance(inc, int):
+        exact = _truthy(ctx.get("exact_reset_period"))
+        horizon = max(10 * (iv + 2 * inc), 1000)
+        steps = reset_steps(iv, inc, exact=exact, horizon=horizon)
+        docs = reset_steps(iv, inc, exact=True, horizon=horizon)
+        if not exact and steps != docs:
+            yield Finding(("reset_interval",), f"resets will happen on steps {', '.join(map(str, steps))}, ... "
+                          f"(the README's period gives {', '.join(map(str, docs))}, ...)",
+                          "set `exact_reset_period = true` with optinspect's optimizers for the documented "
+                          "period", on_value=True)
+
+
+@register("OPT505", "cautious-min-range", "warning", "rule",
+          "SCORN/REMASTER `cautious_min` outside [0, 1]: >= 1 is off, < 0 acts as 0.",
+          example="cautious_min = 2.0", fix="use a value in [0, 1]", types=("scorn", "remaster"))
+def cautious_range(ctx: RuleContext) -> Iterator[Finding]:
+    v = ctx.num("cautious_min")
+    if v is not None and not (0 <= v <= 1):
+        yield Finding(("cautious_min",), f"`cautious_min = {v:g}` is outside [0, 1]: it acts as "
+                      f"{'1 (off)' if v > 1 else '0 (full mask)'}", "use a value in [0, 1]", on_value=True)
+
+
+@register("OPT506", "constrain-ignores-weight-decay", "warning", "rule",
+          "`constrain = true` ignores `weight_decay`.",
+          example="constrain = true\nweight_decay = 0.01", fix="remove one of them", types=("scorn", "persona"))
+def constrain_wd(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("constrain")) and ctx.has("weight_decay") and (ctx.num("weight_decay") or 0) > 0:
+        yield Finding(("weight_decay",), "`weight_decay` is ignored because `constrain = true` shrinks the "
+                      "weights instead", "remove `weight_decay` or `constrain`")
+
+
+@register("OPT507", "remaster-orthograd-floor", "info", "rule",
+          "REMASTER `orthograd` (default true) shrinks tiny gradients, as LoRA's are.",
+          why="The orthogonalised gradient is renormalised with a floor of 1e-3: LoRA gradients with norm below "
+              "it are shrunk rather than renormalised.", example="[adapter]\ntype = 'lora'\n[optimizer]\n"
+          "type = 'remaster'", fix="set `orthograd = false`, or `orthograd_floor = 1e-6` with optinspect's "
+          "REMASTER", types=("remaster",))
+def remaster_floor(ctx: RuleContext) -> Iterator[Finding]:
+    if isinstance(ctx.config.get("adapter"), dict) and _truthy(ctx.get("orthograd")) and not ctx.has("orthograd_floor"):
+        key = ("orthograd",) if ctx.has("orthograd") else ("type",)
+        yield Finding(key, "REMASTER's orthograd floor (1e-3) shrinks LoRA gradients whose norm is below it",
+                      "set `orthograd_floor = 1e-6` (optinspect's REMASTER) or `orthograd = false`")
+
+
+# -- trainer-level -----------------------------------------------------------------------------------
+@register("OPT601", "gradient-release-data-parallel", "error", "rule",
+          "`gradient_release = true` needs a data-parallel world size of 1.",
+          why="The trainer asserts world size == pipeline_stages before training.",
+          example="pipeline_stages = 1   # with --world-size 2\n[optimizer]\ngradient_release = true",
+          fix="use one GPU per pipeline, or turn gradient_release off")
+def gradient_release_dp(ctx: RuleContext) -> Iterator[Finding]:
+    ws = ctx.options.world_size
+    stages = ctx.top("pipeline_stages", 1)
+    if _truthy(ctx.get("gradient_release")) and ws and isinstance(stages, int) and stages > 0 and ws // stages > 1:
+        yield Finding(("gradient_release",), f"gradient release with {ws} GPUs and pipeline_stages = {stages} "
+                      f"means {ws // stages} data-parallel ranks; the trainer asserts 1",
+                      f"set `pipeline_stages = {ws}` or turn gradient_release off")
+
+
+@register("OPT602", "gradient-release-accumulation", "info", "rule",
+          "`gradient_release` with gradient accumulation rescales betas to beta^(1/N).",
+          example="gradient_accumulation_steps = 4\n[optimizer]\ngradient_release = true",
+          fix="expect the effective betas shown")
+def gradient_release_gas(ctx: RuleContext) -> Iterator[Finding]:
+    gas = ctx.top("gradient_accumulation_steps", 1)
+    if _truthy(ctx.get("gradient_release")) and isinstance(gas, int) and gas > 1:
+        betas = ctx.get("betas") if ctx.has("betas") else None
+        if isinstance(betas, list) and all(isinstance(b, (int, float)) for b in betas):
+            eff = ", ".join(f"{b ** (1 / gas):.6g}" for b in betas)
+            msg = f"with gradient_accumulation_steps = {gas} the trainer uses betas [{eff}] (beta^(1/{gas}))"
+        else:
+            msg = (f"with gradient_accumulation_steps = {gas} the trainer rescales betas only when `betas` is "
+                   "written in the table; defaults stay unscaled")
+        yield Finding(("gradient_release",), msg, "write `betas` explicitly to know what runs")
+
+
+@register("OPT603", "gradient-release-clipping", "info", "rule",
+          "`gradient_release` forces gradient clipping off.",
+          example="gradient_clipping = 1.0\n[optimizer]\ngradient_release = true",
+          fix="remove `gradient_clipping`, it has no effect")
+def gradient_release_clip(ctx: RuleContext) -> Iterator[Finding]:
+    gc = ctx.top("gradient_clipping")
+    if _truthy(ctx.get("gradient_release")) and isinstance(gc, (int, float)) and gc > 0:
+        yield Finding(("gradient_clipping",), f"`gradient_clipping = {gc:g}` is ignored: gradient release "
+                      "forces clipping to 0", "remove it", absolute=True)
+
+
+@register("OPT701", "automagic-start-lr", "warning", "rule",
+          "Automagic `lr` above 1e-3 is silently replaced by 1e-6.",
+          example="type = 'automagic'\nlr = 1e-2", fix="use a start lr <= 1e-3", types=("automagic",))
+def automagic_lr(ctx: RuleContext) -> Iterator[Finding]:
+    lr = ctx.num("lr")
+    if lr is not None and lr > 1e-3:
+        yield Finding(("lr",), f"Automagic forces a start `lr = {lr:g}` above 1e-3 back to 1e-6",
+                      "use a start lr <= 1e-3 (e.g. 1e-6)", on_value=True)
+
+
+@register("OPT702", "optimi-kahan-off-on-bf16", "warning", "rule",
+          "optimi `kahan_sum = false` on bf16 weights: small updates are rounded away.",
+          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adamw_optimi'\nlr = 1e-4\n"
+          "kahan_sum = false", fix="remove `kahan_sum = false`", types=("adamw_optimi", "stableadamw"))
+def optimi_kahan(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.get("kahan_sum") is False and ctx.trained_dtype in LOW_PRECISION:
+        yield Finding(("kahan_sum",), f"`kahan_sum = false` on {ctx.trained_dtype} weights: updates below "
+                      "the weights' resolution are lost", "remove `kahan_sum = false`")
+
+
+@register("OPT703", "automagic-lr-bounds", "error", "rule",
+          "Automagic `min_lr` above `max_lr`.", example="min_lr = 1e-3\nmax_lr = 1e-4",
+          fix="swap them", types=("automagic",))
+def automagic_bounds(ctx: RuleContext) -> Iterator[Finding]:
+    lo, hi = ctx.num("min_lr"), ctx.num("max_lr")
+    if lo is not None and hi is not None and lo > hi:
+        yield Finding(("min_lr",), f"`min_lr = {lo:g}` is above `max_lr = {hi:g}`", "swap them")

@@ -1,0 +1,463 @@
+"""Read a trainer config, check its [optimizer] table with the schemas and the rules, return diagnostics.
+
+Pipeline: bytes -> text checks -> positions (source.scan) -> tomlkit -> schema -> rules -> suppression.
+Nothing here prints or exits; the CLI decides what to do with the FileReport.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from optinspect.config import catalog, schemas, source
+from optinspect.config.registry import RULES, Finding
+from optinspect.diagnostics import Diagnostic, FileReport, Severity, Span
+
+MAX_BYTES = 2 * 1024 * 1024
+OPT = ("optimizer",)
+
+SECRET_KEY = re.compile(r"(?i)(api[_-]?key|token|secret|passw(or)?d|credential|auth)")
+_NUMBER_STR = re.compile(r"^\s*[+-]?(\d[\d_]*(\.\d*)?([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|nan)\s*$")
+_BOOL_STR = re.compile(r"^\s*(true|false|yes|no|on|off)\s*$", re.I)
+_NONE_STR = re.compile(r"^\s*(none|null|nil|~)\s*$", re.I)
+
+# keys that belong at the top level of a diffusion-pipe config (trainer settings)
+TOP_LEVEL_KEYS = frozenset("""
+output_dir dataset eval_datasets epochs micro_batch_size_per_gpu pipeline_stages gradient_accumulation_steps
+gradient_clipping warmup_steps blocks_to_swap eval_every_n_epochs eval_before_first_step
+eval_micro_batch_size_per_gpu eval_gradient_accumulation_steps save_every_n_epochs checkpoint_every_n_epochs
+checkpoint_every_n_minutes activation_checkpointing partition_method save_dtype caching_batch_size
+steps_per_print video_clip_mode force_constant_lr lr_scheduler max_steps compile reentrant_activation_checkpointing
+map_num_proc x_axis_examples disable_block_swap_for_eval eval_every_n_steps save_every_n_steps
+checkpoint_every_n_steps wandb_api_key wandb_tracker_name wandb_run_name enable_wandb logging_steps
+""".split())
+FOREIGN_KEYS = frozenset({"optimizer_type", "optimizer_args", "optimizer_name", "optimizer_kwargs", "name", "params"})
+
+
+@dataclass
+class Options:
+    require_optimizer: bool = False
+    ignore: frozenset[str] = frozenset()
+    world_size: int | None = None
+
+
+@dataclass
+class RuleContext:
+    """What a rule sees: the table, the whole config, and what the table resolves to."""
+
+    table: dict
+    config: dict
+    type_name: str
+    schema: str | None
+    options: Options
+    _defaults: dict = field(default_factory=dict)
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value the constructor will see: the table's, else the schema default."""
+        if key in self.table:
+            return self.table[key]
+        return self._defaults.get(key, default)
+
+    def num(self, key: str) -> float | None:
+        v = self.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+        return None
+
+    def top(self, key: str, default: Any = None) -> Any:
+        return self.config.get(key, default)
+
+    @property
+    def trained_dtype(self) -> str | None:
+        """dtype of the weights being trained: [adapter] dtype for LoRA, else [model] dtype."""
+        for table in ("adapter", "model"):
+            t = self.config.get(table)
+            if isinstance(t, dict) and isinstance(t.get("dtype"), str):
+                return t["dtype"].lower()
+        return None
+
+
+def read_file(path: str) -> tuple[str | None, list[Diagnostic], bool]:
+    """Return (text, diagnostics, unreadable)."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            return None, [_diag(path, Span(1, 1, 1, 1), "OPT002",
+                                f"file is {size / 1e6:.1f} MB; a trainer config is a few kB (limit "
+                                f"{MAX_BYTES // (1024 * 1024)} MiB), so this is not read",
+                                "pass the TOML config itself, not a data or model file")], True
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", "no such file", "check the path")], True
+    except IsADirectoryError:
+        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", "is a directory, not a file", "")], True
+    except OSError as e:
+        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", f"cannot read: {e.strerror or e}", "")], True
+    return decode(path, raw)
+
+
+def decode(path: str, raw: bytes) -> tuple[str | None, list[Diagnostic], bool]:
+    diags: list[Diagnostic] = []
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line, col = _byte_pos(raw, nul)
+        return None, [_diag(path, Span(line, col, line, col + 1), "OPT002",
+                            "binary file: contains a NUL byte", "pass the TOML config itself")], True
+    if raw.startswith(b"\xef\xbb\xbf"):
+        diags.append(_diag(path, Span(1, 1, 1, 2), "OPT003", "file starts with a UTF-8 byte-order mark (BOM)",
+                           "save the file as UTF-8 without BOM; the trainer's TOML reader rejects it"))
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, col = _byte_pos(raw, e.start)
+        return None, diags + [_diag(path, Span(line, col, line, col + 1), "OPT002",
+                                    f"not UTF-8 text (byte 0x{raw[e.start]:02x})",
+                                    "save the file as UTF-8")], True
+    return text, diags, False
+
+
+def _byte_pos(raw: bytes, offset: int) -> tuple[int, int]:
+    line = raw.count(b"\n", 0, offset) + 1
+    start = raw.rfind(b"\n", 0, offset) + 1
+    return line, len(raw[start:offset].decode("utf-8", "replace")) + 1
+
+
+def _diag(path: str, span: Span, code: str, message: str, hint: str = "",
+          severity: Severity | None = None) -> Diagnostic:
+    return Diagnostic(path, span.line, span.column, span.end_line, span.end_column,
+                      severity or RULES[code].severity, code, message, hint)
+
+
+def validate_file(path: str, options: Options | None = None) -> FileReport:
+    text, diags, unreadable = read_file(path)
+    report = FileReport(path=path, diagnostics=diags, unreadable=unreadable)
+    if text is None:
+        return report
+    return validate_text(path, text, options, report)
+
+
+def validate_text(path: str, text: str, options: Options | None = None,
+                  report: FileReport | None = None) -> FileReport:
+    options = options or Options()
+    report = report or FileReport(path=path)
+    report.source = text
+    smap = source.scan(text)
+    found: list[Diagnostic] = []
+    data = _parse(path, text, smap, found)
+    if data is not None:
+        found.extend(_check_config(path, data, smap, options, report))
+    _finish(report, report.diagnostics + found, smap, options)
+    return report
+
+
+def _parse(path: str, text: str, smap: source.SourceMap, out: list[Diagnostic]) -> dict | None:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    for dup_path, span in smap.duplicates:
+        name = ".".join(str(p) for p in dup_path)
+        first = smap.key_span(dup_path)
+        where = f" (first defined on line {first.line})" if first else ""
+        out.append(_diag(path, span, "OPT001", f"duplicate key `{name}`{where}",
+                         "TOML forbids defining a key or table twice; keep one"))
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError as e:
+        if out:  # the duplicate we located is what the parser tripped over
+            return None
+        line = getattr(e, "line", 1) or 1
+        col = (getattr(e, "col", 0) or 0) + 1
+        msg = str(e).split(" at line ")[0]
+        if "\\x00" in msg or "'\x00'" in msg:
+            msg = "unexpected end of file (an array, table or string is not closed)"
+            lines = text.splitlines() or [""]
+            line, col = len(lines), len(lines[-1]) + 1
+        out.append(_diag(path, Span(line, col, line, col + 1), "OPT001", f"invalid TOML: {msg}",
+                         "fix the syntax here; the trainer cannot read this file"))
+        return None
+    except Exception as e:  # noqa: BLE001 - tomlkit raises odd types on odd input; never a traceback
+        out.append(_diag(path, Span(1, 1, 1, 1), "OPT001", f"invalid TOML: {e}", ""))
+        return None
+    try:
+        return doc.unwrap()
+    except Exception as e:  # noqa: BLE001
+        out.append(_diag(path, Span(1, 1, 1, 1), "OPT001", f"invalid TOML: {e}", ""))
+        return None
+
+
+def _check_config(path: str, data: dict, smap: source.SourceMap, options: Options,
+                  report: FileReport) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    if "optimizer" not in data:
+        if options.require_optimizer:
+            out.append(_diag(path, Span(1, 1, 1, 1), "OPT004", "no [optimizer] table in this file",
+                             "add an [optimizer] table, or drop --require-optimizer for non-trainer files"))
+        return out
+    table = data["optimizer"]
+    span = smap.locate(OPT)
+    if not isinstance(table, dict):
+        what = "an array of tables ([[optimizer]])" if isinstance(table, list) else f"a {_toml_kind(table)}"
+        out.append(_diag(path, span, "OPT005", f"`optimizer` is {what}, not a table",
+                         "write one [optimizer] table with `type = '...'` and the constructor's keys"))
+        return out
+    foreign = sorted(k for k in table if k in FOREIGN_KEYS)
+    if foreign and "type" not in table:
+        out.append(_diag(path, span, "OPT006",
+                         f"not a diffusion-pipe [optimizer] table: it uses {', '.join(f'`{k}`' for k in foreign)} "
+                         "(another trainer's layout)",
+                         "write `type = '<optimizer>'` and the constructor's keywords as keys of the table"))
+        return out
+    if "type" not in table:
+        out.append(_diag(path, span, "OPT110", "[optimizer] has no `type` key",
+                         "add e.g. `type = 'adamw_optimi'`; see `optinspect schema` for the known types"))
+        return out
+    type_name = table["type"]
+    tspan = smap.locate(OPT + ("type",), prefer_value=True)
+    if not isinstance(type_name, str):
+        out.append(_diag(path, tspan, "OPT107", f"`type` must be a string, not {_toml_kind(type_name)}",
+                         "write e.g. `type = 'adamw'`"))
+        return out
+    res = catalog.resolve_type(type_name)
+    report.optimizer_type = type_name
+    if res.source == "unknown":
+        if res.case_fix:
+            msg = (f"`type = '{type_name}'` is not a built-in type, and the pytorch_optimizer fallback is "
+                   f"case-sensitive: pytorch_optimizer has `{res.case_fix}`, not `{type_name}`")
+            hint = f"write `type = '{res.case_fix}'`"
+        else:
+            msg = f"unknown optimizer type `{type_name}`"
+            hint = (f"did you mean {', '.join(repr(s) for s in res.suggestions)}?" if res.suggestions
+                    else "see `optinspect schema` for the known types")
+        out.append(_diag(path, tspan, "OPT101", msg, hint))
+        return out
+    if res.schema is None:
+        return out  # a pytorch_optimizer class we have no schema for: nothing more to check
+    ctx = RuleContext(table, data, type_name, res.schema, options, schemas.defaults(res.schema))
+    out.extend(_schema_diagnostics(path, ctx, smap))
+    out.extend(_rule_diagnostics(path, ctx, smap))
+    return out
+
+
+# -- schema ------------------------------------------------------------------------------------------
+_TOML_TYPE = {"number": "a number", "integer": "an integer", "boolean": "a boolean (true or false)",
+              "array": "an array", "object": "a table", "string": "a string", "null": "absent"}
+
+
+def _toml_kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "table"
+    return "date/time" if v is not None else "nothing"
+
+
+def _key_name(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (("." if out else "") + str(p))
+    return out
+
+
+def show(key: tuple | str, value: Any) -> str:
+    """Value as written in TOML, masked when the key looks like a secret."""
+    name = key if isinstance(key, str) else ".".join(str(k) for k in key if isinstance(k, str))
+    if SECRET_KEY.search(name):
+        return "'***'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return str(value)
+
+
+def _range_text(s: dict) -> str:
+    lo, hi = s.get("minimum"), s.get("maximum")
+    lo_x, hi_x = s.get("exclusiveMinimum", False), s.get("exclusiveMaximum", False)
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_x else '['}{lo:g}, {hi:g}{')' if hi_x else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_x else '>='} {lo:g}"
+    return f"{'<' if hi_x else '<='} {hi:g}"
+
+
+def _other_types_with(key: str, own: str) -> list[str]:
+    out = []
+    for name in schemas.available():
+        if name != own and key in schemas.load(name)["properties"]:
+            out.append(schemas.meta(name).get("type", name))
+    return out
+
+
+def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> list[Diagnostic]:
+    from jsonschema import Draft4Validator
+
+    schema = schemas.load(ctx.schema)
+    props = schema["properties"]
+    swallow = schemas.meta(ctx.schema).get("kwargs") == "swallow"
+    out: list[Diagnostic] = []
+    seen_keys: set[tuple] = set()
+
+    def emit(code: str, key: tuple, message: str, hint: str = "", on_value: bool = True) -> None:
+        seen_keys.add(key)
+        out.append(_diag(path, smap.locate(OPT + key, prefer_value=on_value), code, message, hint))
+
+    # value-level checks first: quoted numbers, "None", nan/inf (they explain the type errors that follow)
+    def walk(key: tuple, value: Any, prop: dict | None) -> None:
+        if isinstance(value, list):
+            item = (prop or {}).get("items") if isinstance((prop or {}).get("items"), dict) else None
+            for i, v in enumerate(value):
+                walk(key + (i,), v, item)
+            return
+        if isinstance(value, str) and prop and prop.get("type") != "string":
+            if _NONE_STR.match(value):
+                emit("OPT105", key, f"`{_key_name(key)} = {show(key, value)}` is a string, not None "
+                     "(TOML has no null)",
+                     f"omit `{_key_name(key[:1])}` to get the default "
+                     f"({show(key, prop.get('default'))})" if "default" in prop else "omit the key")
+            elif _NUMBER_STR.match(value) or _BOOL_STR.match(value):
+                plain = value.strip().lower()
+                emit("OPT104", key, f"`{_key_name(key)}` is written as a string ({show(key, value)}); the trainer "
+                     "passes it to the constructor as text",
+                     f"remove the quotes: `{_key_name(key)} = {plain}`")
+        if isinstance(value, float) and not math.isfinite(value):
+            allow_inf = prop is not None and prop.get("default") == "inf" and math.isinf(value) and value > 0
+            if not allow_inf:
+                emit("OPT109", key, f"`{_key_name(key)} = {show(key, value)}` is not a finite number",
+                     "write a finite value")
+
+    for k, v in ctx.table.items():
+        walk((k,), v, props.get(k))
+
+    extra = [k for k in ctx.table if k not in props]
+    for k in extra:
+        kp = (k,)
+        seen_keys.add(kp)
+        span = smap.locate(OPT + kp)
+        if k in TOP_LEVEL_KEYS:
+            out.append(_diag(path, span, "OPT111",
+                             f"`{k}` is a top-level trainer setting, but it is written below [optimizer], so "
+                             "TOML puts it into the optimizer table",
+                             "move it above the first [table] header of the file"))
+            continue
+        close = difflib.get_close_matches(k, list(props), n=1, cutoff=0.6)
+        others = _other_types_with(k, ctx.schema)
+        label = schemas.meta(ctx.schema).get("type", ctx.schema)
+        hint = f"did you mean `{close[0]}`?" if close else ""
+        if ctx.schema == "prodigy" and k in _PRODIGY_SPELLINGS:
+            hint = f"pytorch_optimizer spells it `{_PRODIGY_SPELLINGS[k]}`"
+        if others and not close:
+            hint = f"`{k}` is a key of {', '.join(others[:3])}, not of {label}; remove it"
+        if swallow:
+            out.append(_diag(path, span, "OPT103", f"`{k}` is not a parameter of {label}: its constructor "
+                             "takes **kwargs and silently ignores it", hint or "remove it"))
+        else:
+            out.append(_diag(path, span, "OPT102", f"unknown key `{k}` for {label}: the constructor raises "
+                             "TypeError", hint or f"known keys: {', '.join(sorted(props))}"))
+
+    validator = Draft4Validator(schema)
+    for err in validator.iter_errors(ctx.table):
+        key = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" or any(key[:n] in seen_keys for n in range(1, len(key) + 1)):
+            continue
+        name = _key_name(key)
+        s = err.schema if isinstance(err.schema, dict) else {}
+        if err.validator == "type":
+            want = err.validator_value
+            want = " or ".join(_TOML_TYPE.get(w, w) for w in (want if isinstance(want, list) else [want]))
+            hint = ""
+            if want == "an array" and key and key[0] in props and "minItems" in props[key[0]]:
+                ex = props[key[0]].get("default")
+                hint = f"write e.g. `{name} = {show(key, ex)}`" if isinstance(ex, list) else ""
+            if want == "an integer" and isinstance(err.instance, float) and err.instance.is_integer():
+                hint = f"write `{name} = {int(err.instance)}`"
+            emit("OPT107", key, f"`{name}` must be {want}, not a {_toml_kind(err.instance)} "
+                 f"({show(key, err.instance)})", hint)
+        elif err.validator in ("minimum", "maximum"):
+            emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is out of range: must be {_range_text(s)}",
+                 _range_hint(key, s))
+        elif err.validator in ("minItems", "maxItems"):
+            n = s.get("minItems")
+            emit("OPT108", key, f"`{name}` must be an array of {n} numbers, but it has {len(err.instance)}",
+                 f"write e.g. `{name} = {show(key, s.get('default'))}`" if "default" in s else "")
+        elif err.validator == "enum":
+            allowed = " or ".join(show(key, v) for v in err.validator_value)
+            emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is not supported: must be {allowed}",
+                 s.get("description", ""))
+        elif err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else "?"
+            emit("OPT110", (), f"[optimizer] of type {ctx.type_name} requires `{missing}`",
+                 f"add `{missing} = ...`", on_value=False)
+        else:
+            emit("OPT107", key, f"`{name}`: {err.message}")
+    for k in ctx.table:
+        if k in props and props[k].get("x-optinspect-only"):
+            out.append(_diag(path, smap.locate(OPT + (k,)), "OPT113",
+                             f"`{k}` exists only in optinspect's bundled {schemas.meta(ctx.schema).get('type')}; "
+                             "the trainer's original class raises TypeError on it",
+                             "keep it only if the trainer imports optinspect's `optimizers` package"))
+    return out
+
+
+def _range_hint(key: tuple, s: dict) -> str:
+    if key and key[0] == "betas":
+        return "each beta must be in [0, 1): 1.0 divides by zero or gives NaN weights"
+    return s.get("description", "")
+
+
+_PRODIGY_SPELLINGS = {"use_bias_correction": "bias_correction", "decouple": "weight_decouple",
+                      "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"}
+
+
+# -- rules -------------------------------------------------------------------------------------------
+def _rule_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> list[Diagnostic]:
+    from optinspect.config import rules as _rules  # noqa: F401 - registers the rule functions
+
+    out: list[Diagnostic] = []
+    for rule in RULES.values():
+        if rule.check is None or (rule.types and ctx.schema not in rule.types):
+            continue
+        for f in rule.check(ctx):
+            where = f.key if f.absolute else OPT + f.key
+            span = smap.locate(where, prefer_value=f.on_value) if f.key else smap.locate(OPT)
+            out.append(_diag(path, span, rule.code, f.message, f.hint or rule.fix, f.severity))
+    return out
+
+
+def _finish(report: FileReport, diags: list[Diagnostic], smap: source.SourceMap, options: Options) -> None:
+    kept = []
+    seen = set()
+    for d in diags:
+        sup = smap.suppressions.get(d.line, set())
+        if d.code in options.ignore or d.code in sup or "*" in sup:
+            report.suppressed += 1
+            continue
+        ident = (d.line, d.column, d.code, d.message)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        kept.append(d)
+    report.diagnostics = sorted(kept, key=lambda d: d.sort_key)
+
+
+__all__ = ["Options", "RuleContext", "Finding", "validate_file", "validate_text", "show"]

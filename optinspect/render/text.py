@@ -1,0 +1,55 @@
+"""Human-readable diagnostics in the ruff/rustc style: location, code, message, the source line, a marker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from optinspect.diagnostics import FileReport
+
+_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold cyan"}
+_SECRET_LINE = re.compile(r"""^(\s*["']?[\w.-]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)"""
+                          r"""[\w.-]*["']?\s*=\s*)(.*)$""", re.I)
+
+
+def mask_line(line: str) -> str:
+    """Hide the value of a `key = value` line whose key looks like a secret."""
+    m = _SECRET_LINE.match(line)
+    return f"{m.group(1)}'***'" if m else line
+
+
+def render(reports: Iterable[FileReport], console, *, show_source: bool = True) -> None:
+    from rich.markup import escape
+    from rich.text import Text
+
+    n_err = n_warn = n_info = n_files = 0
+    for r in reports:
+        n_files += 1
+        lines = r.source.splitlines() if (show_source and r.source) else []
+        for d in r.diagnostics:
+            sev = d.severity.value
+            n_err += sev == "error"
+            n_warn += sev == "warning"
+            n_info += sev == "info"
+            head = Text()
+            head.append(f"{d.path}:{d.line}:{d.column}: ", style="bold")
+            head.append(f"{d.code} ", style=_STYLE[sev])
+            head.append(f"[{sev}] ", style=_STYLE[sev])
+            head.append(d.message)
+            console.print(head, highlight=False, soft_wrap=True)
+            if 0 < d.line <= len(lines):
+                src = mask_line(lines[d.line - 1].rstrip("\r"))
+                gutter = f"{d.line:>4} | "
+                console.print(Text(gutter, style="blue") + Text(src), highlight=False, soft_wrap=True)
+                width = max(1, (d.end_column - d.column) if d.end_line == d.line else len(src) - d.column + 1)
+                width = min(width, max(1, len(src) - d.column + 1))
+                marker = " " * (d.column - 1) + "^" * width
+                console.print(Text(" " * (len(gutter) - 2) + "| ", style="blue") + Text(marker, style=_STYLE[sev]),
+                              highlight=False, soft_wrap=True)
+            if d.hint:
+                console.print(f"     = hint: {escape(d.hint)}", highlight=False, soft_wrap=True)
+            console.print()
+    if n_err or n_warn or n_info:
+        summary = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}, {n_info} info in " \
+                  f"{n_files} file{'s' * (n_files != 1)}"
+        console.print(Text(summary, style="bold red" if n_err else "bold yellow"), highlight=False)
