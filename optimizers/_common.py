@@ -1,0 +1,54 @@
+"""Numerics shared by SCORN, REMASTER and PersonaOptimizer: orthograd variants and the masks."""
+
+from __future__ import annotations
+
+import torch
+
+A2 = 1.27323954474  # ~4/pi, as the originals write it
+
+
+def orthograd_(p: torch.Tensor, floor: float) -> None:
+    """Project p.grad off the weight direction (soft atan2 coefficient), renormalise to the old norm.
+
+    SCORN uses floor 1e-6 and REMASTER 1e-3: with REMASTER's floor a gradient whose orthogonal part is
+    smaller than 1e-3 is shrunk instead of renormalised (the original's behaviour).
+    """
+    w = p.view(-1)
+    g = p.grad
+    v = g.view(-1)
+    proj = torch.atan2(torch.dot(w, v), torch.dot(w, w)).mul(A2)
+    v_orth = v.float().sub(w, alpha=proj.item())
+    v_orth.mul_(v.norm(2) / v_orth.norm(2).clamp(min=floor))
+    g.copy_(v_orth.view_as(g))
+
+
+def orthograd_persona_(p: torch.Tensor, eps: float) -> None:
+    """PersonaOptimizer's variant: skips near-zero weights and rescales only when both norms exceed eps."""
+    w = p.view(-1)
+    g = p.grad
+    v = g.view(-1)
+    w_norm_sq = torch.dot(w, w)
+    if w_norm_sq < eps:
+        return
+    proj = torch.atan2(torch.dot(w, v), w_norm_sq).mul(A2)
+    v_orth = v.float().sub(w, alpha=proj.item())
+    g_norm = v.norm(2)
+    o_norm = v_orth.norm(2)
+    if g_norm > eps and o_norm > eps:
+        v_orth.mul_(g_norm / o_norm)
+    g.copy_(v_orth.view_as(g).to(g.dtype))
+
+
+def agreement_mask(a: torch.Tensor, b: torch.Tensor, minimum: float, floor: float, *,
+                   inclusive: bool = False) -> torch.Tensor:
+    """max(1[a*b > 0], minimum) normalised by max(mean, floor): the adaptive and cautious masks."""
+    prod = a * b
+    mask = (prod >= 0 if inclusive else prod > 0).to(a.dtype)
+    mask.clamp_(min=minimum)
+    mask.div_(mask.mean().clamp(min=floor))
+    return mask
+
+
+def rms_clip_(g: torch.Tensor) -> torch.Tensor:
+    """Divide by the gradient's RMS when it exceeds 1 (SCORN/REMASTER)."""
+    return g.div_(g.pow(2).mean().sqrt().clamp(min=1))

@@ -1,0 +1,120 @@
+"""bitsandbytes-compatible 8-bit block-wise dynamic quantization, in pure torch.
+
+One module for the optimizer (AdamW8bitKahan) and the state inspector. Codes, maps and per-block absmax
+are laid out as bitsandbytes stores them, so states move between the two unchanged.
+
+The quantizer reproduces bitsandbytes' CPU kernel, which is not plain nearest rounding: the normalised
+value y = x / absmax is first snapped to a uniform 65536-point grid on [-1, 1], and the code is the map
+entry nearest to that grid point (a lookup table). Exact zeros therefore become a small positive code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BLOCK = 256
+_GRID = 32767.5
+_LUTS: dict[tuple, torch.Tensor] = {}
+_MAPS: dict[bool, torch.Tensor] = {}
+
+__all__ = ["BLOCK", "dynamic_map", "quantize_blockwise", "dequantize_blockwise", "code_error_bound"]
+
+
+def dynamic_map(signed: bool = True, device: torch.device | str | None = None) -> torch.Tensor:
+    """bitsandbytes' 8-bit dynamic map (7 exponent bits): per decade 10^(i-6), the midpoints of
+    linspace(0.1, 1, n_i); plus 0 and 1. Signed maps are symmetric without -1 (256 values either way)."""
+    if signed not in _MAPS:
+        values: list[torch.Tensor] = []
+        for i in range(7):
+            n = 2**i + 1 if signed else 2 ** (i + 1) + 1
+            b = torch.linspace(0.1, 1, n, dtype=torch.float32)
+            mid = (b[:-1] + b[1:]) / 2
+            scaled = 10 ** (i - 6) * mid
+            values.append(scaled)
+            if signed:
+                values.append(-scaled)
+        values.append(torch.tensor([0.0, 1.0]))
+        _MAPS[signed] = torch.sort(torch.cat(values)).values
+    m = _MAPS[signed]
+    return m.to(device) if device is not None else m.clone()
+
+
+def _lut(qmap: torch.Tensor) -> torch.Tensor:
+    """grid index -> code: the map entry nearest to k / 32767.5 - 1 (computed once per distinct map)."""
+    key = (str(qmap.device), tuple(qmap.tolist()))
+    lut = _LUTS.get(key)
+    if lut is None:
+        q = qmap.float()
+        order = torch.argsort(q)
+        qs = q[order]
+        grid = torch.arange(65536, dtype=torch.float32, device=q.device) / _GRID - 1
+        hi = torch.searchsorted(qs, grid).clamp(max=qs.numel() - 1)
+        lo = (hi - 1).clamp(min=0)
+        pick_lo = (grid - qs[lo]).abs() <= (qs[hi] - grid).abs()
+        lut = order[torch.where(pick_lo, lo, hi)].to(torch.uint8)
+        _LUTS[key] = lut
+    return lut
+
+
+def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    flat = x.reshape(-1)
+    n = flat.numel()
+    pad = (-n) % block
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block), n
+
+
+def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor, block: int = BLOCK,
+                       out: torch.Tensor | None = None, absmax: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (uint8, shape of x) and per-block absmax (fp32), as bitsandbytes' CPU quantizer writes them."""
+    blocks, n = _blocks(x.float(), block)
+    amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=1)
+    y = blocks / amax.unsqueeze(1)
+    k = torch.floor((y + 1) * _GRID + 0.5)
+    k = torch.nan_to_num(k, nan=0.0).clamp_(0, 65535).to(torch.int64)
+    codes = _lut(qmap.to(x.device))[k].view(-1)[:n].view(x.shape)
+    if out is not None:
+        out.copy_(codes)
+        codes = out
+    if absmax is not None:
+        absmax.copy_(amax)
+        amax = absmax
+    return codes, amax
+
+
+def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor,
+                         block: int | None = None) -> torch.Tensor:
+    """fp32 values qmap[code] * absmax[block]; the block size is inferred from len(absmax) when not given."""
+    n = codes.numel()
+    if block is None:
+        block = infer_block(n, absmax.numel())
+    vals = qmap.float()[codes.reshape(-1).long()]
+    blocks, _ = _blocks(vals, block)
+    return (blocks * absmax.float().view(-1, 1)).view(-1)[:n].view(codes.shape)
+
+
+def infer_block(n: int, n_absmax: int) -> int:
+    """Block size implied by the absmax length (256 for bitsandbytes >= 0.44, 2048 for older releases)."""
+    for b in (256, 2048, 4096, 1024, 512, 128, 64):
+        if math.ceil(n / b) == n_absmax:
+            return b
+    return max(1, math.ceil(n / max(n_absmax, 1)))
+
+
+def code_error_bound(codes: torch.Tensor, qmap: torch.Tensor, grid_snap: bool = True) -> torch.Tensor:
+    """Per-element bound on |dequantized - original| / absmax: half the larger gap to a neighbouring code,
+    plus half a grid step for the CPU quantizer (spec: holds for every input)."""
+    q = qmap.float()
+    order = torch.argsort(q)
+    qs = q[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    gaps_up = torch.cat([qs[1:] - qs[:-1], qs.new_zeros(1)])
+    gaps_down = torch.cat([qs.new_zeros(1), qs[1:] - qs[:-1]])
+    half = torch.maximum(gaps_up, gaps_down) / 2
+    per_code = half[rank] + (1 / 65535 if grid_snap else 0.0)
+    return per_code[codes.reshape(-1).long()].view(codes.shape)

@@ -1,0 +1,63 @@
+"""Stochastic rounding of fp32 values into bf16/fp16 storage: the one copy every optimizer here uses."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["copy_stochastic_", "is_low_precision"]
+
+
+def is_low_precision(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.bfloat16, torch.float16)
+
+
+def _random_bits(source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:  # the originals draw from the device's global generator, one draw per call
+        return torch.randint_like(source, dtype=torch.int32, low=0, high=1 << 16)
+    return torch.randint(0, 1 << 16, source.shape, dtype=torch.int32, device=source.device, generator=generator)
+
+
+def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
+    # Adding 16 random bits below bf16's mantissa and truncating rounds up with probability
+    # (discarded bits) / 2^16: unbiased, and the carry moves into the exponent correctly.
+    bits = _random_bits(source, generator)
+    bits.add_(source.view(dtype=torch.int32))
+    bits.bitwise_and_(-65536)
+    target.copy_(bits.view(dtype=torch.float32))
+
+
+def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
+    # Round to one of the two neighbouring fp16 values with probability proportional to proximity.
+    near = source.to(torch.float16)
+    near32 = near.float()
+    toward = torch.where(near32 > source, torch.full_like(near, -float("inf")), torch.full_like(near, float("inf")))
+    other = torch.nextafter(near, toward).float()
+    lo = torch.minimum(near32, other)
+    hi = torch.maximum(near32, other)
+    gap = hi - lo
+    p_hi = torch.where(gap > 0, (source - lo) / gap, torch.zeros_like(source))
+    if generator is None:
+        u = torch.rand_like(source)
+    else:
+        u = torch.rand(source.shape, device=source.device, generator=generator)
+    out = torch.where(u < p_hi, hi, lo)
+    out = torch.where(torch.isfinite(source) & torch.isfinite(near32), out, near32)
+    target.copy_(out)
+
+
+def copy_stochastic_(target: torch.Tensor, source: torch.Tensor, *, generator: torch.Generator | None = None,
+                     fp16_exact: bool = False) -> None:
+    """Write fp32 `source` into `target`, stochastically rounded when `target` is bf16 or fp16.
+
+    fp16 targets keep the originals' behaviour by default (rounded on the bf16 grid, then copied: only 7
+    mantissa bits survive); `fp16_exact=True` rounds to real fp16 neighbours. fp32 targets get a plain copy.
+    """
+    if target.dtype == torch.float32 or not is_low_precision(target):
+        target.copy_(source)
+        return
+    src = source if source.dtype == torch.float32 else source.float()
+    src = src.contiguous()
+    if target.dtype == torch.float16 and fp16_exact:
+        _fp16_exact_(target, src, generator)
+    else:
+        _bf16_grid_(target, src, generator)

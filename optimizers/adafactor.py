@@ -1,0 +1,158 @@
+"""Enhanced Adafactor (2kpr, after Nerogar/OneTrainer; trainer `optimizers/adafactor.py`), re-implemented.
+
+transformers' Adafactor for fp32/fp16 weights, plus stochastic rounding for bf16 weights; no transformers
+import. Kept from the original: torch's `load_state_dict` casts the fp32 moments of bf16 weights down to
+bf16 (and the next step casts them back up), so a reloaded bf16 run is not bit-identical;
+`fp32_state_on_load=True` keeps the fp32 moments across a reload.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optimizers._base import check_range
+from optimizers._rounding import copy_stochastic_
+
+__all__ = ["EnhancedAdafactor", "Adafactor"]
+
+_MOMENTS = ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
+
+
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    return t.norm(2) / (t.numel() ** 0.5)
+
+
+class EnhancedAdafactor(torch.optim.Optimizer):
+    """Adafactor with factored second moments (tensors of 2+ dims), update clipping, optional momentum."""
+
+    def __init__(self, params, lr: float | None = None, eps: tuple[float, float] = (1e-30, 1e-3),
+                 clip_threshold: float = 1.0, decay_rate: float = -0.8, beta1: float | None = None,
+                 weight_decay: float = 0.0, scale_parameter: bool = True, relative_step: bool = True,
+                 warmup_init: bool = False, fp32_state_on_load: bool = False):
+        if lr is not None and relative_step:
+            raise ValueError("Cannot combine manual `lr` and `relative_step=True` options")
+        if warmup_init and not relative_step:
+            raise ValueError("`warmup_init=True` requires `relative_step=True`")
+        if lr is not None:
+            check_range("lr", lr, 0.0)
+        if not isinstance(eps, (list, tuple)) or len(eps) != 2:
+            raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}")
+        if beta1 is not None:
+            check_range("beta1", beta1, 0.0, 1.0, hi_open=True)
+        check_range("weight_decay", weight_decay, 0.0)
+        defaults = dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate, beta1=beta1,
+                        weight_decay=weight_decay, scale_parameter=scale_parameter, relative_step=relative_step,
+                        warmup_init=warmup_init, fp32_state_on_load=fp32_state_on_load)
+        super().__init__(params, defaults)
+        self._stash: dict = {}
+        self.register_load_state_dict_pre_hook(EnhancedAdafactor._stash_fp32_moments)
+        self.register_load_state_dict_post_hook(EnhancedAdafactor._restore_fp32_moments)
+
+    # -- checkpoint fix: torch casts floating state to the parameter's dtype on load ----------------
+    @staticmethod
+    def _stash_fp32_moments(optimizer: EnhancedAdafactor, state_dict: dict) -> None:
+        optimizer._stash = {}
+        groups = state_dict.get("param_groups", [])
+        if not any(g.get("fp32_state_on_load") for g in optimizer.param_groups):
+            return
+        saved_ids = [pid for g in groups for pid in g["params"]]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            st = state_dict.get("state", {}).get(pid, {})
+            optimizer._stash[p] = {k: v.clone() for k, v in st.items()
+                                   if k in _MOMENTS and isinstance(v, torch.Tensor) and v.dtype == torch.float32}
+
+    @staticmethod
+    def _restore_fp32_moments(optimizer: EnhancedAdafactor) -> None:
+        for p, moments in optimizer._stash.items():
+            for k, v in moments.items():
+                if k in optimizer.state[p]:
+                    optimizer.state[p][k] = v.to(p.device)
+        optimizer._stash = {}
+
+    @staticmethod
+    def _get_lr(group: dict, state: dict):
+        rel_step_sz = group["lr"]
+        if group["relative_step"]:
+            min_step = 1e-6 * state["step"] if group["warmup_init"] else 1e-2
+            rel_step_sz = min(min_step, 1.0 / math.sqrt(state["step"]))
+        param_scale = 1.0
+        if group["scale_parameter"]:
+            param_scale = max(group["eps"][1], state["RMS"])
+        return param_scale * rel_step_sz
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.step_parameter(p, group)
+        return loss
+
+    @torch.no_grad()
+    def step_parameter(self, p: torch.Tensor, group: dict) -> None:
+        """One parameter's update (also the gradient-release entry point, as in the trainer)."""
+        grad = p.grad
+        if grad.dtype in (torch.float16, torch.bfloat16):
+            grad = grad.float()
+        if grad.is_sparse:
+            raise RuntimeError("Adafactor does not support sparse gradients.")
+        state = self.state[p]
+        shape = grad.shape
+        factored = len(shape) >= 2
+        use_first_moment = group["beta1"] is not None
+        if len(state) == 0:
+            state["step"] = 0
+            if use_first_moment:
+                state["exp_avg"] = torch.zeros_like(grad)
+            if factored:
+                state["exp_avg_sq_row"] = torch.zeros(shape[:-1]).to(grad)
+                state["exp_avg_sq_col"] = torch.zeros(shape[:-2] + shape[-1:]).to(grad)
+            else:
+                state["exp_avg_sq"] = torch.zeros_like(grad)
+            state["RMS"] = 0
+        else:
+            for k in _MOMENTS:
+                if k in state:
+                    state[k] = state[k].to(grad)
+
+        p32 = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
+        state["step"] += 1
+        state["RMS"] = _rms(p32)
+        lr = self._get_lr(group, state)
+        beta2t = 1.0 - math.pow(state["step"], group["decay_rate"])
+        update = (grad**2) + group["eps"][0]
+        if factored:
+            row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+            row.mul_(beta2t).add_(update.mean(dim=-1), alpha=1.0 - beta2t)
+            col.mul_(beta2t).add_(update.mean(dim=-2), alpha=1.0 - beta2t)
+            r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+            c_factor = col.unsqueeze(-2).rsqrt()
+            update = torch.mul(r_factor, c_factor)
+            update.mul_(grad)
+        else:
+            v = state["exp_avg_sq"]
+            v.mul_(beta2t).add_(update, alpha=1.0 - beta2t)
+            update = v.rsqrt().mul_(grad)
+        update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
+        update.mul_(lr)
+        if use_first_moment:
+            exp_avg = state["exp_avg"]
+            exp_avg.mul_(group["beta1"]).add_(update, alpha=1 - group["beta1"])
+            update = exp_avg
+        if group["weight_decay"] != 0:
+            p32.add_(p32, alpha=-group["weight_decay"] * lr)
+        p32.add_(-update)
+        if p.dtype == torch.bfloat16:
+            copy_stochastic_(p, p32)
+        elif p.dtype == torch.float16:
+            p.copy_(p32)
+
+
+Adafactor = EnhancedAdafactor

@@ -1,0 +1,186 @@
+"""AdamW8bitKahan (tdrussell's diffusion-pipe, trainer `optimizers/adamw_8bit.py`), re-implemented.
+
+bitsandbytes' 8-bit AdamW (block-wise dynamic quantization, CPU kernel semantics) plus a Kahan
+compensation buffer `shift`, in pure torch: no bitsandbytes at run time, same state layout (flat in
+`optimizer.state`, nested under `__bnb_optimizer_quant_state__` in `state_dict()` as bitsandbytes >= 0.45
+saves it; both layouts load).
+
+Two bugs of the original are reproduced by default, each with one documented fix:
+* weight decay is applied to the Kahan buffer (~0), not to the weights, so it has no effect;
+  `decay_weights=True` decays the weights instead.
+* `stabilize` (default True) derives an RMS from the raw `state2`, which holds uint8 codes on the 8-bit
+  path; `fix_stabilize=True` uses the dequantized second moment instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optimizers._base import check_betas, check_range
+from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
+
+__all__ = ["AdamW8bitKahan", "QUANT_STATE_KEY"]
+
+QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
+_QUANT_KEYS = ("state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2", "max1", "max2", "new_max1",
+               "new_max2", "gnorm_vec", "unorm_vec")
+
+
+class AdamW8bitKahan(torch.optim.Optimizer):
+    """8-bit AdamW with Kahan-compensated parameter updates (see the module docstring for the quirks)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, optim_bits: int = 32, args=None,
+                 min_8bit_size: int = 4096, is_paged: bool = False, stabilize: bool = True,
+                 percentile_clipping: int = 100, block_wise: bool = True, fix_stabilize: bool = False,
+                 decay_weights: bool = False):
+        check_range("lr", lr, 0.0)
+        check_betas(betas)
+        check_range("eps", eps, 0.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        if amsgrad:
+            raise ValueError("amsgrad must be False: bitsandbytes' 8-bit AdamW does not support it")
+        if optim_bits != 32:
+            raise ValueError(f"optim_bits must be 32 (AdamW8bit picks 8-bit states by min_8bit_size), got {optim_bits}")
+        if percentile_clipping != 100:
+            raise ValueError("percentile_clipping must be 100 (adaptive clipping is not implemented)")
+        if not block_wise:
+            raise ValueError("block_wise must be True (only block-wise 8-bit states are implemented)")
+        if not isinstance(min_8bit_size, int) or min_8bit_size < 0:
+            raise ValueError(f"min_8bit_size must be an integer >= 0, got {min_8bit_size!r}")
+        self.args = args
+        self.is_paged = is_paged
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, alpha=0.0, t_alpha=None,
+                        t_beta3=None, min_8bit_size=min_8bit_size, stabilize=stabilize,
+                        fix_stabilize=fix_stabilize, decay_weights=decay_weights)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in (("min_8bit_size", 4096), ("stabilize", True), ("fix_stabilize", False),
+                         ("decay_weights", False), ("alpha", 0.0), ("t_alpha", None), ("t_beta3", None)):
+                group.setdefault(k, v)
+
+    # -- checkpoint layout ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        for st in sd["state"].values():
+            nested = {k: st.pop(k) for k in _QUANT_KEYS if k in st}
+            if nested:
+                st[QUANT_STATE_KEY] = nested
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts floating state to the parameter dtype; bitsandbytes keeps its quant state as saved
+        flat_state = {}
+        kept = {}
+        for pid, st in state_dict["state"].items():
+            st = dict(st)
+            nested = st.pop(QUANT_STATE_KEY, None) or {}
+            quant = {**{k: st.pop(k) for k in _QUANT_KEYS if k in st}, **nested}
+            kept[pid] = quant
+            flat_state[pid] = st
+        super().load_state_dict({"state": flat_state, "param_groups": state_dict["param_groups"]})
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            for k, v in kept.get(pid, {}).items():
+                self.state[p][k] = v.to(p.device) if isinstance(v, torch.Tensor) else v
+
+    # -- update -----------------------------------------------------------------------------------
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        state["step"] = 0
+        if p.numel() < group["min_8bit_size"]:
+            state["state1"] = torch.zeros_like(p, dtype=torch.float32)
+            state["state2"] = torch.zeros_like(p, dtype=torch.float32)
+        else:
+            state["state1"] = torch.zeros_like(p, dtype=torch.uint8)
+            state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
+            state["qmap1"] = dynamic_map(True, device=p.device)
+            state["qmap2"] = dynamic_map(False, device=p.device)
+            n_blocks = math.ceil(p.numel() / 256)
+            state["absmax1"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
+            state["absmax2"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
+        state["shift"] = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamW8bitKahan does not support sparse gradients")
+                if len(self.state[p]) == 0:
+                    self._init_state(p, group)
+                self._update(p, group)
+        return loss
+
+    def _stabilized_lr(self, grad: torch.Tensor, state: dict, group: dict) -> float:
+        eps = group["eps"]
+        if group["fix_stabilize"]:
+            v = state["state2"]
+            if v.dtype == torch.uint8:
+                v = dequantize_blockwise(v, state["absmax2"], state["qmap2"])
+            if state["step"] <= 1:
+                return group["lr"]
+            v = v / (1 - group["betas"][1] ** (state["step"] - 1))
+            rms = (grad.float().pow(2) / v.clamp(min=eps**2)).mean().sqrt()
+        else:  # the original: raw state2 (uint8 codes on the 8-bit path), eps^2 cast to its dtype
+            s2 = state["state2"]
+            rms = (grad.pow(2) / torch.max(s2, torch.tensor(eps**2, dtype=s2.dtype, device=s2.device))).mean().sqrt()
+        return group["lr"] / max(1, rms.item())
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        grad = p.grad.contiguous()
+        state["step"] += 1
+        step = state["step"]
+        beta1, beta2 = group["betas"]
+        eps, wd = group["eps"], group["weight_decay"]
+        lr = self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
+        shift = state["shift"]
+        g = grad.float()
+        correction1 = 1.0 - beta1**step
+        correction2 = math.sqrt(1.0 - beta2**step)
+        if state["state1"].dtype == torch.uint8:
+            m = dequantize_blockwise(state["state1"], state["absmax1"], state["qmap1"], 256)
+            v = dequantize_blockwise(state["state2"], state["absmax2"], state["qmap2"], 256)
+            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            denom = (v.sqrt() / correction2).add_(eps)
+            shift32 = shift.float()
+            if wd > 0.0:
+                if group["decay_weights"]:
+                    p.mul_(1.0 - lr * wd)
+                else:
+                    shift32.mul_(1.0 - lr * wd)
+            shift32.addcdiv_(m, denom, value=-lr / correction1)
+            shift.copy_(shift32)
+            quantize_blockwise(m, state["qmap1"], 256, out=state["state1"], absmax=state["absmax1"])
+            quantize_blockwise(v, state["qmap2"], 256, out=state["state2"], absmax=state["absmax2"])
+        else:
+            m, v = state["state1"], state["state2"]
+            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            step_size = -lr * correction2 / correction1
+            shift32 = shift.float()
+            if wd > 0.0:
+                if group["decay_weights"]:
+                    p.mul_(1.0 - lr * wd)
+                else:
+                    shift32.mul_(1.0 - lr * wd)
+            shift32.add_(m / (v.sqrt() + eps * correction2), alpha=step_size * 1.0)
+            shift.copy_(shift32)
+        # Kahan: add the buffer to the weights; keep what did not fit into their precision
+        before = p.clone()
+        p.add_(shift)
+        shift.add_(before.sub_(p))

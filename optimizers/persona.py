@@ -1,0 +1,142 @@
+"""PersonaOptimizer (geocine, MIT; trainer `optimizers/persona.py`), re-implemented.
+
+Math is always fp32; `stochastic_fp` only chooses stochastic rounding vs round-to-nearest on write-back.
+Faithful by default, including resets after the first one step early (`exact_reset_period=True` fixes it)
+and the fp16 rounding on the bf16 grid (`fp16_rounding=True` fixes it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optimizers._base import check_betas, check_int, check_range
+from optimizers._common import A2, agreement_mask, orthograd_persona_
+from optimizers._rounding import copy_stochastic_, is_low_precision
+
+__all__ = ["PersonaOptimizer"]
+
+
+class PersonaOptimizer(torch.optim.Optimizer):
+    """Adam-like atan2 update with amplified momentum and optional gradient-variance focus."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.999),
+                 weight_decay: float = 0.0, weight_decay_rate: float = 1.0, amp_factor: float = 1.0,
+                 focus_boost: float = 0.0, focus_eps: float = 1e-7, reset_interval: int = 0,
+                 reset_increment: int = 0, orthograd: bool = False, constrain: bool = False,
+                 cautious_min: float = 1.0, stochastic_fp: bool = True, eps: float = 1e-8,
+                 exact_reset_period: bool = False, fp16_rounding: bool = False):
+        check_range("lr", lr, 0.0)
+        check_betas(betas)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_range("weight_decay_rate", weight_decay_rate, 0.0, 1.0)
+        check_range("amp_factor", amp_factor)
+        check_range("focus_boost", focus_boost, 0.0)
+        check_range("focus_eps", focus_eps)
+        check_int("reset_interval", reset_interval)
+        check_int("reset_increment", reset_increment)
+        check_range("cautious_min", cautious_min, 0.0, 1.0)
+        check_range("eps", eps, 0.0)
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, weight_decay_rate=weight_decay_rate,
+                        amp_factor=amp_factor, focus_boost=focus_boost, focus_eps=focus_eps,
+                        reset_interval=reset_interval, reset_increment=reset_increment, orthograd=orthograd,
+                        constrain=constrain, cautious_min=cautious_min, stochastic_fp=stochastic_fp, eps=eps,
+                        exact_reset_period=exact_reset_period, fp16_rounding=fp16_rounding)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("exact_reset_period", False)
+            group.setdefault("fp16_rounding", False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_param(p, group)
+        return loss
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError("PersonaOptimizer does not support sparse gradients")
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        if group["orthograd"] and p.ndim >= 2:
+            orthograd_persona_(p, self.defaults["eps"])
+        grad = p.grad
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = 0
+            state["ema"] = torch.zeros_like(p)
+            state["ema_squared"] = grad.pow(2)
+            if group["reset_interval"] > 0:
+                state["steps_since_reset"] = 0
+                state["times_reset"] = 0
+            if group["focus_boost"] > 0:
+                state["ema_grad_var"] = torch.zeros_like(p)
+        if group["focus_boost"] > 0 and "ema_grad_var" not in state:
+            state["ema_grad_var"] = torch.zeros_like(p)
+        low = is_low_precision(p)
+        g = grad.float() if low else grad
+        p_w = p.float() if low else p
+        ema = state["ema"].float() if low else state["ema"]
+        v = state["ema_squared"].float() if low else state["ema_squared"]
+        egv = None
+        if group["focus_boost"] > 0:
+            egv = state["ema_grad_var"].float() if low else state["ema_grad_var"]
+
+        state["step"] += 1
+        k = state["step"]
+        if group["reset_interval"] > 0:
+            state["steps_since_reset"] += 1
+            period = group["reset_interval"] + group["reset_increment"] * state["times_reset"]
+            if group["exact_reset_period"] and state["times_reset"] > 0:
+                period += 1
+            if state["steps_since_reset"] >= period > 0:
+                ema.zero_()
+                v.copy_(g.pow(2))
+                if self.defaults["reset_interval"] > 0:
+                    state["times_reset"] += 1
+                if egv is not None and self.defaults["focus_boost"] > 0:
+                    egv.zero_()
+                state["step"] = 1
+                k = 1
+                state["steps_since_reset"] = 1
+
+        bias_correction = max(1 - beta1**k, eps)
+        bias_correction_sqrt = max((1 - beta2**k) ** 0.5, eps)
+        ema.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = v.sqrt().add_(eps * bias_correction_sqrt)
+        update = torch.atan2(g + group["amp_factor"] * (ema / bias_correction), denom).mul_(A2)
+        if egv is not None:
+            cur_var = (v - ema.pow(2)).clamp_(min=0)
+            egv.mul_(beta2).add_(cur_var, alpha=1 - beta2)
+            boost = (cur_var / (egv.sqrt() + group["focus_eps"])).clamp_(0, 5)
+            update.mul_(1 + group["focus_boost"] * boost)
+        effective_wd = group["weight_decay"] * group["weight_decay_rate"] ** (k - 1)
+        if effective_wd > 0 and not group["constrain"]:
+            update.add_(p_w, alpha=effective_wd)
+        if group["cautious_min"] < 1:
+            update.mul_(agreement_mask(update, g, group["cautious_min"], eps, inclusive=True))
+        if group["constrain"]:
+            p_w.mul_(1 - group["lr"])
+        p_w.add_(update, alpha=-group["lr"])
+
+        if low:
+            if egv is not None:
+                state["ema_grad_var"].copy_(egv)
+            if group["stochastic_fp"]:
+                fp16_exact = group["fp16_rounding"]
+                copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
+                copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
+                copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
+            else:
+                p.copy_(p_w)
+                state["ema"].copy_(ema)
+                state["ema_squared"].copy_(v)

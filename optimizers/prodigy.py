@@ -1,0 +1,148 @@
+"""Prodigy as the trainer builds it (`type = "Prodigy"` -> pytorch_optimizer 4.1.0's class), re-implemented.
+
+Same numbers and state layout as pytorch_optimizer.Prodigy (golden trajectories and the package itself are
+the references in the tests). Differences, both opt-in by nature:
+* unknown keyword arguments raise TypeError instead of being silently swallowed (a typo must not pass);
+* bf16/fp16 parameters are updated in fp32 and written back with stochastic rounding.
+Kept on purpose: coupled weight decay (`weight_decouple=False`) has no effect, as in the original.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optimizers._base import check_range
+from optimizers._rounding import copy_stochastic_, is_low_precision
+
+__all__ = ["Prodigy"]
+
+
+class Prodigy(torch.optim.Optimizer):
+    """Learning-rate-free Adam: estimates the distance to the solution, d, from gradient correlations."""
+
+    def __init__(self, params, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999), beta3: float | None = None,
+                 d0: float = 1e-6, d_coef: float = 1.0, growth_rate: float = float("inf"),
+                 weight_decay: float = 0.0, weight_decouple: bool = True, fixed_decay: bool = False,
+                 bias_correction: bool = False, safeguard_warmup: bool = False, eps: float | None = 1e-8,
+                 maximize: bool = False, foreach: bool | None = None):
+        check_range("lr", lr, 0.0)
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        for i, b in enumerate(betas):
+            check_range(f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        if beta3 is not None:
+            check_range("beta3", beta3, 0.0, 1.0)
+        check_range("d0", d0, 0.0, lo_open=True)
+        check_range("d_coef", d_coef, 0.0, lo_open=True)
+        check_range("growth_rate", growth_rate, 1.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        if eps is not None:
+            check_range("eps", eps, 0.0)
+        self.maximize = maximize
+        defaults = dict(lr=lr, betas=betas, beta3=beta3, d=d0, d0=d0, d_max=d0, d_coef=d_coef,
+                        growth_rate=growth_rate, weight_decay=weight_decay, weight_decouple=weight_decouple,
+                        fixed_decay=fixed_decay, bias_correction=bias_correction, safeguard_warmup=safeguard_warmup,
+                        step=1, foreach=foreach, eps=eps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        first = self.param_groups[0]
+        device = first["params"][0].device
+        beta1, beta2 = first["betas"]
+        beta3 = first["beta3"] if first["beta3"] is not None else math.sqrt(beta2)
+        t = first["step"]
+        bias_correction = ((1.0 - math.pow(beta1, t)) / math.sqrt(1.0 - math.pow(beta2, t))
+                           if first["bias_correction"] else 1.0)
+        d, d0 = first["d"], first["d0"]
+        d_lr = d * first["lr"] / bias_correction
+        if "d_numerator" not in first:
+            first["d_numerator"] = torch.tensor([0.0], device=device)
+        elif first["d_numerator"].device != device:
+            first["d_numerator"] = first["d_numerator"].to(device)
+        d_numerator = first["d_numerator"]
+        d_numerator.mul_(beta3)
+        d_de_nom = torch.tensor([0.0], device=device)
+
+        work: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Prodigy does not support sparse gradients")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["s"] = torch.zeros_like(p)
+                    state["p0"] = p.clone()
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+            group["step"] += 1
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if self.maximize:
+                    grad.neg_()
+                state = self.state[p]
+                low = is_low_precision(p)
+                g = grad.float() if low else grad
+                p32 = p.float() if low else p
+                s, p0, m, v = ((state[k].float() if low else state[k]) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
+                d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
+                m.mul_(beta1).add_(g, alpha=d * (1.0 - beta1))
+                v.mul_(beta2).addcmul_(g, g, value=d * d * (1.0 - beta2))
+                s.mul_(beta3).add_(g, alpha=(d / d0) * (d if group["safeguard_warmup"] else d_lr))
+                d_de_nom.add_(s.abs().sum())
+                work.append((p, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
+
+        if d_de_nom == 0:
+            for p, _, tmp in work:
+                self._write_state(p, tmp)
+            return loss
+        last = self.param_groups[-1]  # the original reads these from the loop variable: the last group
+        d_hat = (last["d_coef"] * d_numerator / d_de_nom).item()
+        if d == last["d0"]:
+            d = max(d, d_hat)
+        d_max = max(last["d_max"], d_hat)
+        d = min(d_max, d * last["growth_rate"])
+
+        by_param = {id(p): (p32, tmp) for p, p32, tmp in work}
+        for group in self.param_groups:
+            group["d_numerator"] = d_numerator
+            group["d_de_nom"] = d_de_nom
+            group["d"] = d
+            group["d_max"] = d_max
+            group["d_hat"] = d_hat
+            for p in group["params"]:
+                if id(p) not in by_param:
+                    continue
+                p32, tmp = by_param[id(p)]
+                wd = group["weight_decay"]
+                if wd != 0.0:
+                    if group["weight_decouple"]:
+                        p32.mul_(1.0 - wd * (1.0 if group["fixed_decay"] else d_lr))
+                    elif wd > 0.0:
+                        p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
+                denom = tmp["exp_avg_sq"].sqrt()
+                if group["eps"] is not None:
+                    denom.add_(d * group["eps"])
+                    p32.addcdiv_(tmp["exp_avg"], denom, value=-d_lr)
+                else:
+                    p32.add_(tmp["exp_avg"].atan2(denom), alpha=-d_lr)
+                if p32 is not p:
+                    copy_stochastic_(p, p32)
+                self._write_state(p, tmp)
+        return loss
+
+    def _write_state(self, p: torch.Tensor, tmp: dict) -> None:
+        state = self.state[p]
+        for k, v in tmp.items():
+            if v is not state[k]:
+                copy_stochastic_(state[k], v)

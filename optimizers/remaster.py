@@ -1,0 +1,125 @@
+"""REMASTER (Clybius, as shipped in geocine/diffusion-chroma `optimizers/remaster.py`), re-implemented.
+
+Faithful to the trainer's copy by default, including two behaviours worth knowing:
+* orthograd renormalises with a floor of 1e-3, so tiny (LoRA) gradients are shrunk (`orthograd_floor`);
+* resets after the first come one step early (`exact_reset_period=True` gives the documented period).
+The first step (and the first after each reset) is a sign step of ~2*lr: the second moment starts at 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optimizers._base import check_betas, check_int, check_range
+from optimizers._common import A2, agreement_mask, orthograd_, rms_clip_
+from optimizers._rounding import copy_stochastic_, is_low_precision
+
+__all__ = ["REMASTER"]
+
+
+class REMASTER(torch.optim.Optimizer):
+    """REMASTER: norm-renormalised gradient, adaptive EMA mask, ADOPT-style atan2 update."""
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999),
+                 weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,
+                 reset_interval: int = 0, reset_increment: int = 0, orthograd: bool = True,
+                 cautious_min: float = 1.0, stochastic_fp: bool = True, exact_reset_period: bool = False,
+                 orthograd_floor: float = 1e-3, fp16_rounding: bool = False):
+        check_range("lr", lr, 0.0)
+        check_betas(betas)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_range("weight_decay_rate", weight_decay_rate, 0.0)
+        check_range("amp", amp)
+        check_int("reset_interval", reset_interval)
+        check_int("reset_increment", reset_increment)
+        check_range("cautious_min", cautious_min)
+        check_range("orthograd_floor", orthograd_floor, 0.0, lo_open=True)
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, weight_decay_rate=weight_decay_rate,
+                        amp=amp, reset_interval=reset_interval, reset_increment=reset_increment, orthograd=orthograd,
+                        cautious_min=cautious_min, stochastic_fp=stochastic_fp,
+                        exact_reset_period=exact_reset_period, orthograd_floor=orthograd_floor,
+                        fp16_rounding=fp16_rounding)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("exact_reset_period", False)
+            group.setdefault("orthograd_floor", 1e-3)
+            group.setdefault("fp16_rounding", False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_param(p, group)
+        return loss
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError("REMASTER does not support sparse gradients")
+        beta1, beta2 = group["betas"]
+        if group["orthograd"] and p.ndim >= 2:
+            orthograd_(p, group["orthograd_floor"])
+        state = self.state[p]
+        if len(state) == 0:
+            state["ema"] = torch.zeros_like(p)
+            state["ema_squared"] = torch.zeros_like(p)
+            if group["reset_interval"] > 0:
+                state["times_zero"] = 0
+                state["steps_since_reset"] = 1
+            state["step"] = 0
+        upcast = is_low_precision(p) and group["stochastic_fp"]
+        g = p.grad.float() if upcast else p.grad.clone()
+        p_w = p.float() if upcast else p
+        ema = state["ema"].float() if upcast else state["ema"]
+        v = state["ema_squared"].float() if upcast else state["ema_squared"]
+
+        if group["reset_interval"] > 0:
+            period = group["reset_interval"] + group["reset_increment"] * state["times_zero"]
+            if group["exact_reset_period"] and state["times_zero"] > 0:
+                period += 1
+            if state["steps_since_reset"] // period > 0:
+                ema.zero_()
+                v.zero_()
+                state["times_zero"] += 1
+                state["steps_since_reset"] = 1
+            k = state["steps_since_reset"]
+        else:
+            state["step"] += 1
+            k = state["step"]
+
+        slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
+        bias_correction = 1 - beta1**k
+        bias_correction_sqrt = (1 - slow_beta2**k) ** 0.5
+        step_size = group["lr"] * A2
+
+        rms_clip_(g)
+        norm_ratio = torch.atan2(g.norm(2), ema.norm(2)).mul(A2)
+        if norm_ratio > 1e-6:
+            g.div_(norm_ratio)
+        ema.mul_(beta1).add_(g, alpha=1 - beta1)
+        ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
+        c = g.add(ema / bias_correction, alpha=group["amp"])
+        denom = v.sqrt().div_(bias_correction_sqrt)
+        v.mul_(slow_beta2).add_(c * c, alpha=1 - slow_beta2)
+        update = torch.atan2(c, denom)
+        if group["weight_decay"] != 0:
+            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+        if group["cautious_min"] != 1:
+            update.mul_(agreement_mask(update, g, group["cautious_min"], 1e-3))
+        p_w.add_(update, alpha=-step_size)
+
+        if upcast:
+            fp16_exact = group["fp16_rounding"]
+            copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
+            copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
+            copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
+        if group["reset_interval"] > 0:
+            state["steps_since_reset"] += 1

@@ -1,0 +1,178 @@
+"""SCORN (Clybius, as shipped in geocine/diffusion-chroma `optimizers/scorn.py`), re-implemented.
+
+Numerically faithful to the trainer's copy (golden trajectories replay at 0 deviation) with its state layout,
+without its per-step clones of the parameter and moments, and without its crashes (several parameter groups,
+5-D tensors are rejected at construction time rather than in the middle of a run).
+Known quirk kept by default: resets after the first come one step early (`exact_reset_period=True` fixes it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optimizers._base import check_betas, check_int, check_range
+from optimizers._common import A2, agreement_mask, orthograd_, rms_clip_
+from optimizers._rounding import copy_stochastic_, is_low_precision
+
+__all__ = ["SCORN", "newton_schulz", "lmo_"]
+
+_NS_COEFFS = tuple((a / 1024, b / 1024, c / 1024) for a, b, c in (
+    (3955, -8306, 5008), (3735, -6681, 3463), (3799, -6499, 3211),
+    (4019, -6385, 2906), (2677, -3029, 1162), (2172, -1833, 682)))
+
+
+def newton_schulz(G: torch.Tensor) -> torch.Tensor:
+    """Six fixed-coefficient Newton-Schulz iterations towards the orthogonal polar factor, in fp32."""
+    X = G.float()
+    X = X / (X.norm() + 1e-12)
+    transposed = X.size(0) > X.size(1)
+    if transposed:
+        X = X.T
+    for a, b, c in _NS_COEFFS:
+        A = X @ X.T
+        B = b * A + (c * A) @ A
+        X = a * X + B @ X
+    return X.T if transposed else X
+
+
+def lmo_(g: torch.Tensor) -> torch.Tensor:
+    """The norm-ball linear minimisation oracle by rank: unit vector (<= 1-D), spectral (2-D), per kernel row."""
+    if g.ndim <= 1:
+        return g.div_(g.norm(dim=0, keepdim=True).add_(1e-12))
+    d0, d1 = g.shape[0], g.shape[1]
+    if g.ndim == 2:
+        return newton_schulz(g).mul_(math.sqrt(d0 / d1))
+    if g.ndim in (3, 4):
+        return newton_schulz(g.view(d0, -1)).view(g.shape) * (math.sqrt(d0 / d1) / g.shape[2] ** 2)
+    raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(g.shape)}")
+
+
+class SCORN(torch.optim.Optimizer):
+    """SCORN: spectral (Newton-Schulz) normalised gradient, ADOPT-style second moment, atan2 update.
+
+    Args mirror the trainer's class; see `optinspect schema scorn` for ranges and defaults.
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999), focus_ratio: float = 0.0,
+                 weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,
+                 reset_interval: int = 0, reset_increment: int = 0, orthograd: bool = False,
+                 spectral_update_scale: float = 1.0, constrain: bool = False, cautious_min: float = 1.0,
+                 stochastic_fp: bool = True, exact_reset_period: bool = False, fp16_rounding: bool = False):
+        check_range("lr", lr, 0.0)
+        check_betas(betas)
+        check_range("focus_ratio", focus_ratio)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_range("weight_decay_rate", weight_decay_rate, 0.0)
+        check_range("amp", amp)
+        check_int("reset_interval", reset_interval)
+        check_int("reset_increment", reset_increment)
+        check_range("spectral_update_scale", spectral_update_scale)
+        check_range("cautious_min", cautious_min)
+        defaults = dict(lr=lr, betas=tuple(betas), focus_ratio=focus_ratio, weight_decay=weight_decay,
+                        weight_decay_rate=weight_decay_rate, amp=amp, reset_interval=reset_interval,
+                        reset_increment=reset_increment, orthograd=orthograd,
+                        spectral_update_scale=spectral_update_scale, constrain=constrain, cautious_min=cautious_min,
+                        stochastic_fp=stochastic_fp, exact_reset_period=exact_reset_period,
+                        fp16_rounding=fp16_rounding)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim > 4:
+                    raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(p.shape)}")
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("exact_reset_period", False)
+            group.setdefault("fp16_rounding", False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_param(p, group)
+        return loss
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError("SCORN does not support sparse gradients")
+        beta1, beta2 = group["betas"]
+        if group["orthograd"] and p.ndim >= 2:
+            orthograd_(p, 1e-6)
+        grad = p.grad
+        state = self.state[p]
+        if len(state) == 0:
+            state["ema"] = torch.zeros_like(p)
+            state["ema_squared"] = grad.pow(2).to(p.dtype)
+            if group["reset_interval"] > 0:
+                state["times_zero"] = 0
+                state["steps_since_reset"] = 1
+            if group["focus_ratio"] > 0:
+                state["pbar"] = torch.zeros_like(p)
+            state["step"] = 0
+        low = is_low_precision(p)
+        upcast = low and group["stochastic_fp"]
+        # working tensors: for fp32 parameters the state itself, updated in place (the original clones)
+        g = grad.float() if upcast else grad.clone()
+        p_w = p.float() if upcast else p
+        ema = state["ema"].float() if upcast else state["ema"]
+        v = state["ema_squared"].float() if upcast else state["ema_squared"]
+        focus = group["focus_ratio"] > 0 and "pbar" in state
+        pbar = (state["pbar"].float() if upcast else state["pbar"]) if focus else None
+
+        if group["reset_interval"] > 0:
+            period = group["reset_interval"] + group["reset_increment"] * state["times_zero"]
+            if group["exact_reset_period"] and state["times_zero"] > 0:
+                period += 1
+            if state["steps_since_reset"] // period > 0:
+                ema.zero_()
+                v.copy_(g.pow(2))
+                if pbar is not None:
+                    pbar.zero_()
+                state["times_zero"] += 1
+                state["steps_since_reset"] = 1
+            k = state["steps_since_reset"]
+        else:
+            state["step"] += 1
+            k = state["step"]
+
+        slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
+        bias_correction = 1 - beta1**k
+        bias_correction_sqrt = (1 - slow_beta2**k) ** 0.5
+
+        rms_clip_(g)
+        g = lmo_(g)
+        ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
+        ema.mul_(beta1).add_(g, alpha=1 - beta1)
+        c = g.add(ema / bias_correction, alpha=group["amp"])
+        denom = v.sqrt().div_(bias_correction_sqrt)
+        v.mul_(slow_beta2).add_(c * c, alpha=1 - slow_beta2)
+        update = torch.atan2(c, denom).mul_(A2).mul_(group["spectral_update_scale"])
+        if pbar is not None:
+            pbar.lerp_(p_w, 1 - beta1)
+            update.add_(p_w - pbar / bias_correction, alpha=group["focus_ratio"])
+        if group["weight_decay"] != 0 and not group["constrain"]:
+            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+        if group["cautious_min"] != 1:
+            update.mul_(agreement_mask(update, g, group["cautious_min"], 1e-3))
+        if group["constrain"]:
+            p_w.mul_(1 - group["lr"])
+        p_w.add_(update, alpha=-group["lr"])
+
+        if upcast:
+            fp16_exact = group["fp16_rounding"]
+            copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
+            copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
+            if pbar is not None:
+                copy_stochastic_(state["pbar"], pbar, fp16_exact=fp16_exact)
+            copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
+        if group["reset_interval"] > 0:
+            state["steps_since_reset"] += 1
