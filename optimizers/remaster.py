@@ -108,7 +108,7 @@ class REMASTER(torch.optim.Optimizer):
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
         c = g.add(ema / bias_correction, alpha=group["amp"])
         denom = v.sqrt().div_(bias_correction_sqrt)
-        v.mul_(slow_beta2).add_(c * c, alpha=1 - slow_beta2)
+        v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
         update = torch.atan2(c, denom)
         if group["weight_decay"] != 0:
             update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)

@@ -40,7 +40,7 @@ def newton_schulz(G: torch.Tensor) -> torch.Tensor:
 def lmo_(g: torch.Tensor) -> torch.Tensor:
     """The norm-ball linear minimisation oracle by rank: unit vector (<= 1-D), spectral (2-D), per kernel row."""
     if g.ndim <= 1:
-        return g.div_(g.norm(dim=0, keepdim=True).add_(1e-12))
+        return g.div_(g.pow(2).sum(dim=0, keepdim=True).sqrt_().add_(1e-12))
     d0, d1 = g.shape[0], g.shape[1]
     if g.ndim == 2:
         return newton_schulz(g).mul_(math.sqrt(d0 / d1))
@@ -154,7 +154,7 @@ class SCORN(torch.optim.Optimizer):
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         c = g.add(ema / bias_correction, alpha=group["amp"])
         denom = v.sqrt().div_(bias_correction_sqrt)
-        v.mul_(slow_beta2).add_(c * c, alpha=1 - slow_beta2)
+        v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
         update = torch.atan2(c, denom).mul_(A2).mul_(group["spectral_update_scale"])
         if pbar is not None:
             pbar.lerp_(p_w, 1 - beta1)
