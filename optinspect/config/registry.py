@@ -35,6 +35,7 @@ class Rule:
     example: str = ""
     fix: str = ""
     types: tuple[str, ...] = ()  # schema names it applies to; empty = all
+    trainer_only: bool = False  # about the trainer around the optimizer (skipped by build_optimizer)
     check: Callable[..., Iterator[Finding]] | None = field(default=None, compare=False)
 
 
@@ -42,13 +43,13 @@ RULES: dict[str, Rule] = {}
 
 
 def register(code: str, name: str, severity: str, kind: str, summary: str, *, why: str = "", example: str = "",
-             fix: str = "", types: tuple[str, ...] = ()) -> Callable:
+             fix: str = "", types: tuple[str, ...] = (), trainer_only: bool = False) -> Callable:
     """Register a rule; used as a decorator for rule functions, or called bare for input/schema codes."""
 
     def deco(fn: Callable | None) -> Callable | None:
         if code in RULES:
             raise ValueError(f"duplicate rule code {code}")
-        RULES[code] = Rule(code, name, Severity(severity), kind, summary, why, example, fix, types, fn)
+        RULES[code] = Rule(code, name, Severity(severity), kind, summary, why, example, fix, types, trainer_only, fn)
         return fn
 
     return deco

@@ -55,7 +55,7 @@ def adafactor_lr_with_relative_step(ctx: RuleContext) -> Iterator[Finding]:
           why="train.py always wraps the optimizer in ConstantLR/LinearLR, which multiply group['lr']; with "
               "relative_step the lr is None and the scheduler raises TypeError at start-up.",
           example="[optimizer]\ntype = 'adafactor'\nrelative_step = true",
-          fix="set `relative_step = false` and give `lr`", types=("adafactor",))
+          fix="set `relative_step = false` and give `lr`", types=("adafactor",), trainer_only=True)
 def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("relative_step")) and ctx.get("lr") is None:
         key = ("relative_step",) if ctx.has("relative_step") else ("type",)

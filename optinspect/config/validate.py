@@ -43,6 +43,7 @@ class Options:
     require_optimizer: bool = False
     ignore: frozenset[str] = frozenset()
     world_size: int | None = None
+    trainer: bool = True  # also apply rules about the trainer around the optimizer
 
 
 @dataclass
@@ -437,6 +438,8 @@ def _rule_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> li
     for rule in RULES.values():
         if rule.check is None or (rule.types and ctx.schema not in rule.types):
             continue
+        if rule.trainer_only and not ctx.options.trainer:
+            continue
         for f in rule.check(ctx):
             where = f.key if f.absolute else OPT + f.key
             span = smap.locate(where, prefer_value=f.on_value) if f.key else smap.locate(OPT)
@@ -461,3 +464,14 @@ def _finish(report: FileReport, diags: list[Diagnostic], smap: source.SourceMap,
 
 
 __all__ = ["Options", "RuleContext", "Finding", "validate_file", "validate_text", "show"]
+
+
+def validate_table(table: dict, config: dict | None = None, options: Options | None = None) -> list[Diagnostic]:
+    """Check an [optimizer] table given as a dict (no file, so no positions): the API path of build_optimizer."""
+    data = dict(config or {})
+    data["optimizer"] = table
+    report = FileReport(path="<optimizer table>")
+    options = options or Options()
+    found = _check_config(report.path, data, source.SourceMap(), options, report)
+    _finish(report, found, source.SourceMap(), options)
+    return report.diagnostics
