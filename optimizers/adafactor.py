@@ -59,7 +59,7 @@ class EnhancedAdafactor(torch.optim.Optimizer):
             return
         saved_ids = [pid for g in groups for pid in g["params"]]
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        for pid, p in zip(saved_ids, params):
+        for pid, p in zip(saved_ids, params, strict=False):
             st = state_dict.get("state", {}).get(pid, {})
             optimizer._stash[p] = {k: v.clone() for k, v in st.items()
                                    if k in _MOMENTS and isinstance(v, torch.Tensor) and v.dtype == torch.float32}

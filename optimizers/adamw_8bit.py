@@ -86,7 +86,7 @@ class AdamW8bitKahan(torch.optim.Optimizer):
         super().load_state_dict({"state": flat_state, "param_groups": state_dict["param_groups"]})
         params = [p for g in self.param_groups for p in g["params"]]
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        for pid, p in zip(saved_ids, params):
+        for pid, p in zip(saved_ids, params, strict=False):
             for k, v in kept.get(pid, {}).items():
                 self.state[p][k] = v.to(p.device) if isinstance(v, torch.Tensor) else v
 

@@ -146,7 +146,8 @@ def adafactor_eps_scalar(ctx: RuleContext) -> Iterator[Finding]:
 def double_clipping(ctx: RuleContext) -> Iterator[Finding]:
     gc = ctx.top("gradient_clipping", 1.0)
     ct = ctx.num("clip_threshold")
-    if isinstance(gc, (int, float)) and gc > 0 and ct is not None and ct > 0:
+    explicit = "gradient_clipping" in ctx.config or ctx.has("clip_threshold")
+    if explicit and isinstance(gc, (int, float)) and gc > 0 and ct is not None and ct > 0:
         src = f"`gradient_clipping = {gc:g}`" if "gradient_clipping" in ctx.config else \
             "DeepSpeed's default gradient_clipping of 1.0 (the key is absent)"
         key = ("gradient_clipping",) if "gradient_clipping" in ctx.config else ("clip_threshold",)
@@ -236,7 +237,8 @@ def prodigy_gradient_release(ctx: RuleContext) -> Iterator[Finding]:
 def prodigy_defaults(ctx: RuleContext) -> Iterator[Finding]:
     missing = [k for k in ("safeguard_warmup", "bias_correction") if not _truthy(ctx.get(k))]
     if missing:
-        yield Finding(("type",), f"for diffusion models Prodigy's authors recommend {' and '.join(f'`{k} = true`' for k in missing)}",
+        wanted = " and ".join(f"`{k} = true`" for k in missing)
+        yield Finding(("type",), f"for diffusion models Prodigy's authors recommend {wanted}",
                       "add them unless you have measured otherwise")
 
 

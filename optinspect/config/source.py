@@ -16,7 +16,7 @@ from optinspect.diagnostics import Span
 Path = tuple  # of str keys and int array indices
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
-_SUPPRESS = re.compile(r"optinspect:\s*ignore\[([A-Za-z0-9_,\s]*)\]")
+_SUPPRESS = re.compile(r"optinspect:\s*ignore(?:\[([A-Za-z0-9_,\s]*)\])?")
 
 
 @dataclass
@@ -101,7 +101,7 @@ class _Scanner:
             self.adv()
         m = _SUPPRESS.search(self.s[start:self.i])
         if m:
-            codes = {c.strip().upper() for c in m.group(1).split(",") if c.strip()} or {"*"}
+            codes = {c.strip().upper() for c in (m.group(1) or "").split(",") if c.strip()} or {"*"}
             self.map.suppressions.setdefault(line, set()).update(codes)
 
     def skip_line(self) -> None:

@@ -243,8 +243,12 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
     if res.schema is None:
         return out  # a pytorch_optimizer class we have no schema for: nothing more to check
     ctx = RuleContext(table, data, type_name, res.schema, options, schemas.defaults(res.schema))
-    out.extend(_schema_diagnostics(path, ctx, smap))
-    out.extend(_rule_diagnostics(path, ctx, smap))
+    from_rules = _rule_diagnostics(path, ctx, smap)
+    explained = {(d.line, d.column) for d in from_rules if d.severity is Severity.ERROR}
+    # a rule that explains a value says more than the schema's generic type/range message for it
+    out.extend(d for d in _schema_diagnostics(path, ctx, smap)
+               if not (d.code in ("OPT106", "OPT107") and (d.line, d.column) in explained))
+    out.extend(from_rules)
     return out
 
 

@@ -1,0 +1,141 @@
+"""The schemas: Draft 4 only (taplo), in sync, and their defaults equal the constructors' defaults."""
+
+import inspect
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+from jsonschema import Draft4Validator
+
+from optinspect.config import schemas
+
+from ..conftest import EXAMPLES, ROOT
+
+DRAFT6_PLUS = {"const", "if", "then", "else", "$defs", "contains", "propertyNames", "examples", "dependentRequired",
+               "unevaluatedProperties", "prefixItems", "$anchor"}
+
+
+def _walk(node, path=()):
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, path + (i,))
+
+
+@pytest.mark.parametrize("name", schemas.available() + ["config"])
+def test_schema_is_valid_draft4_without_newer_keywords(name):
+    s = schemas.load(name)
+    Draft4Validator.check_schema(s)
+    for path, node in _walk(s):
+        if "properties" in path[-1:]:
+            continue
+        used = DRAFT6_PLUS & set(node)
+        assert not used, f"{name} {path}: {used}"
+        for k in ("exclusiveMinimum", "exclusiveMaximum"):
+            if k in node and path[-2:-1] != ("properties",):
+                assert isinstance(node[k], bool), f"{name} {path}: Draft 4 wants a boolean {k}"
+
+
+def test_bundle_file_is_in_sync_with_the_per_type_schemas():
+    on_disk = json.loads((ROOT / "schemas" / "config.schema.json").read_text())
+    assert on_disk == schemas.bundle(), "regenerate: python -c 'from optinspect.config import schemas; ...'"
+
+
+@pytest.mark.parametrize("name", schemas.available())
+def test_every_property_documented(name):
+    for key, prop in schemas.load(name)["properties"].items():
+        assert prop.get("description"), f"{name}.{key} has no description"
+        assert "type" in prop or "enum" in prop or "pattern" in prop, f"{name}.{key} has no type"
+
+
+BUNDLED = ["adafactor", "scorn", "remaster", "persona", "adamw8bitkahan", "prodigy"]
+
+
+def _ctor_defaults(klass):
+    sig = inspect.signature(klass.__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k not in ("self", "params") and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isinf(a):
+        return a == b
+    return a == b and type(a) is type(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                                             and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_schema_defaults_equal_constructor_defaults(name):
+    import optimizers
+
+    module, cls = optimizers.CLASSES[name]
+    klass = getattr(__import__(module, fromlist=[cls]), cls)
+    ctor = _ctor_defaults(klass)
+    schema_defaults = schemas.defaults(name)
+    props = set(schemas.load(name)["properties"]) - {"type", "gradient_release"}
+    assert props == set(ctor), f"schema keys {props ^ set(ctor)} differ from the constructor"
+    for key, value in ctor.items():
+        assert key in schema_defaults, f"{name}.{key} has no default in the schema"
+        assert _same(schema_defaults[key], value), f"{name}.{key}: schema {schema_defaults[key]!r} vs {value!r}"
+
+
+def test_prodigy_schema_matches_pytorch_optimizer_signature():
+    po = pytest.importorskip("pytorch_optimizer")
+    ctor = _ctor_defaults(po.Prodigy)
+    d = schemas.defaults("prodigy")
+    for key, value in ctor.items():
+        assert _same(d[key], value), key
+
+
+@pytest.mark.parametrize("name,klass", [("adamw", "AdamW"), ("sgd", "SGD")])
+def test_torch_schemas_match_torch(name, klass):
+    import torch
+
+    ctor = _ctor_defaults(getattr(torch.optim, klass))
+    d = schemas.defaults(name)
+    for key, value in ctor.items():
+        if isinstance(value, (int, float, bool, tuple)) or value is None:
+            assert key in d and _same(d[key], value), key
+
+
+def test_readme_full_examples_use_only_schema_keys():
+    import tomlkit
+
+    for path in (EXAMPLES / "readme").glob("*.toml"):
+        table = tomlkit.parse(path.read_text()).unwrap()["optimizer"]
+        from optinspect.config.catalog import resolve_type
+
+        props = schemas.load(resolve_type(table["type"]).schema)["properties"]
+        assert set(table) <= set(props), path.name
+
+
+def _taplo():
+    exe = shutil.which("taplo") or str((ROOT / ".venv" / "bin" / "taplo"))
+    if not shutil.which(exe):
+        candidate = shutil.which("taplo", path=str(__import__("pathlib").Path(sys.executable).parent))
+        exe = candidate or ""
+    return exe
+
+
+@pytest.mark.slow
+def test_taplo_reads_the_schema_and_agrees(tmp_path):
+    exe = _taplo()
+    if not exe:
+        pytest.skip("taplo not installed (pip install taplo)")
+    schema = (ROOT / "schemas" / "config.schema.json").as_uri()
+    good = tmp_path / "good.toml"
+    good.write_text(f"#:schema {schema}\nepochs = 1\n[optimizer]\ntype = 'scorn'\nlr = 1e-4\nbetas = [0.95, 0.9999]\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"#:schema {schema}\n[optimizer]\ntype = 'scorn'\nbetas = [0.9, 0.99, 0.999]\nweight_decay_rat = 1\n")
+    ok = subprocess.run([exe, "check", str(good)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    ko = subprocess.run([exe, "check", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert ko.returncode != 0 and "schema validation failed" in ko.stderr

@@ -1,0 +1,114 @@
+"""The CLI: exit codes, output formats, the rule catalogue, and the light import path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import EXAMPLES, ROOT
+
+GOOD = str(EXAMPLES / "chroma.toml")
+BROKEN = str(EXAMPLES / "broken.toml")
+
+
+def test_exit_codes(run_cli, tmp_path):
+    assert run_cli("validate", GOOD)[0] == 0
+    assert run_cli("validate", BROKEN)[0] == 1
+    warn = tmp_path / "w.toml"
+    warn.write_text("[optimizer]\ntype = 'scorn'\nfocus_ratio = 0.5\n")
+    assert run_cli("validate", str(warn))[0] == 0
+    assert run_cli("validate", "--strict", str(warn))[0] == 1
+    assert run_cli("validate", str(tmp_path / "missing.toml"))[0] == 2
+    assert run_cli("validate")[0] == 2  # usage
+    assert run_cli("validate", "--format", "xml", GOOD)[0] == 2
+
+
+def test_text_output_shows_the_line_and_marker(run_cli):
+    rc, out, _ = run_cli("validate", BROKEN, env={"NO_COLOR": "1"})
+    assert rc == 1
+    assert "broken.toml:17:1: OPT102 [error] unknown key `weight_decay_rat`" in out
+    assert "  17 | weight_decay_rat = 0.01" in out
+    assert "^^^^^^^^^^^^^^^^" in out and "= hint: did you mean `weight_decay`?" in out
+    assert "\x1b[" not in out
+
+
+def test_json_output_is_stable(run_cli):
+    rc, out, _ = run_cli("validate", "--format", "json", BROKEN)
+    data = json.loads(out)
+    assert rc == 1 and data
+    for d in data:
+        assert list(d) == ["path", "line", "column", "end_line", "end_column", "severity", "code", "message", "hint"]
+    codes = {d["code"] for d in data}
+    assert {"OPT201", "OPT102", "OPT105", "OPT208", "OPT111"} <= codes
+
+
+def test_github_annotations(run_cli):
+    _, out, _ = run_cli("validate", "--format", "github", BROKEN)
+    lines = out.strip().splitlines()
+    assert lines and all(line.startswith(("::error ", "::warning ", "::notice ")) for line in lines)
+    assert any("line=17,col=1" in line and "title=OPT102" in line for line in lines)
+
+
+def test_sarif_2_1_0(run_cli):
+    _, out, _ = run_cli("validate", "--format", "sarif", BROKEN)
+    doc = json.loads(out)
+    assert doc["version"] == "2.1.0"
+    run = doc["runs"][0]
+    rule_ids = [r["id"] for r in run["tool"]["driver"]["rules"]]
+    for res in run["results"]:
+        assert rule_ids[res["ruleIndex"]] == res["ruleId"]
+        region = res["locations"][0]["physicalLocation"]["region"]
+        assert region["startLine"] >= 1 and region["startColumn"] >= 1
+        assert res["level"] in ("error", "warning", "note")
+
+
+def test_ignore_option(run_cli):
+    rc, out, _ = run_cli("validate", "--format", "json", "--ignore", "OPT201,OPT102", "--ignore", "OPT105", BROKEN)
+    codes = {d["code"] for d in json.loads(out)}
+    assert not codes & {"OPT201", "OPT102", "OPT105"} and rc == 1
+
+
+def test_rules_and_explain(run_cli):
+    rc, out, _ = run_cli("rules")
+    assert rc == 0 and "OPT201" in out and "OPT504" in out
+    rc, out, _ = run_cli("explain", "opt201")
+    assert rc == 0 and "Why it matters" in out and "relative_step" in out
+    rc, _, err = run_cli("explain", "OPT999")
+    assert rc == 2 and "unknown rule code" in err
+
+
+def test_schema_command(run_cli):
+    rc, out, _ = run_cli("schema", "scorn")
+    assert rc == 0 and json.loads(out)["title"] == "SCORN"
+    rc, out, _ = run_cli("schema")
+    assert "definitions" in json.loads(out)
+    rc, out, _ = run_cli("schema", "--list")
+    assert "Prodigy" in out.split()
+    assert run_cli("schema", "nosuch")[0] == 2
+
+
+def test_validate_imports_no_torch_textual_or_safetensors():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optinspect", "validate", BROKEN],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "optinspect" in imported and "jsonschema" in imported
+    assert not imported & {"torch", "textual", "safetensors", "numpy"}, imported & {"torch", "textual", "safetensors"}
+
+
+def test_python_dash_m_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "optinspect", "--version"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("optinspect ")
+
+
+@pytest.mark.parametrize("blob", [b"\x00\x01\x02", b"[optimizer\n", b"\xef\xbb\xbf", b"a = 'unterminated\n"])
+def test_no_traceback_on_bad_input(run_cli, tmp_path, blob):
+    p = tmp_path / "x.toml"
+    p.write_bytes(blob)
+    rc, out, err = run_cli("validate", str(p))
+    assert rc in (1, 2) and "Traceback" not in out + err
