@@ -6,6 +6,8 @@ import torch
 
 __all__ = ["copy_stochastic_", "is_low_precision"]
 
+_BF16_MAX = torch.finfo(torch.bfloat16).max
+
 
 def is_low_precision(t: torch.Tensor) -> bool:
     return t.dtype in (torch.bfloat16, torch.float16)
@@ -23,7 +25,12 @@ def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Gen
     bits = _random_bits(source, generator)
     bits.add_(source.view(dtype=torch.int32))
     bits.bitwise_and_(-65536)
-    target.copy_(bits.view(dtype=torch.float32))
+    result = bits.view(dtype=torch.float32)
+    # A carry can turn a finite value above bf16's largest into inf, and a NaN with payload only in the low
+    # 16 bits into inf: keep those finite (largest bf16) and NaN. Elsewhere identical to the originals.
+    bad = torch.isinf(result) != torch.isinf(source)
+    result = torch.where(bad, source.clamp(-_BF16_MAX, _BF16_MAX), result)
+    target.copy_(result)
 
 
 def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:

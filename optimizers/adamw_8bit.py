@@ -67,10 +67,14 @@ class AdamW8bitKahan(torch.optim.Optimizer):
     # -- checkpoint layout ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        for st in sd["state"].values():
+        packed = {}
+        for pid, live in sd["state"].items():
+            st = dict(live)  # torch hands out the live per-parameter dicts: never mutate them
             nested = {k: st.pop(k) for k in _QUANT_KEYS if k in st}
             if nested:
                 st[QUANT_STATE_KEY] = nested
+            packed[pid] = st
+        sd["state"] = packed
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:

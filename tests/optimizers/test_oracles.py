@@ -1,0 +1,202 @@
+"""Compare with the libraries the originals are built on (test-only dependencies, skipped when missing):
+transformers' Adafactor, pytorch_optimizer's Prodigy, bitsandbytes' 8-bit AdamW."""
+
+import io
+import warnings
+
+import pytest
+import torch
+
+from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
+from optimizers.adafactor import EnhancedAdafactor
+from optimizers.adamw_8bit import QUANT_STATE_KEY, AdamW8bitKahan
+from optimizers.prodigy import Prodigy
+
+pytestmark = pytest.mark.oracle
+SHAPES = [(24, 16), (16,), (4, 3, 3, 3), (1,), (7, 5), (2, 3, 4)]
+
+
+def make_params(seed=0, shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.1).to(dtype)) for s in shapes]
+
+
+def grads(params, step, scale=1.0):
+    g = torch.Generator().manual_seed(100 + step)
+    out = []
+    for p in params:
+        x = torch.randn(p.shape, generator=g) * scale + p.detach().float() * 0.3
+        if step == 7:
+            x = x * 30  # a spike: clipping branches
+        out.append(x.to(p.dtype))
+    return out
+
+
+def run_pair(ours, theirs, pa, pb, steps=30, scale=1.0):
+    for t in range(1, steps + 1):
+        for p, q, g in zip(pa, pb, grads(pa, t, scale), strict=True):
+            p.grad = g.clone()
+            q.grad = g.clone()
+        ours.step()
+        theirs.step()
+        for p, q in zip(pa, pb, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=f"step {t}")
+
+
+ADAFACTOR_CASES = [
+    dict(lr=1e-3, relative_step=False, scale_parameter=False),
+    dict(lr=1e-3, relative_step=False, scale_parameter=False, beta1=0.9, weight_decay=0.1),
+    dict(lr=1e-2, relative_step=False, scale_parameter=True, clip_threshold=0.5),
+    dict(relative_step=True),
+    dict(relative_step=True, warmup_init=True, beta1=0.5),
+    dict(lr=1e-3, relative_step=False, scale_parameter=False, decay_rate=-0.5, eps=(1e-20, 1e-2)),
+]
+
+
+@pytest.mark.parametrize("kw", ADAFACTOR_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_adafactor_matches_transformers(kw):
+    transformers = pytest.importorskip("transformers")
+    pa, pb = make_params(), make_params()
+    ours = EnhancedAdafactor(pa, **kw)
+    theirs = transformers.Adafactor(pb, **kw)
+    run_pair(ours, theirs, pa, pb)
+    for p, q in zip(pa, pb, strict=True):
+        assert torch.equal(p, q)  # same formulation: bit-identical, not merely close
+
+
+def test_adafactor_checkpoints_move_both_ways():
+    transformers = pytest.importorskip("transformers")
+    kw = dict(lr=1e-3, relative_step=False, scale_parameter=False, beta1=0.9)
+    pa, pb = make_params(), make_params()
+    ours, theirs = EnhancedAdafactor(pa, **kw), transformers.Adafactor(pb, **kw)
+    run_pair(ours, theirs, pa, pb, steps=5)
+    # swap: theirs continues from our state, ours from theirs
+    sa, sb = io.BytesIO(), io.BytesIO()
+    torch.save(ours.state_dict(), sa)
+    torch.save(theirs.state_dict(), sb)
+    sa.seek(0)
+    sb.seek(0)
+    pa2, pb2 = [torch.nn.Parameter(p.detach().clone()) for p in pa], [torch.nn.Parameter(p.detach().clone()) for p in pb]
+    theirs2, ours2 = transformers.Adafactor(pb2, **kw), EnhancedAdafactor(pa2, **kw)
+    theirs2.load_state_dict(torch.load(sa, weights_only=True))
+    ours2.load_state_dict(torch.load(sb, weights_only=True))
+    run_pair(ours2, theirs2, pa2, pb2, steps=10)
+    assert set(ours.state_dict()["state"][0]) == set(theirs.state_dict()["state"][0])
+
+
+PRODIGY_CASES = [
+    dict(),
+    dict(betas=(0.9, 0.99), weight_decay=0.05),
+    dict(weight_decay=0.1, fixed_decay=True),
+    dict(bias_correction=True, d0=1e-4),
+    dict(safeguard_warmup=True, beta3=0.9),
+    dict(growth_rate=1.02, d_coef=2.0, weight_decay=0.01),
+    dict(weight_decouple=False, weight_decay=0.05),
+    dict(eps=None),
+]
+
+
+@pytest.mark.parametrize("kw", PRODIGY_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
+def test_prodigy_matches_pytorch_optimizer(kw):
+    po = pytest.importorskip("pytorch_optimizer")
+    pa, pb = make_params(), make_params()
+    ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
+    run_pair(ours, theirs, pa, pb, steps=30, scale=0.05)
+    for p, q in zip(pa, pb, strict=True):
+        assert torch.equal(p, q)
+    assert ours.param_groups[0]["d"] == theirs.param_groups[0]["d"]
+    assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or kw.get("eps", 1) is None
+
+
+def test_prodigy_two_groups_and_checkpoint_exchange():
+    po = pytest.importorskip("pytorch_optimizer")
+    pa, pb = make_params(), make_params()
+    ours = Prodigy([{"params": pa[:3]}, {"params": pa[3:], "weight_decay": 0.1}])
+    theirs = po.Prodigy([{"params": pb[:3]}, {"params": pb[3:], "weight_decay": 0.1}])
+    run_pair(ours, theirs, pa, pb, steps=8, scale=0.05)
+    sd = io.BytesIO()
+    torch.save(theirs.state_dict(), sd)
+    sd.seek(0)
+    ours.load_state_dict(torch.load(sd, weights_only=True))
+    run_pair(ours, theirs, pa, pb, steps=8, scale=0.05)
+
+
+def _bnb():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pytest.importorskip("bitsandbytes")
+
+
+def test_quantization_maps_and_codes_match_bitsandbytes():
+    bnb = _bnb()
+    F = bnb.functional
+    for signed in (True, False):
+        qmap = dynamic_map(signed)
+        assert torch.equal(qmap, F.create_dynamic_map(signed=signed))
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(50_000, generator=g) * torch.logspace(-8, 2, 50_000)
+        x[:256] = 0.0  # an all-zero block
+        x[300:310] = 0.0
+        if not signed:
+            x = x.abs()
+        codes, absmax = quantize_blockwise(x, qmap)
+        ref_codes, ref_state = F.quantize_blockwise(x, code=qmap, blocksize=256)
+        assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_state.absmax)
+        ref = F.dequantize_blockwise(ref_codes, ref_state)
+        assert torch.equal(dequantize_blockwise(codes, absmax, qmap), ref)
+
+
+@pytest.mark.parametrize("min_8bit_size", [4096, 64])
+def test_adamw8bitkahan_moments_match_bitsandbytes_adamw8bit(min_8bit_size):
+    """Without weight decay and stabilize, the moments depend only on the gradients: the codes, absmax and
+    fp32 moments must equal bitsandbytes' bit for bit; weights differ only by the Kahan compensation."""
+    bnb = _bnb()
+    shapes = [(40, 30), (300,), (8,)]
+    pa, pb = make_params(shapes=shapes), make_params(shapes=shapes)
+    ours = AdamW8bitKahan(pa, lr=1e-3, weight_decay=0.0, stabilize=False, min_8bit_size=min_8bit_size)
+    theirs = bnb.optim.AdamW8bit(pb, lr=1e-3, weight_decay=0.0, min_8bit_size=min_8bit_size)
+    run_pair(ours, theirs, pa, pb, steps=20)
+    for p, q in zip(pa, pb, strict=True):
+        a, b = ours.state[p], theirs.state[q]
+        for key in ("state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"):
+            if key in b:
+                assert torch.equal(a[key], b[key]), key
+
+
+def test_bitsandbytes_state_dicts_load_both_ways():
+    bnb = _bnb()
+    shapes = [(40, 30), (8,)]
+    pa, pb = make_params(shapes=shapes), make_params(shapes=shapes)
+    ours = AdamW8bitKahan(pa, lr=1e-3, weight_decay=0.0, stabilize=False, min_8bit_size=64)
+    theirs = bnb.optim.AdamW8bit(pb, lr=1e-3, weight_decay=0.0, min_8bit_size=64)
+    run_pair(ours, theirs, pa, pb, steps=3)
+    ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+    assert QUANT_STATE_KEY in ours_sd["state"][0] and QUANT_STATE_KEY in theirs_sd["state"][0]
+    assert set(ours_sd["state"][0][QUANT_STATE_KEY]) == set(theirs_sd["state"][0][QUANT_STATE_KEY])
+    # theirs -> ours: the quantized moments arrive unchanged (uint8 not cast)
+    fresh = AdamW8bitKahan([torch.nn.Parameter(p.detach().clone()) for p in pa], lr=1e-3, weight_decay=0.0,
+                           stabilize=False, min_8bit_size=64)
+    fresh.load_state_dict(theirs_sd)
+    p0 = fresh.param_groups[0]["params"][0]
+    assert fresh.state[p0]["state1"].dtype == torch.uint8
+    assert torch.equal(fresh.state[p0]["state1"], theirs.state[pb[0]]["state1"])
+    # ours -> theirs
+    other = bnb.optim.AdamW8bit([torch.nn.Parameter(p.detach().clone()) for p in pb], lr=1e-3, weight_decay=0.0,
+                                min_8bit_size=64)
+    other.load_state_dict(ours_sd)
+    q0 = other.param_groups[0]["params"][0]
+    assert torch.equal(other.state[q0]["state2"], ours.state[pa[0]]["state2"])
+
+
+def test_flat_pre_045_layout_loads():
+    p = [torch.nn.Parameter(torch.randn(40, 30))]
+    a = AdamW8bitKahan(p, lr=1e-3, min_8bit_size=64, stabilize=False)
+    p[0].grad = torch.randn(40, 30)
+    a.step()
+    sd = a.state_dict()
+    flat = {"state": {0: {**{k: v for k, v in sd["state"][0].items() if k != QUANT_STATE_KEY},
+                          **sd["state"][0][QUANT_STATE_KEY]}}, "param_groups": sd["param_groups"]}
+    b = AdamW8bitKahan([torch.nn.Parameter(p[0].detach().clone())], lr=1e-3, min_8bit_size=64, stabilize=False)
+    b.load_state_dict(flat)
+    q = b.param_groups[0]["params"][0]
+    assert torch.equal(b.state[q]["state1"], a.state[p[0]]["state1"]) and b.state[q]["state1"].dtype == torch.uint8
