@@ -1,0 +1,270 @@
+"""Behaviour shared by the six bundled optimizers, parametrised over type: bf16, argument errors, groups,
+checkpoints, and the documented fixes of the originals' bugs."""
+
+import io
+import math
+
+import pytest
+import torch
+
+import optinspect
+from optimizers._common import orthograd_
+from optimizers.adafactor import EnhancedAdafactor
+from optimizers.adamw_8bit import AdamW8bitKahan
+from optimizers.persona import PersonaOptimizer
+from optimizers.remaster import REMASTER
+from optimizers.scorn import SCORN
+
+TABLES = {
+    "adafactor": {"type": "adafactor", "lr": 1e-3, "scale_parameter": False, "relative_step": False, "beta1": 0.9,
+                  "weight_decay": 0.01},
+    "scorn": {"type": "scorn", "lr": 1e-3, "betas": [0.95, 0.9999], "weight_decay": 0.01, "focus_ratio": 0.1},
+    "remaster": {"type": "remaster", "lr": 1e-3, "betas": [0.95, 0.9999], "weight_decay": 0.01},
+    "persona": {"type": "persona", "lr": 1e-3, "betas": [0.95, 0.999], "weight_decay": 0.01, "focus_boost": 0.05},
+    "AdamW8bitKahan": {"type": "AdamW8bitKahan", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.0,
+                       "stabilize": False, "min_8bit_size": 256},
+    "Prodigy": {"type": "Prodigy", "betas": [0.9, 0.99], "weight_decay": 0.01, "d0": 1e-4, "safeguard_warmup": True,
+                "bias_correction": True},
+}
+SHAPES = [(48, 32), (32,), (8, 4, 3, 3), (1,), (300,)]
+
+
+def model(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.1).to(dtype)) for s in SHAPES]
+
+
+def grad(p, t):
+    g = torch.Generator().manual_seed(1000 + t)
+    target = torch.randn(p.shape, generator=g) * 0.05
+    return (p.detach().float() - target + 0.01 * torch.randn(p.shape, generator=g)).to(p.dtype)
+
+
+def train(opt, params, steps, start=1):
+    for t in range(start, start + steps):
+        for p in params:
+            p.grad = grad(p, t)
+        opt.step()
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_bf16_updates_in_fp32_with_stochastic_rounding(name):
+    ref = model()
+    train(optinspect.build_optimizer(ref, TABLES[name]), ref, 30)
+    torch.manual_seed(0)
+    low = model(torch.bfloat16)
+    opt = optinspect.build_optimizer(low, TABLES[name])
+    train(opt, low, 30)
+    init = model()
+    for p, r, i in zip(low, ref, init, strict=True):
+        assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
+        moved = (r - i).norm().item()
+        drift = (p.float() - r).norm().item()
+        assert drift <= 0.25 * moved + 0.05 * r.norm().item(), (name, drift, moved)
+    for st in opt.state.values():  # states keep the original layouts' dtypes
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k in ("ema", "ema_squared", "exp_avg", "s", "shift"):
+                assert v.dtype in (torch.bfloat16, torch.float32)
+
+
+BAD_ARGS = {
+    "adafactor": [({"lr": 1e-3, "relative_step": True}, "relative_step"), ({"warmup_init": True,
+                                                                          "relative_step": False, "lr": 1.0}, "warmup"),
+                  ({"lr": -1.0, "relative_step": False}, "lr"), ({"beta1": 1.0}, "beta1")],
+    "scorn": [({"betas": (0.9, 1.0)}, "betas[1]"), ({"lr": -1}, "lr"), ({"reset_interval": -5}, "reset_interval")],
+    "remaster": [({"betas": (1.0, 0.99)}, "betas[0]"), ({"orthograd_floor": 0.0}, "orthograd_floor")],
+    "persona": [({"weight_decay_rate": 1.5}, "weight_decay_rate"), ({"cautious_min": 2.0}, "cautious_min"),
+                ({"focus_boost": -1.0}, "focus_boost")],
+    "AdamW8bitKahan": [({"amsgrad": True}, "amsgrad"), ({"optim_bits": 8}, "optim_bits"), ({"eps": -1.0}, "eps")],
+    "Prodigy": [({"d0": 0.0}, "d0"), ({"betas": (0.9, 1.5)}, "betas[1]"), ({"growth_rate": 0.5}, "growth_rate")],
+}
+
+
+@pytest.mark.parametrize("name,kw,needle", [(n, kw, s) for n, cases in BAD_ARGS.items() for kw, s in cases])
+def test_constructor_errors_name_the_argument(name, kw, needle):
+    import optimizers
+
+    module, cls = optimizers.CLASSES[name.lower()]
+    klass = getattr(__import__(module, fromlist=[cls]), cls)
+    with pytest.raises(ValueError, match=None) as e:
+        klass(model(), **kw)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("klass", [SCORN, REMASTER, PersonaOptimizer])
+def test_several_param_groups_equal_separate_optimizers(klass):
+    a, b = model(), model()
+    opt = klass([{"params": a[:2], "lr": 1e-3}, {"params": a[2:], "lr": 3e-3}], weight_decay=0.01)
+    o1, o2 = klass(b[:2], lr=1e-3, weight_decay=0.01), klass(b[2:], lr=3e-3, weight_decay=0.01)
+    for t in range(1, 8):
+        for p, q in zip(a, b, strict=True):
+            p.grad = grad(p, t)
+            q.grad = grad(q, t)
+        opt.step()
+        o1.step()
+        o2.step()
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_scorn_rejects_5d_tensors_at_construction():
+    with pytest.raises(ValueError, match="4 dimensions"):
+        SCORN([torch.nn.Parameter(torch.zeros(2, 2, 2, 2, 2))])
+
+
+def test_scorn_handles_every_rank_without_special_names():
+    ps = [torch.nn.Parameter(torch.randn(s)) for s in [(), (5,), (4, 6), (3, 4, 5), (2, 3, 3, 3)]]
+    opt = SCORN(ps, lr=1e-2)
+    train(opt, ps, 3)
+    assert all(torch.isfinite(p).all() for p in ps)
+
+
+def _roundtrip(name, dtype, table=None):
+    table = table or TABLES[name]
+    torch.manual_seed(1)
+    a = model(dtype)
+    opt = optinspect.build_optimizer(a, table)
+    train(opt, a, 6)
+    torch.manual_seed(2)
+    train(opt, a, 6, start=7)
+    torch.manual_seed(1)
+    b = model(dtype)
+    opt_b = optinspect.build_optimizer(b, table)
+    train(opt_b, b, 6)
+    buf = io.BytesIO()
+    torch.save(opt_b.state_dict(), buf)
+    buf.seek(0)
+    c = [torch.nn.Parameter(p.detach().clone()) for p in b]
+    opt_c = optinspect.build_optimizer(c, table)
+    opt_c.load_state_dict(torch.load(buf, weights_only=True))
+    torch.manual_seed(2)
+    train(opt_c, c, 6, start=7)
+    return a, c
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_save_load_continue_is_bit_identical_fp32(name):
+    a, c = _roundtrip(name, torch.float32)
+    assert all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
+
+
+@pytest.mark.parametrize("name", ["scorn", "remaster", "persona", "Prodigy"])
+def test_save_load_continue_is_bit_identical_bf16(name):
+    a, c = _roundtrip(name, torch.bfloat16)
+    assert all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
+
+
+def test_adafactor_bf16_reload_casts_moments_down_unless_fixed():
+    a, c = _roundtrip("adafactor", torch.bfloat16)
+    assert not all(torch.equal(p, q) for p, q in zip(a, c, strict=True))  # the original's behaviour
+    fixed = {**TABLES["adafactor"], "fp32_state_on_load": True}
+    a, c = _roundtrip("adafactor", torch.bfloat16, fixed)
+    assert all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
+
+
+def _reset_steps(klass, counter, **kw):
+    p = [torch.nn.Parameter(torch.randn(10))]
+    opt = klass(p, lr=1e-3, reset_interval=5, reset_increment=3, **kw)
+    steps, last = [], 0
+    for t in range(1, 31):
+        p[0].grad = torch.randn(10)
+        opt.step()
+        n = opt.state[p[0]][counter]
+        if n != last:
+            steps.append(t)
+            last = n
+    return steps
+
+
+@pytest.mark.parametrize("klass,counter", [(SCORN, "times_zero"), (REMASTER, "times_zero"),
+                                           (PersonaOptimizer, "times_reset")])
+def test_reset_period_original_and_fixed(klass, counter):
+    assert _reset_steps(klass, counter) == [5, 12, 22]  # measured on the originals (spec 4.4)
+    assert _reset_steps(klass, counter, exact_reset_period=True) == [5, 13, 24]  # 5, +8, +11 as documented
+
+
+def test_adamw8bitkahan_weight_decay_fix():
+    for decay_weights, expect_shrink in ((False, False), (True, True)):
+        p = [torch.nn.Parameter(torch.full((64, 80), 1.0))]
+        opt = AdamW8bitKahan(p, lr=0.1, weight_decay=0.5, stabilize=False, decay_weights=decay_weights)
+        for _ in range(3):
+            p[0].grad = torch.zeros(64, 80)
+            opt.step()
+        shrunk = float(p[0].detach().mean())
+        if expect_shrink:
+            assert math.isclose(shrunk, (1 - 0.05) ** 3, rel_tol=1e-6)
+        else:
+            assert shrunk == 1.0
+
+
+def test_adamw8bitkahan_stabilize_fix_takes_the_first_step():
+    def first_step_moves(**kw):
+        p = [torch.nn.Parameter(torch.zeros(64, 80))]
+        opt = AdamW8bitKahan(p, lr=1e-3, weight_decay=0.0, min_8bit_size=256, **kw)
+        p[0].grad = torch.randn(64, 80) + 3.0  # no zero gradients
+        opt.step()
+        return bool(p[0].abs().sum() > 0)
+
+    assert not first_step_moves(stabilize=True)  # the original skips it on the 8-bit path
+    assert first_step_moves(stabilize=True, fix_stabilize=True)
+    assert first_step_moves(stabilize=False)
+
+
+def test_remaster_orthograd_floor_fix_renormalises_tiny_gradients():
+    p = torch.nn.Parameter(torch.randn(4, 32) * 0.05)
+    g = torch.randn(4, 32) * 1e-5
+    for floor, keeps_norm in ((1e-3, False), (1e-6, True)):
+        p.grad = g.clone()
+        orthograd_(p, floor)
+        assert math.isclose(p.grad.norm().item(), g.norm().item(), rel_tol=1e-4) is keeps_norm
+
+
+def test_persona_fp16_rounding_fix_uses_fp16_precision():
+    torch.manual_seed(0)
+    for fix in (False, True):
+        p = [torch.nn.Parameter(torch.full((4096,), 1.0, dtype=torch.float16))]
+        opt = PersonaOptimizer(p, lr=1e-3, fp16_rounding=fix)
+        p[0].grad = torch.full((4096,), -1.0, dtype=torch.float16)
+        opt.step()
+        on_bf16_grid = torch.equal(p[0].float(), p[0].float().to(torch.bfloat16).float())
+        assert on_bf16_grid is (not fix)
+
+
+def test_build_optimizer_rejects_invalid_tables_with_located_messages():
+    with pytest.raises(optinspect.InvalidConfig) as e:
+        optinspect.build_optimizer(model(), {"type": "scorn", "lr": "1e-4", "weight_decay_rat": 0.1})
+    msg = str(e.value)
+    assert "OPT104" in msg and "OPT102" in msg and "weight_decay_rate" in msg
+    from optinspect.build import NotBundled
+
+    with pytest.raises(NotBundled, match="adamw_optimi"):
+        optinspect.build_optimizer(model(), {"type": "adamw_optimi", "lr": 1e-4})
+    opt = optinspect.build_optimizer(model(), {"type": "adamw", "lr": 1e-4})
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_shadowed_optimizers_package_is_reported(tmp_path, monkeypatch):
+    import sys
+
+    from optinspect.build import ShadowedPackage, bundled_optimizers_module
+
+    fake = tmp_path / "optimizers"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    saved = {k: v for k, v in sys.modules.items() if k == "optimizers" or k.startswith("optimizers.")}
+    for k in saved:
+        del sys.modules[k]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ShadowedPackage, match=str(fake)):
+            bundled_optimizers_module()
+    finally:
+        for k in [k for k in sys.modules if k == "optimizers" or k.startswith("optimizers.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_adafactor_is_the_trainer_class_name():
+    from optimizers import adafactor
+
+    assert adafactor.EnhancedAdafactor is EnhancedAdafactor

@@ -1,0 +1,99 @@
+"""Stochastic rounding (optimizers/_rounding.py): unbiased, exact where representable, finite, seedable."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optimizers._rounding import copy_stochastic_
+
+finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+def _neighbours_bf16(x: float) -> tuple[float, float]:
+    t = torch.tensor([x], dtype=torch.float32)
+    down = (t.view(torch.int32) & -65536).view(torch.float32)  # toward zero on the bf16 grid
+    up_bits = (t.view(torch.int32) & -65536) + 65536
+    return float(down), float(up_bits.view(torch.float32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(finite32)
+def test_result_is_one_of_the_two_bf16_neighbours_and_finite(x):
+    src = torch.full((64,), x, dtype=torch.float32)
+    out = torch.empty(64, dtype=torch.bfloat16)
+    copy_stochastic_(out, src)
+    vals = set(out.float().tolist())
+    lo, hi = _neighbours_bf16(x)
+    allowed = {lo, hi, float(torch.finfo(torch.bfloat16).max), -float(torch.finfo(torch.bfloat16).max)}
+    assert vals <= allowed
+    assert torch.isfinite(out).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False, width=16).filter(lambda v: abs(v) < 3e38))
+def test_exact_for_representable_values(x):
+    exact = torch.tensor([x] * 32, dtype=torch.bfloat16).float()
+    out = torch.empty(32, dtype=torch.bfloat16)
+    copy_stochastic_(out, exact)
+    assert torch.equal(out.float(), exact)
+
+
+def test_unbiased_mean_over_many_draws():
+    g = torch.Generator().manual_seed(0)
+    x = torch.tensor([1.0 + 3 * 2**-10, -0.3141592, 1e-3 + 1e-7, 12345.678])
+    src = x.repeat(200_000, 1)
+    out = torch.empty_like(src, dtype=torch.bfloat16)
+    copy_stochastic_(out, src, generator=g)
+    mean = out.float().double().mean(0)
+    spacing = torch.tensor([abs(_neighbours_bf16(v)[1] - _neighbours_bf16(v)[0]) for v in x.tolist()],
+                           dtype=torch.float64)
+    # the standard error of a two-point draw is <= spacing / (2 sqrt(n)); allow 5 of them
+    assert ((mean - x.double()).abs() <= 5 * spacing / (2 * 200_000**0.5)).all(), (mean - x.double())
+    # and plain round-to-nearest would be biased by far more for the first value
+    assert abs(float(x[0].to(torch.bfloat16)) - float(x[0])) > 50 * float((mean - x.double()).abs()[0])
+
+
+def test_reproducible_under_a_seeded_generator_and_global_seed():
+    src = torch.randn(1000) * 10
+    a, b = torch.empty(1000, dtype=torch.bfloat16), torch.empty(1000, dtype=torch.bfloat16)
+    copy_stochastic_(a, src, generator=torch.Generator().manual_seed(7))
+    copy_stochastic_(b, src, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    copy_stochastic_(a, src)
+    torch.manual_seed(3)
+    copy_stochastic_(b, src)
+    assert torch.equal(a, b)
+
+
+def test_special_values():
+    src = torch.tensor([float("inf"), -float("inf"), float("nan"), 3.4e38, 0.0, -0.0])
+    nan_low = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)
+    out = torch.empty(6, dtype=torch.bfloat16)
+    copy_stochastic_(out, src)
+    assert out[0] == float("inf") and out[1] == -float("inf") and torch.isnan(out[2])
+    assert torch.isfinite(out[3]) and out[4] == 0
+    one = torch.empty(1, dtype=torch.bfloat16)
+    copy_stochastic_(one, nan_low)
+    assert torch.isnan(one).all()
+
+
+def test_fp16_default_keeps_only_bf16_precision_and_the_fix_rounds_to_fp16():
+    x = torch.full((20_000,), 1 + 3 * 2**-10)
+    legacy = torch.empty(20_000, dtype=torch.float16)
+    copy_stochastic_(legacy, x, generator=torch.Generator().manual_seed(1))
+    assert set(legacy.float().unique().tolist()) <= {1.0, 1.0078125}  # the originals' behaviour (spec 2.1)
+    fixed = torch.empty(20_000, dtype=torch.float16)
+    copy_stochastic_(fixed, x, generator=torch.Generator().manual_seed(1), fp16_exact=True)
+    assert set(fixed.float().unique().tolist()) == {1 + 3 * 2**-10}  # representable in fp16: exact
+    y = torch.full((200_000,), 1 + 2.5 * 2**-10)
+    copy_stochastic_(fixed.resize_(200_000), y, fp16_exact=True)
+    assert set(fixed.float().unique().tolist()) == {1 + 2 * 2**-10, 1 + 3 * 2**-10}
+    assert abs(fixed.double().mean().item() - (1 + 2.5 * 2**-10)) < 2**-10 / 100
+
+
+def test_fp32_target_is_a_plain_copy():
+    src = torch.randn(10)
+    out = torch.empty(10)
+    copy_stochastic_(out, src)
+    assert torch.equal(out, src)
