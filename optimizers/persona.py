@@ -113,7 +113,9 @@ class PersonaOptimizer(torch.optim.Optimizer):
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = v.sqrt().add_(eps * bias_correction_sqrt)
-        update = torch.atan2(g + group["amp_factor"] * (ema / bias_correction), denom).mul_(A2)
+        # g + amp * (ema / bc), computed in one buffer (same roundings, fewer temporaries)
+        update = torch.div(ema, bias_correction).mul_(group["amp_factor"]).add_(g)
+        update.atan2_(denom).mul_(A2)
         if egv is not None:
             cur_var = (v - ema.pow(2)).clamp_(min=0)
             egv.mul_(beta2).add_(cur_var, alpha=1 - beta2)

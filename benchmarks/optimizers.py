@@ -1,0 +1,101 @@
+"""Step time of the bundled optimizers against torch.optim.AdamW(foreach=True), measured in the same run.
+
+The originals' step times on this problem (14.7M fp32 parameters: 6x1024^2, 2x4096x1024, 8x1024; 2-core
+machine), relative to AdamW-foreach, were measured when the project started (issue 4): Persona ~1.0x,
+REMASTER ~11x, SCORN ~170x, EnhancedAdafactor ~0.5x. The originals are not shipped here, so this script
+prints our ratio to AdamW and the implied ratio to the original (ours / original = our_ratio / their_ratio).
+
+    python benchmarks/optimizers.py [--steps 3] [--only scorn,remaster] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import optinspect  # noqa: E402
+
+ORIGINAL_VS_ADAMW = {"persona": 1.0, "remaster": 11.0, "scorn": 170.0, "adafactor": 0.5}
+TABLES = {
+    "adafactor": {"type": "adafactor", "lr": 1e-4, "scale_parameter": False, "relative_step": False},
+    "scorn": {"type": "scorn", "lr": 1e-4, "weight_decay": 0.01},
+    "remaster": {"type": "remaster", "lr": 1e-4, "weight_decay": 0.01},
+    "persona": {"type": "persona", "lr": 1e-4, "weight_decay": 0.01},
+    "AdamW8bitKahan": {"type": "AdamW8bitKahan", "lr": 2e-5, "weight_decay": 0.01, "stabilize": False},
+    "Prodigy": {"type": "Prodigy", "weight_decay": 0.05},
+}
+
+
+def make_params(small: bool) -> list[torch.nn.Parameter]:
+    k = 4 if small else 1
+    shapes = [(1024 // k, 1024 // k)] * 6 + [(4096 // k, 1024 // k)] * 2 + [(1024 // k,)] * 8
+    g = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=g) * 0.02) for s in shapes]
+
+
+def set_grads(params) -> None:
+    g = torch.Generator().manual_seed(1)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+
+
+def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float]:
+    """Median step time of the reference and the candidate, interleaved step by step so that machine noise
+    (a shared 2-core box) hits both alike."""
+    set_grads(ref_params)
+    set_grads(params)
+    ref.step()
+    opt.step()  # warm-up: state allocation
+    tr, to = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        ref.step()
+        t1 = time.perf_counter()
+        opt.step()
+        t2 = time.perf_counter()
+        tr.append(t1 - t0)
+        to.append(t2 - t1)
+    return statistics.median(tr), statistics.median(to)
+
+
+def state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+               if isinstance(v, torch.Tensor))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--small", action="store_true", help="1/16 of the parameters (quick look)")
+    args = ap.parse_args()
+    ref_params = make_params(args.small)
+    n = sum(p.numel() for p in ref_params)
+    ref = torch.optim.AdamW(ref_params, lr=1e-4, foreach=True)
+    print(f"{n / 1e6:.1f}M fp32 parameters, {torch.get_num_threads()} threads; reference AdamW(foreach), "
+          f"{state_bytes(ref) / n if ref.state else 8.0:.1f} B/param")
+    print(f"{'optimizer':16s} {'ms/step':>9s} {'AdamW ms':>9s} {'x AdamW':>8s} {'original x':>11s} "
+          f"{'ours/original':>14s} {'B/param':>8s}")
+    for name, table in TABLES.items():
+        if args.only and name.lower() not in args.only.lower().split(","):
+            continue
+        ps = make_params(args.small)
+        opt = optinspect.build_optimizer(ps, table)
+        t_ref, t = paired_times(ref, ref_params, opt, ps, args.steps)
+        ratio = t / t_ref
+        orig = ORIGINAL_VS_ADAMW.get(name)
+        rel = f"{ratio / orig:.2f}" if orig else "-"
+        print(f"{name:16s} {t * 1e3:9.1f} {t_ref * 1e3:9.1f} {ratio:8.2f} {orig if orig else '-':>11} {rel:>14s} "
+              f"{state_bytes(opt) / n:8.2f}", flush=True)
+        del opt, ps
+
+
+if __name__ == "__main__":
+    main()
