@@ -314,9 +314,21 @@ def _other_types_with(key: str, own: str) -> list[str]:
     return out
 
 
-def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> list[Diagnostic]:
+def _schema_errors(schema: dict, table: dict) -> list:
+    """jsonschema's errors; skipped (and jsonschema not even imported) when the quick check passes."""
+    from optinspect.config import quickcheck
+
+    try:
+        if quickcheck.valid(table, schema):
+            return []
+    except quickcheck.Unsupported:
+        pass
     from jsonschema import Draft4Validator
 
+    return list(Draft4Validator(schema).iter_errors(table))
+
+
+def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> list[Diagnostic]:
     schema = schemas.load(ctx.schema)
     props = schema["properties"]
     swallow = schemas.meta(ctx.schema).get("kwargs") == "swallow"
@@ -380,8 +392,7 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
             out.append(_diag(path, span, "OPT102", f"unknown key `{k}` for {label}: the constructor raises "
                              "TypeError", hint or f"known keys: {', '.join(sorted(props))}"))
 
-    validator = Draft4Validator(schema)
-    for err in validator.iter_errors(ctx.table):
+    for err in _schema_errors(schema, ctx.table):
         key = tuple(err.absolute_path)
         if err.validator == "additionalProperties" or any(key[:n] in seen_keys for n in range(1, len(key) + 1)):
             continue

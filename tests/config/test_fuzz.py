@@ -69,3 +69,23 @@ def test_random_documents_only_produce_located_diagnostics(table):
 @given(st.text(alphabet=st.sampled_from(list("[]{}=,.'\"#\n\r\t abc01-_eEinf+")), max_size=80))
 def test_random_text_never_raises(text):
     validate_text("f.toml", text)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables, st.sampled_from(schemas.available()))
+def test_quickcheck_agrees_with_jsonschema(table, name):
+    from jsonschema import Draft4Validator
+
+    from optinspect.config import quickcheck
+
+    schema = schemas.load(name)
+    assert quickcheck.valid(table, schema) == Draft4Validator(schema).is_valid(table)
+
+
+def test_quickcheck_refuses_keywords_it_does_not_know():
+    import pytest
+
+    from optinspect.config import quickcheck
+
+    with pytest.raises(quickcheck.Unsupported):
+        quickcheck.valid(1, {"multipleOf": 2})

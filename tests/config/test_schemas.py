@@ -118,7 +118,7 @@ def test_readme_full_examples_use_only_schema_keys():
 
 
 def _taplo():
-    exe = shutil.which("taplo") or str((ROOT / ".venv" / "bin" / "taplo"))
+    exe = shutil.which("taplo") or str(ROOT / ".venv" / "bin" / "taplo")
     if not shutil.which(exe):
         candidate = shutil.which("taplo", path=str(__import__("pathlib").Path(sys.executable).parent))
         exe = candidate or ""

@@ -1,0 +1,56 @@
+"""Whole-process time of `optinspect validate` against `check-jsonschema --schemafile` on the same file and
+schema, measured in the same run (interleaved). Goal: optinspect at most 0.5x check-jsonschema's time.
+
+    python benchmarks/validate.py [--runs 15] [FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("file", nargs="?", default=str(ROOT / "examples" / "chroma.toml"))
+    ap.add_argument("--runs", type=int, default=15)
+    args = ap.parse_args()
+    bindir = Path(sys.executable).parent
+    ours = [str(bindir / "optinspect")] if (bindir / "optinspect").exists() else [sys.executable, "-m", "optinspect"]
+    cj = shutil.which("check-jsonschema", path=str(bindir)) or shutil.which("check-jsonschema")
+    if cj is None:
+        sys.exit("check-jsonschema is not installed (pip install check-jsonschema)")
+    schema = str(ROOT / "schemas" / "config.schema.json")
+    cmds = {"optinspect validate": [*ours, "validate", "--quiet", args.file],
+            "check-jsonschema": [cj, "--schemafile", schema, args.file]}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    codes: dict[str, set[int]] = {k: set() for k in cmds}
+    for name, cmd in cmds.items():  # warm the OS caches once
+        timed(cmd)
+    for _ in range(args.runs):
+        for name, cmd in cmds.items():
+            t, rc = timed(cmd)
+            times[name].append(t)
+            codes[name].add(rc)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:22s} median {v * 1e3:7.1f} ms  (min {min(times[k]) * 1e3:.1f}, exit {sorted(codes[k])})")
+    print(f"ratio optinspect / check-jsonschema = {med['optinspect validate'] / med['check-jsonschema']:.2f} "
+          f"(goal <= 0.5) on {args.file}")
+
+
+if __name__ == "__main__":
+    main()
