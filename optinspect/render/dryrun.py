@@ -1,0 +1,43 @@
+"""Rich rendering of a DryRunReport (the engine computes; this only lays it out)."""
+
+from __future__ import annotations
+
+from optinspect.dryrun import DryRunReport
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def render(report: DryRunReport, console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(Text.assemble(("dry-run ", "bold"), (report.config, "bold cyan"), f": {report.optimizer_type} -> ",
+                                (report.optimizer_class, "green"), f" on {report.parameters:,} {report.dtype} "
+                                f"parameters ({len(report.tensors)} tensors, {report.device}, seed {report.seed})"))
+    t = Table("step", "loss", "update RMS", "max |update|", "non-finite", "ms", box=None, pad_edge=False)
+    for s in report.steps:
+        t.add_row(str(s.step), f"{s.loss:.6g}", f"{s.update_rms:.3e}", f"{s.update_max:.3e}",
+                  Text(str(s.nonfinite), style="bold red" if s.nonfinite else ""), f"{s.seconds * 1e3:.2f}")
+    console.print(t)
+    match = "matches" if report.state_bytes_measured == report.state_bytes_predicted else "differs from"
+    console.print(f"optimizer state: {_bytes(report.state_bytes_measured)} measured ({match} the layout's "
+                  f"{_bytes(report.state_bytes_predicted)}), {report.bytes_per_param:.2f} bytes per parameter")
+    fm = report.full_model
+    if fm:
+        what = f"LoRA rank {fm.lora_rank} on its 2-D weights" if fm.lora_rank else "every floating tensor"
+        console.print(f"full model {fm.path}: {fm.parameters:,} parameters in {fm.tensors} tensors; training {what}: "
+                      f"{fm.trained_parameters:,} parameters -> optimizer state {fm.predicted_gib:.3f} GiB "
+                      f"(AdamW fp32: {fm.adamw_fp32_gib:.3f} GiB)")
+    if report.drift is not None:
+        d = Table("tensor", "shape", "drift vs fp32 (rel. to movement)", "max |diff|", box=None, pad_edge=False)
+        for x in report.drift:
+            d.add_row(x.name, str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
+        console.print(d)
+    style = {"healthy": "bold green", "non-finite": "bold red", "diverged": "bold red", "crashed": "bold red"}[report.status]
+    console.print(Text(f"{report.status}" + (f": {report.message}" if report.message else ""), style=style))

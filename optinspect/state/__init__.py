@@ -1,0 +1,1 @@
+"""Reading saved optimizer state safely, and the statistics of what is inside."""
