@@ -20,7 +20,7 @@ TABLES = {
 
 
 def write(tmp_path, body, dtype="float32", adapter=False, extra=""):
-    adapter_table = "[adapter]\ntype = 'lora'\nrank = 4\ndtype = '%s'\n" % dtype if adapter else ""
+    adapter_table = f"[adapter]\ntype = 'lora'\nrank = 4\ndtype = '{dtype}'\n" if adapter else ""
     p = tmp_path / "cfg.toml"
     p.write_text(f"{extra}[model]\ndtype = '{dtype}'\n{adapter_table}[optimizer]\n{body}\n")
     return str(p)

@@ -39,5 +39,5 @@ def render(report: DryRunReport, console) -> None:
         for x in report.drift:
             d.add_row(x.name, str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
         console.print(d)
-    style = {"healthy": "bold green", "non-finite": "bold red", "diverged": "bold red", "crashed": "bold red"}[report.status]
+    style = "bold green" if report.status == "healthy" else "bold red"
     console.print(Text(f"{report.status}" + (f": {report.message}" if report.message else ""), style=style))
