@@ -26,6 +26,21 @@ def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--force", action="store_true", help="overwrite --save's file")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    i = sub.add_parser("inspect", help="statistics of a saved optimizer state, per tensor")
+    i.add_argument("state", metavar="STATE", help=".pt/.bin/.safetensors file or checkpoint folder")
+    i.add_argument("--json", action="store_true", help="the full report as JSON")
+    i.add_argument("--sort", default="index", choices=["index", "name", "step", "first", "second", "scale", "quant",
+                                                        "flags", "size"])
+    i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches")
+    i.add_argument("--top", type=int, metavar="N")
+    i.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
+
+    f = sub.add_parser("diff", help="compare two states of the same run (after a resume, say)")
+    f.add_argument("a", metavar="A")
+    f.add_argument("b", metavar="B")
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--model", metavar="FILE")
+
 
 def _console(stderr: bool = False):
     from rich.console import Console
@@ -41,6 +56,10 @@ def _err(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.command == "dry-run":
         return cmd_dry_run(args)
+    if args.command == "inspect":
+        return cmd_inspect(args)
+    if args.command == "diff":
+        return cmd_diff(args)
     return _err(f"unknown command {args.command!r}")
 
 
@@ -108,3 +127,76 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         if saved:
             _console().print(f"saved optimizer state to {saved}")
     return EXIT_OK if rep.status == "healthy" else EXIT_FOUND
+
+
+def _load(path: str, model: str | None):
+    from optinspect.state.header import HeaderError
+    from optinspect.state.load import StateLoadError, load_state
+
+    try:
+        return load_state(path, model=model), None
+    except (StateLoadError, HeaderError, OSError) as e:
+        return None, str(e)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return _err("inspect needs torch: pip install 'optinspect[torch]'")
+    ls, error = _load(args.state, args.model)
+    if error:
+        return _err(error)
+    from optinspect.state.report import build_report
+
+    total = sum(_entry_bytes(v) for p in ls.params for v in p.entries.values())
+    console = _console(stderr=True)
+    if console.is_terminal and not args.json and total > 256 * 2**20:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("reading", total=total)
+            report = build_report(ls, progress=lambda n: bar.advance(task, n))
+    else:
+        report = build_report(ls)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+        return EXIT_OK
+    from optinspect.render.state import render, select
+
+    render(report, _console(), select(report, args.sort, args.filter, args.top))
+    return EXIT_OK
+
+
+def _entry_bytes(v) -> int:
+    import torch
+
+    from optinspect.state.load import _LazyTensor
+
+    if isinstance(v, torch.Tensor):
+        return v.numel() * v.element_size()
+    if isinstance(v, _LazyTensor):
+        import math
+
+        return math.prod(v.shape) * 4
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    a, error = _load(args.a, args.model)
+    if error:
+        return _err(error)
+    b, error = _load(args.b, args.model)
+    if error:
+        return _err(error)
+    from optinspect.state.diff import diff_states
+
+    d = diff_states(a, b)
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=1, default=str))
+        return EXIT_OK
+    from optinspect.render.state import render_diff
+
+    render_diff(d, _console())
+    return EXIT_OK

@@ -1,0 +1,467 @@
+"""Find and load saved optimizer state safely, whatever wrote it, into one neutral shape.
+
+Safety: every `.pt` is read with `torch.load(weights_only=True)` (memory-mapped when the format allows).
+Harmless objects that checkpoints carry (argparse.Namespace, numpy scalars, DeepSpeed's LossScaler and
+ZeroStageEnum, omegaconf containers, paths) are replaced by inert stubs through torch's own safe-globals
+mechanism, and reported as skipped; any other global is refused by name. Nothing here ever unpickles with
+code execution.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optinspect.state.header import HeaderError, read_header
+
+# globals that checkpoints carry and that hold no optimizer state: replaced by inert stubs
+HARMLESS_GLOBALS = re.compile(r"""^(
+    argparse\.Namespace
+  | pathlib\.(Posix|Windows|Pure\w*)Path
+  | numpy\.(core\.|_core\.)?multiarray\.scalar | numpy\.dtype | numpy\.dtypes\.\w+DType
+  | deepspeed\.runtime\.fp16\.loss_scaler\.(Dynamic)?LossScaler
+  | deepspeed\.runtime\.zero\.config\.ZeroStageEnum
+  | deepspeed\.utils\.tensor_fragment\.fragment_address
+  | deepspeed\.checkpoint\.\w+(\.\w+)*
+  | omegaconf\.(listconfig\.ListConfig|dictconfig\.DictConfig|base\.(ContainerMetadata|Metadata)|nodes\.\w+)
+  | typing\.Any
+  | collections\.defaultdict
+  | torch\.torch_version\.TorchVersion
+  | transformers\.trainer_utils\.\w+
+  | enum\.Enum
+)$""", re.X)
+TORCHAO = re.compile(r"^torchao\.")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "optimizer_state", "opt", "optimizer_states")
+
+
+class StateLoadError(Exception):
+    """The input cannot be read as optimizer state; the message says why (exit 2)."""
+
+
+class _Stub:
+    """Inert stand-in for a harmless non-tensor object: keeps its constructor arguments and state."""
+
+    _name = "object"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<skipped {self._name}>"
+
+
+def _stub_for(name: str) -> type:
+    return type(name.rsplit(".", 1)[-1], (_Stub,), {"_name": name})
+
+
+@dataclass
+class ParamState:
+    index: int
+    name: str
+    group: int
+    entries: dict[str, Any]  # key -> tensor or scalar (bitsandbytes' nested quant state flattened)
+    shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class LoadedState:
+    path: str
+    layout: str
+    params: list[ParamState]
+    groups: list[dict[str, Any]]
+    source_file: str = ""
+    key_used: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    names_from: str = "index"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- reading files -----------------------------------------------------------------------------------
+def safe_torch_load(path: str) -> tuple[Any, list[str]]:
+    """torch.load(weights_only=True), with harmless globals stubbed; returns (object, skipped global names)."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise StateLoadError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not magic:
+        raise StateLoadError(f"{path}: empty file")
+    is_zip = magic == b"PK\x03\x04"
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except zipfile.BadZipFile as e:
+            raise StateLoadError(f"{path}: truncated or corrupt torch file ({e})") from None
+        if bad is not None:
+            raise StateLoadError(f"{path}: corrupt torch file (bad CRC in {bad})")
+    skipped: list[str] = []
+    try:
+        return _load(path, is_zip, []), skipped
+    except pickle.UnpicklingError as e:
+        names = _unsafe_globals(path, is_zip, str(e))
+    refused = [n for n in names if not HARMLESS_GLOBALS.match(n)]
+    ao = [n for n in refused if TORCHAO.match(n)]
+    if ao and len(ao) == len(refused):
+        try:
+            import torchao.optim  # noqa: F401 - registers its tensor subclasses as safe globals
+        except ImportError:
+            raise StateLoadError(f"{path}: holds torchao optimizer-state tensor subclasses ({', '.join(ao[:3])}); "
+                                 "reading them needs torchao (pip install torchao)") from None
+        refused = []
+    if refused:
+        raise StateLoadError(f"{path}: refused: loading it would need the global(s) {', '.join(refused)}, which "
+                             "could execute code; optinspect never unpickles those")
+    stubs = [(_stub_for(n), n) for n in names if HARMLESS_GLOBALS.match(n)]
+    try:
+        obj = _load(path, is_zip, stubs)
+    except pickle.UnpicklingError as e:
+        raise StateLoadError(f"{path}: refused: {_first_line(str(e))}") from None
+    return obj, [n for _, n in stubs]
+
+
+def _first_line(msg: str) -> str:
+    for line in msg.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()
+    return msg.splitlines()[0] if msg else "weights-only load failed"
+
+
+def _load(path: str, is_zip: bool, stubs: list) -> Any:
+    ctx = torch.serialization.safe_globals(stubs) if stubs else _Null()
+    with ctx:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError:
+            raise
+        except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
+                AttributeError, zipfile.BadZipFile) as e:
+            raise StateLoadError(f"{path}: truncated or corrupt torch file ({_first_line(str(e))})") from None
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def _unsafe_globals(path: str, is_zip: bool, message: str) -> list[str]:
+    if is_zip:
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - fall back to what torch's message names
+            pass
+    found = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
+    found += re.findall(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if not found:
+        raise StateLoadError(f"{path}: refused: {_first_line(message)}")
+    return sorted(set(found))
+
+
+# -- recognising layouts -----------------------------------------------------------------------------
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and "state" in obj and "param_groups" in obj and isinstance(obj["param_groups"], list)
+
+
+def _is_grad_release(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj and all(isinstance(k, int) for k in obj) and \
+        all(_is_state_dict(v) for v in obj.values())
+
+
+def _flatten_entries(st: dict) -> dict[str, Any]:
+    out = {}
+    for k, v in st.items():
+        if k == "__bnb_optimizer_quant_state__" and isinstance(v, dict):
+            out.update(v)
+        else:
+            out[str(k)] = v
+    return out
+
+
+def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = None) -> LoadedState:
+    params: list[ParamState] = []
+    groups = []
+    for gi, g in enumerate(sd["param_groups"]):
+        groups.append({k: v for k, v in g.items() if k != "params"})
+        for idx in g.get("params", []):
+            st = sd["state"].get(idx, sd["state"].get(str(idx), {}))
+            params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi,
+                                     _flatten_entries(st) if isinstance(st, dict) else {}))
+    names_from = "index"
+    if names and len(names) == len(params):
+        for p, n in zip(params, names, strict=True):
+            p.name = n
+        names_from = "checkpoint"
+    for gi, g in enumerate(sd["param_groups"]):
+        if g.get("param_names") and names_from == "index":
+            for p, n in zip([p for p in params if p.group == gi], g["param_names"], strict=False):
+                p.name = str(n)
+            names_from = "param_names"
+    for p in params:
+        if not p.name:
+            p.name = f"{p.group}/{p.index}"
+        p.shape = _infer_shape(p.entries)
+    return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
+
+
+def _infer_shape(entries: dict) -> tuple[int, ...] | None:
+    for key in ("exp_avg", "ema", "exp_avg_sq", "ema_squared", "s", "p0", "shift", "state1", "momentum_buffer",
+                "kahan_comp"):
+        v = entries.get(key)
+        if isinstance(v, torch.Tensor) and v.ndim >= 1:
+            return tuple(v.shape)
+    row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
+    if isinstance(row, torch.Tensor) and isinstance(col, torch.Tensor):
+        return tuple(row.shape) + (col.shape[-1],)
+    return None
+
+
+def _names_from_param_shapes(ps: Any) -> list[str] | None:
+    """DeepSpeed's `param_shapes`: a list (per group) of ordered name -> shape maps, or one map."""
+    if isinstance(ps, dict):
+        ps = [ps]
+    if isinstance(ps, list) and all(isinstance(d, dict) for d in ps):
+        return [str(n) for d in ps for n in d]
+    return None
+
+
+def interpret(obj: Any, path: str) -> LoadedState:
+    """Turn whatever torch.load returned into a LoadedState, saying which layout and key were used."""
+    if isinstance(obj, dict) and obj.get("format") == "optinspect-state/1" and _is_state_dict(obj.get("optimizer")):
+        ls = from_state_dict(obj["optimizer"], path, "optinspect dry-run state (.pt)", obj.get("param_names"))
+        ls.key_used = "optimizer"
+        ls.extra["report"] = obj.get("report")
+        return ls
+    if _is_state_dict(obj):
+        return from_state_dict(obj, path, "torch optimizer.state_dict()")
+    if _is_grad_release(obj):
+        merged = {"state": {}, "param_groups": []}
+        for i, (_, sd) in enumerate(sorted(obj.items())):
+            ids = [j for g in sd["param_groups"] for j in g["params"]]
+            for j in ids:
+                if j in sd["state"]:
+                    merged["state"][i] = sd["state"][j]
+            for g in sd["param_groups"]:
+                merged["param_groups"].append({**g, "params": [i]})
+        return from_state_dict(merged, path, "gradient-release wrapper (one optimizer per parameter)")
+    if isinstance(obj, dict):
+        deepspeed = "ds_version" in obj or "ds_config" in obj or "dp_world_size" in obj
+        for key in OPTIMIZER_KEYS:
+            inner = obj.get(key)
+            if inner is None:
+                continue
+            if isinstance(inner, dict) and "zero_stage" in inner and _is_state_dict(inner.get("optimizer_state_dict")):
+                ls = from_state_dict(inner["optimizer_state_dict"], path,
+                                     f"DeepSpeed ZeRO stage {int(getattr(inner['zero_stage'], 'value', 0) or 0) or '?'} "
+                                     "optimizer states (partitioned base-optimizer state)")
+                ls.key_used = f"{key}.optimizer_state_dict"
+                ls.warnings.append("ZeRO partitions flatten parameters: state tensors are flat per partition")
+                return ls
+            if _is_state_dict(inner) or _is_grad_release(inner):
+                ls = interpret(inner, path)
+                names = _names_from_param_shapes(obj.get("param_shapes"))
+                if names and len(names) == len(ls.params):
+                    for p, n in zip(ls.params, names, strict=True):
+                        p.name = n
+                    ls.names_from = "param_shapes"
+                elif names:
+                    ls.warnings.append(f"param_shapes lists {len(names)} names for {len(ls.params)} state entries")
+                ls.layout = ("DeepSpeed checkpoint" if deepspeed else "training checkpoint") + f" -> {ls.layout}"
+                ls.key_used = key
+                if deepspeed:
+                    ls.extra.update({k: obj[k] for k in ("global_steps", "global_samples", "ds_version", "step")
+                                     if k in obj and isinstance(obj[k], (int, float, str))})
+                return ls
+        if deepspeed and obj.get("optimizer", "absent") is None:
+            raise StateLoadError(f"{path}: a DeepSpeed checkpoint whose `optimizer` is None: the state lives in "
+                                 "*_optim_states.pt files (ZeRO or DeepSpeed's bf16 optimizer)")
+        keys = ", ".join(sorted(map(str, obj))[:12])
+        raise StateLoadError(f"{path}: no optimizer state found (looked for a state_dict and under "
+                             f"{', '.join(OPTIMIZER_KEYS)}; top-level keys: {keys})")
+    raise StateLoadError(f"{path}: holds a {type(obj).__name__}, not optimizer state")
+
+
+# -- safetensors -------------------------------------------------------------------------------------
+def load_safetensors(path: str) -> LoadedState:
+    try:
+        header = read_header(path)
+    except HeaderError as e:
+        raise StateLoadError(str(e)) from None
+    from safetensors import safe_open
+
+    meta = header.metadata
+    try:
+        f = safe_open(path, "pt")
+    except Exception as e:  # noqa: BLE001 - the library's own error types vary by version
+        raise StateLoadError(f"{path}: not readable as safetensors ({e})") from None
+    names = [t.name for t in header.tensors]
+    pattern = re.compile(r"^(?:optimizer\.)?state\.(.+)\.([^.]+)$")
+    per: dict[str, dict[str, Any]] = {}
+    groups_tensors: dict[int, dict[str, Any]] = {}
+    for n in names:
+        m = pattern.match(n)
+        if m:
+            per.setdefault(m.group(1), {})[m.group(2)] = _LazyTensor(f, n)
+            continue
+        g = re.match(r"^(?:optimizer\.)?(?:param_groups|group)\.(\d+)\.(.+)$", n)
+        if g:
+            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = f.get_tensor(n)
+    if not per:
+        raise StateLoadError(f"{path}: a safetensors file without optimizer state keys (expected "
+                             "`state.<param>.<key>`; found e.g. {', '.join(names[:5])})")
+    groups: list[dict[str, Any]] = []
+    order = list(per)
+    if meta.get("param_groups"):
+        try:
+            groups = json.loads(meta["param_groups"])
+        except json.JSONDecodeError:
+            groups = []
+    if meta.get("param_names"):
+        try:
+            listed = json.loads(meta["param_names"])
+            order = [n for n in listed if n in per] + [n for n in per if n not in listed]
+        except json.JSONDecodeError:
+            pass
+    params = []
+    group_of = {}
+    for gi, g in enumerate(groups):
+        for n in g.get("params", []):
+            group_of[n] = gi
+    for i, name in enumerate(order):
+        entries = {}
+        for k, v in per[name].items():
+            entries[k] = v.scalar() if v.is_scalar else v
+        params.append(ParamState(i, name, group_of.get(name, 0), entries))
+    for p in params:
+        p.shape = _infer_shape({k: v.meta_tensor() if isinstance(v, _LazyTensor) else v for k, v in p.entries.items()})
+    if not groups:
+        groups = [{}]
+    for gi, extra in groups_tensors.items():
+        while len(groups) <= gi:
+            groups.append({})
+        groups[gi].update(extra)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    layout = "optinspect dry-run state (.safetensors)" if meta.get("format", "").startswith("optinspect-state") \
+        else "flattened optimizer state (.safetensors)"
+    ls = LoadedState(path=path, layout=layout, params=params, groups=groups, names_from="file")
+    if meta.get("report"):
+        ls.extra["report"] = meta["report"]
+    return ls
+
+
+class _LazyTensor:
+    """A safetensors entry read only when asked (one tensor at a time)."""
+
+    def __init__(self, handle: Any, name: str) -> None:
+        self.handle = handle
+        self.name = name
+        sl = handle.get_slice(name)
+        self.shape = tuple(sl.get_shape())
+        self.dtype_name = sl.get_dtype()
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+    def scalar(self) -> Any:
+        t = self.handle.get_tensor(self.name)
+        return t.item() if t.dtype in (torch.int64, torch.int32) or t.is_floating_point() else t
+
+    def load(self) -> torch.Tensor:
+        return self.handle.get_tensor(self.name)
+
+    def meta_tensor(self) -> torch.Tensor:
+        return torch.empty(self.shape, device="meta")
+
+
+def materialize(v: Any) -> Any:
+    return v.load() if isinstance(v, _LazyTensor) else v
+
+
+# -- paths -------------------------------------------------------------------------------------------
+def resolve_path(path: str) -> tuple[str, str]:
+    """A file, or the optimizer file inside a checkpoint folder; returns (file, how it was found)."""
+    if os.path.isfile(path):
+        return path, "file"
+    if not os.path.isdir(path):
+        raise StateLoadError(f"{path}: no such file or folder")
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):
+        tag = open(latest, encoding="utf-8", errors="replace").read().strip()
+        if tag and os.path.isdir(os.path.join(path, tag)):
+            f, how = resolve_path(os.path.join(path, tag))
+            return f, f"DeepSpeed `latest` -> {tag}/{how}"
+    steps = sorted(glob.glob(os.path.join(path, "global_step*")), key=lambda p: int(re.sub(r"\D", "", p[-12:]) or 0))
+    candidates = ["mp_rank_00_model_states.pt", "optimizer.pt", "optimizer.bin", os.path.join("optimizer", "optimizer.pt")]
+    for c in candidates:
+        if os.path.isfile(os.path.join(path, c)):
+            return os.path.join(path, c), c
+    zero = sorted(glob.glob(os.path.join(path, "*optim_states.pt")))
+    if zero:
+        return zero[0], os.path.basename(zero[0]) + (f" (1 of {len(zero)} ZeRO partitions)" if len(zero) > 1 else "")
+    if steps:
+        f, how = resolve_path(steps[-1])
+        return f, f"{os.path.basename(steps[-1])}/{how}"
+    found = sorted(glob.glob(os.path.join(path, "*.pt")) + glob.glob(os.path.join(path, "*.safetensors")))
+    if len(found) == 1:
+        return found[0], os.path.basename(found[0])
+    raise StateLoadError(f"{path}: no optimizer file found in this folder (looked for latest, global_step*/, "
+                         "mp_rank_00_model_states.pt, *optim_states.pt, optimizer.pt, optimizer.bin)")
+
+
+def load_state(path: str, model: str | None = None) -> LoadedState:
+    """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape."""
+    file, how = resolve_path(path)
+    if file.endswith(".safetensors"):
+        ls = load_safetensors(file)
+    else:
+        obj, skipped = safe_torch_load(file)
+        ls = interpret(obj, path)
+        ls.skipped = skipped
+        if skipped:
+            ls.warnings.append(f"skipped non-tensor objects: {', '.join(skipped)}")
+    ls.path = path
+    ls.source_file = file
+    if how != "file":
+        ls.layout = f"{how}: {ls.layout}"
+    if model:
+        _names_from_model(ls, model)
+    return ls
+
+
+def _names_from_model(ls: LoadedState, model: str) -> None:
+    """Name state entries after the model's tensors, matched in order and by shape (frozen tensors skipped)."""
+    try:
+        header = read_header(model)
+    except (OSError, HeaderError) as e:
+        raise StateLoadError(f"--model: {e}") from None
+    tensors = [t for t in header.tensors if t.dtype in ("F32", "F16", "BF16", "F64")]
+    j, unmatched = 0, 0
+    for p in ls.params:
+        k = j
+        while k < len(tensors) and p.shape is not None and tuple(tensors[k].shape) != tuple(p.shape):
+            k += 1
+        if k < len(tensors):
+            p.name = tensors[k].name
+            j = k + 1
+        else:
+            unmatched += 1
+    if unmatched:
+        ls.warnings.append(f"--model: {unmatched} of {len(ls.params)} state entries found no tensor of the same shape "
+                           "in order; those keep their index names")
+    ls.names_from = "model file (order and shape)"

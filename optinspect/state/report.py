@@ -1,0 +1,247 @@
+"""From a LoadedState to a StateReport: per-parameter figures, anomalies, totals. Computes, never prints.
+
+The JSON form (`StateReport.to_dict`) is documented in README.md ("optinspect inspect --json").
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from optinspect.state import stats as S
+from optinspect.state.load import LoadedState, ParamState, materialize
+
+FIRST = ("exp_avg", "ema", "state1", "momentum_buffer")
+SECOND = ("exp_avg_sq", "ema_squared", "state2")
+COUNTERS = ("times_zero", "steps_since_reset", "times_reset")
+MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
+BF16_HALF_ULP_REL = 2.0**-8
+
+
+@dataclass
+class ParamReport:
+    index: int
+    name: str
+    group: int
+    shape: list[int] | None
+    family: str
+    step: int | None
+    counters: dict[str, int]
+    first_rms: float | None = None
+    second_rms: float | None = None
+    update_scale_mean: float | None = None
+    update_scale_max: float | None = None
+    quant_rel_error: float | None = None  # the largest relative bound over this parameter's state tensors
+    kahan_rms: float | None = None
+    flags: list[str] = field(default_factory=list)
+    tensors: list[S.TensorStats] = field(default_factory=list)
+    scalars: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StateReport:
+    path: str
+    source_file: str
+    layout: str
+    key_used: str | None
+    names_from: str
+    family: str
+    steps: list[int]
+    groups: list[dict[str, Any]]
+    params: list[ParamReport]
+    anomalies: list[str]
+    warnings: list[str]
+    skipped: list[str]
+    total_numel: int = 0
+    total_state_bytes: int = 0
+    definitions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schema"] = "optinspect-state-report/1"
+        return _json_safe(d)
+
+
+DEFINITIONS = {
+    "quant_rel_error": "8-bit block-wise states: RMS over elements of the error bound implied by the codebook "
+                       "(half the larger gap to a neighbouring code, plus half a 1/65535 grid step, times the "
+                       "block's absmax), divided by the RMS of the dequantized values. bf16 states: the half-ulp "
+                       "bound 2^-8 (relative).",
+    "update_scale": "|first moment| / sqrt(second moment), per element where the second moment is positive "
+                    "(mean and max): the size of an Adam-like step in units of lr, before bias correction.",
+    "kahan_rms": "RMS of the Kahan compensation buffer (shift / kahan_comp): the part of the updates that did "
+                 "not fit into the weights' precision yet.",
+    "hist": "256 bins of the fp32 exponent: bin e counts |x| in [2^(e-127), 2^(e-126)); 0 = zero or subnormal, "
+            "255 = inf or nan.",
+}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist() if obj.numel() <= 16 else f"tensor{list(obj.shape)}"
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def family_of(entries: dict, group: dict) -> str:
+    keys = set(entries)
+    if "state1" in keys:
+        if "shift" in keys:
+            return "AdamW8bitKahan"
+        return "bitsandbytes 8-bit" if "qmap1" in keys else "bitsandbytes 32-bit"
+    if {"exp_avg_sq_row", "exp_avg_sq_col"} & keys or ("RMS" in keys and "exp_avg_sq" in keys):
+        return "Adafactor"
+    if {"s", "p0"} <= keys:
+        return "Prodigy"
+    if {"ema", "ema_squared"} <= keys:
+        if "times_reset" in keys or "ema_grad_var" in keys or "amp_factor" in group:
+            return "PersonaOptimizer"
+        if "pbar" in keys or "focus_ratio" in group or "spectral_update_scale" in group:
+            return "SCORN"
+        if "amp" in group or "times_zero" in keys:
+            return "REMASTER"
+        return "SCORN/REMASTER"
+    if "lr_mask" in keys:
+        return "Automagic"
+    if "exp_avg" in keys and "exp_avg_sq" in keys:
+        return "optimi AdamW (Kahan)" if "kahan_comp" in keys else "Adam/AdamW"
+    if "momentum_buffer" in keys:
+        return "SGD"
+    return "unknown" if keys else "no state"
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return int(v)
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return int(v.item())
+    return None
+
+
+def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None) -> ParamReport:
+    e = {k: materialize(v) for k, v in p.entries.items()}
+    fam = family_of(e, group)
+    step = _as_int(e.get("step"))
+    if step is None:
+        step = _as_int(group.get("step"))  # optimi and SCORN/REMASTER keep a step in the group
+    r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
+                    {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
+    for k, v in e.items():
+        if not isinstance(v, torch.Tensor):
+            if isinstance(v, (int, float, bool, str)):
+                r.scalars[k] = v
+            continue
+        if k.startswith(("qmap", "absmax")) or v.numel() == 0:
+            continue
+        if v.dtype == torch.uint8 and k in ("state1", "state2"):
+            n = k[-1]
+            if f"qmap{n}" in e and f"absmax{n}" in e:
+                st = S.quantized_stats(k, v, e[f"absmax{n}"], e[f"qmap{n}"], progress)
+            else:
+                st = S.tensor_stats(k, v, progress)
+        elif v.is_floating_point():
+            st = S.tensor_stats(k, v, progress)
+        else:
+            continue
+        r.tensors.append(st)
+    by_key = {t.key: t for t in r.tensors}
+    first = next((by_key[k] for k in FIRST if k in by_key), None)
+    second = next((by_key[k] for k in SECOND if k in by_key), None)
+    if "exp_avg_sq_row" in e and "exp_avg_sq_col" in e:
+        second = S.factored_second_moment(e["exp_avg_sq_row"], e["exp_avg_sq_col"])
+        r.tensors.append(second)
+    r.first_rms = first.rms if first else None
+    r.second_rms = second.rms if second else None
+    m_key = next((k for k in FIRST if k in e and isinstance(e[k], torch.Tensor)), None)
+    v_key = next((k for k in SECOND if k in e and isinstance(e[k], torch.Tensor)), None)
+    if m_key and v_key and e[m_key].shape == e[v_key].shape:
+        m, v = e[m_key], e[v_key]
+        if m.dtype == torch.uint8:
+            from optimizers._quant import dequantize_blockwise
+
+            m = dequantize_blockwise(m, e["absmax1"], e["qmap1"])
+            v = dequantize_blockwise(v, e["absmax2"], e["qmap2"])
+        r.update_scale_mean, r.update_scale_max = S.ratio_stats(m, v)
+    rel = [t.quant.rel_rms_bound for t in r.tensors if t.quant]
+    rel += [BF16_HALF_ULP_REL for t in r.tensors if t.dtype == "bfloat16" and t.key in FIRST + SECOND]
+    r.quant_rel_error = max(rel) if rel else None
+    kahan = by_key.get("shift") or by_key.get("kahan_comp")
+    r.kahan_rms = kahan.rms if kahan else None
+    if any(not t.finite for t in r.tensors):
+        bad = [t.key for t in r.tensors if not t.finite]
+        r.flags.append("nan/inf in " + ", ".join(bad))
+    if second is not None and (step or 0) > 0 and second.finite and second.absmax == 0:
+        r.flags.append("second moment all zero")
+    if first is not None and (step or 0) > 1 and first.finite and first.absmax == 0:
+        r.flags.append("dead (first moment all zero)")
+    return r
+
+
+def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
+                 on_param: Callable[[ParamReport], None] | None = None) -> StateReport:
+    """Analyse every parameter (streaming, one tensor at a time), then the cross-tensor anomalies."""
+    rows = []
+    for p in ls.params:
+        group = ls.groups[p.group] if p.group < len(ls.groups) else {}
+        row = _param(p, group, progress)
+        rows.append(row)
+        if on_param:
+            on_param(row)
+    families = sorted({r.family for r in rows if r.family != "no state"})
+    steps = sorted({r.step for r in rows if r.step is not None})
+    anomalies = finalize(rows, steps)
+    groups = []
+    for g in ls.groups:
+        groups.append({k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in g.items()})
+    return StateReport(path=ls.path, source_file=ls.source_file, layout=ls.layout, key_used=ls.key_used,
+                       names_from=ls.names_from, family=", ".join(families) or "no state", steps=steps, groups=groups,
+                       params=rows, anomalies=anomalies, warnings=list(ls.warnings), skipped=list(ls.skipped),
+                       total_numel=sum(math.prod(r.shape) for r in rows if r.shape),
+                       total_state_bytes=sum(t.bytes for r in rows for t in r.tensors),
+                       definitions=DEFINITIONS)
+
+
+def finalize(rows: list[ParamReport], steps: list[int]) -> list[str]:
+    """Anomalies across tensors: step counters that disagree, second moments orders of magnitude apart."""
+    anomalies = []
+    if len(steps) > 1:
+        counts = {s: sum(1 for r in rows if r.step == s) for s in steps}
+        common = max(counts, key=counts.get)
+        for r in rows:
+            if r.step is not None and r.step != common:
+                r.flags.append(f"step {r.step} (most: {common})")
+        anomalies.append("step counters differ between tensors: " +
+                         ", ".join(f"{counts[s]} at step {s}" for s in steps) +
+                         " (tensors unfrozen late, or skipped steps)")
+    for g in sorted({r.group for r in rows}):
+        vals = [(r, r.second_rms) for r in rows if r.group == g and r.second_rms and r.second_rms > 0
+                and math.isfinite(r.second_rms)]
+        if len(vals) >= 3:
+            med = statistics.median(v for _, v in vals)
+            lo, hi = min(v for _, v in vals), max(v for _, v in vals)
+            if hi / lo > MOMENT_SPREAD:
+                anomalies.append(f"group {g}: second-moment RMS spans {lo:.3g} .. {hi:.3g} (x{hi / lo:.2g})")
+                for r, v in vals:
+                    if v > 1e4 * med:
+                        r.flags.append("exploding second moment")
+                    elif v < 1e-4 * med:
+                        r.flags.append("vanishing second moment")
+    for r in rows:
+        for f in r.flags:
+            if not f.startswith("step "):
+                anomalies.append(f"{r.name}: {f}")
+    return anomalies
