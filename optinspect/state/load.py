@@ -240,6 +240,13 @@ def _names_from_param_shapes(ps: Any) -> list[str] | None:
     return None
 
 
+def _zero_stage(v: Any) -> str:
+    if isinstance(v, int):
+        return str(v)
+    args = getattr(v, "args", ())
+    return str(args[0]) if args and isinstance(args[0], int) else "?"
+
+
 def interpret(obj: Any, path: str) -> LoadedState:
     """Turn whatever torch.load returned into a LoadedState, saying which layout and key were used."""
     if isinstance(obj, dict) and obj.get("format") == "optinspect-state/1" and _is_state_dict(obj.get("optimizer")):
@@ -266,8 +273,8 @@ def interpret(obj: Any, path: str) -> LoadedState:
             if inner is None:
                 continue
             if isinstance(inner, dict) and "zero_stage" in inner and _is_state_dict(inner.get("optimizer_state_dict")):
-                ls = from_state_dict(inner["optimizer_state_dict"], path,
-                                     f"DeepSpeed ZeRO stage {int(getattr(inner['zero_stage'], 'value', 0) or 0) or '?'} "
+                stage = _zero_stage(inner["zero_stage"])
+                ls = from_state_dict(inner["optimizer_state_dict"], path, f"DeepSpeed ZeRO stage {stage} "
                                      "optimizer states (partitioned base-optimizer state)")
                 ls.key_used = f"{key}.optimizer_state_dict"
                 ls.warnings.append("ZeRO partitions flatten parameters: state tensors are flat per partition")
@@ -407,7 +414,8 @@ def resolve_path(path: str) -> tuple[str, str]:
             f, how = resolve_path(os.path.join(path, tag))
             return f, f"DeepSpeed `latest` -> {tag}/{how}"
     steps = sorted(glob.glob(os.path.join(path, "global_step*")), key=lambda p: int(re.sub(r"\D", "", p[-12:]) or 0))
-    candidates = ["mp_rank_00_model_states.pt", "optimizer.pt", "optimizer.bin", os.path.join("optimizer", "optimizer.pt")]
+    candidates = ["mp_rank_00_model_states.pt", "optimizer.pt", "optimizer.bin",
+                  os.path.join("optimizer", "optimizer.pt")]
     for c in candidates:
         if os.path.isfile(os.path.join(path, c)):
             return os.path.join(path, c), c
@@ -444,24 +452,41 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
     return ls
 
 
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _names_from_model(ls: LoadedState, model: str) -> None:
-    """Name state entries after the model's tensors, matched in order and by shape (frozen tensors skipped)."""
+    """Name state entries after the model's tensors: matched by shape, in the file's (natural) name order.
+
+    Unique shapes are certain; tensors that share a shape are assigned in order and may be swapped, which is
+    reported. Frozen tensors (no state) are skipped because no state entry asks for their shape.
+    """
     try:
         header = read_header(model)
     except (OSError, HeaderError) as e:
         raise StateLoadError(f"--model: {e}") from None
-    tensors = [t for t in header.tensors if t.dtype in ("F32", "F16", "BF16", "F64")]
-    j, unmatched = 0, 0
+    pool: dict[tuple, list[str]] = {}
+    floats = [t for t in header.tensors if t.dtype in ("F32", "F16", "BF16", "F64")]
+    for t in sorted(floats, key=lambda t: _natural(t.name)):
+        pool.setdefault(tuple(t.shape), []).append(t.name)
+    wanted: dict[tuple, int] = {}
     for p in ls.params:
-        k = j
-        while k < len(tensors) and p.shape is not None and tuple(tensors[k].shape) != tuple(p.shape):
-            k += 1
-        if k < len(tensors):
-            p.name = tensors[k].name
-            j = k + 1
-        else:
+        if p.shape is not None:
+            wanted[tuple(p.shape)] = wanted.get(tuple(p.shape), 0) + 1
+    unmatched, ambiguous = 0, 0
+    for p in ls.params:
+        names = pool.get(tuple(p.shape)) if p.shape is not None else None
+        if not names:
             unmatched += 1
+            continue
+        if len(names) > 1 or wanted.get(tuple(p.shape), 0) > 1:
+            ambiguous += 1
+        p.name = names.pop(0)
     if unmatched:
-        ls.warnings.append(f"--model: {unmatched} of {len(ls.params)} state entries found no tensor of the same shape "
-                           "in order; those keep their index names")
-    ls.names_from = "model file (order and shape)"
+        ls.warnings.append(f"--model: {unmatched} of {len(ls.params)} state entries found no tensor of their shape; "
+                           "those keep their index names")
+    if ambiguous:
+        ls.warnings.append(f"--model: {ambiguous} state entries share their shape with other tensors; they were named "
+                           "in the file's order and may be swapped")
+    ls.names_from = "model file (shape, then order)"

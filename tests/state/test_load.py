@@ -1,0 +1,216 @@
+"""Loading real optimizer states in every supported layout, safely."""
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from optinspect.state.load import StateLoadError, load_state
+from optinspect.state.report import build_report
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+
+
+def trained(opt_factory, steps=3):
+    m = model()
+    opt = opt_factory(m.parameters())
+    for _ in range(steps):
+        loss = m(torch.randn(4, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m, opt
+
+
+NAMES = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
+
+
+def test_plain_torch_adamw_state(tmp_path):
+    m, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    ls = load_state(str(path))
+    assert ls.layout == "torch optimizer.state_dict()" and len(ls.params) == 6
+    r = build_report(ls)
+    assert r.family == "Adam/AdamW" and r.steps == [3]
+    p0 = list(m.parameters())[0]
+    want = opt.state[p0]["exp_avg_sq"]
+    got = r.params[0]
+    assert got.shape == [32, 16]
+    assert got.second_rms == pytest.approx(float(want.pow(2).mean().sqrt()), rel=1e-6)
+    ratio = (opt.state[p0]["exp_avg"].abs() / opt.state[p0]["exp_avg_sq"].sqrt())
+    assert got.update_scale_mean == pytest.approx(float(ratio.mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("key", ["optimizer", "optimizer_state_dict", "optim"])
+def test_training_checkpoint_nests_the_state(tmp_path, key):
+    _, opt = trained(lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {}, key: opt.state_dict(), "epoch": 3, "args": argparse.Namespace(lr=1e-2)}, path)
+    ls = load_state(str(path))
+    assert ls.key_used == key and "training checkpoint" in ls.layout
+    assert ls.skipped == ["argparse.Namespace"] and any("skipped" in w for w in ls.warnings)
+    assert build_report(ls).family == "SGD"
+
+
+def _fake_deepspeed_module():
+    mod = types.ModuleType("deepspeed.runtime.fp16.loss_scaler")
+
+    class LossScaler:
+        def __init__(self):
+            self.cur_scale = 1.0
+
+    LossScaler.__module__ = mod.__name__
+    LossScaler.__qualname__ = "LossScaler"
+    mod.LossScaler = LossScaler
+    for name in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.fp16"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules[mod.__name__] = mod
+    return mod
+
+
+def test_deepspeed_folder_with_latest_tag_param_shapes_and_loss_scaler(tmp_path):
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    ds = _fake_deepspeed_module()
+    step_dir = tmp_path / "global_step7"
+    step_dir.mkdir()
+    shapes = [{n: torch.Size(s) for n, s in zip(NAMES, [(32, 16), (32,), (32,), (32,), (8, 32), (8,)], strict=True)}]
+    try:
+        torch.save({"module": None, "optimizer": opt.state_dict(), "param_shapes": shapes, "ds_version": "0.16.0",
+                    "global_steps": 7, "loss_scaler": ds.LossScaler(), "sparse_tensor_module_names": set(),
+                    "dp_world_size": 1}, step_dir / "mp_rank_00_model_states.pt")
+    finally:
+        for k in [k for k in sys.modules if k.startswith("deepspeed")]:
+            del sys.modules[k]
+    (tmp_path / "latest").write_text("global_step7")
+    ls = load_state(str(tmp_path))
+    assert "DeepSpeed" in ls.layout and "latest" in ls.layout and ls.key_used == "optimizer"
+    assert [p.name for p in ls.params] == NAMES and ls.names_from == "param_shapes"
+    assert "deepspeed.runtime.fp16.loss_scaler.LossScaler" in ls.skipped
+    assert ls.extra["global_steps"] == 7
+
+
+def test_deepspeed_zero_optim_states(tmp_path):
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    torch.save({"optimizer_state_dict": {"zero_stage": 2, "partition_count": 1,
+                                         "optimizer_state_dict": opt.state_dict(),
+                                         "single_partition_of_fp32_groups": [torch.zeros(10)]}},
+               tmp_path / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    ls = load_state(str(tmp_path))
+    assert "ZeRO stage 2" in ls.layout and ls.key_used == "optimizer_state_dict.optimizer_state_dict"
+
+
+@pytest.mark.parametrize("fname", ["optimizer.pt", "optimizer.bin"])
+def test_hf_trainer_and_accelerate_folders(tmp_path, fname):
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    torch.save(opt.state_dict(), tmp_path / fname)
+    (tmp_path / "trainer_state.json").write_text("{}")
+    ls = load_state(str(tmp_path))
+    assert ls.source_file.endswith(fname) and len(ls.params) == 6
+
+
+def test_gradient_release_wrapper(tmp_path):
+    m = model()
+    opts = {i: torch.optim.AdamW([p], lr=1e-3) for i, p in enumerate(m.parameters())}
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    for o in opts.values():
+        o.step()
+    torch.save({i: o.state_dict() for i, o in opts.items()}, tmp_path / "gr.pt")
+    ls = load_state(str(tmp_path / "gr.pt"))
+    assert "gradient-release" in ls.layout and len(ls.params) == 6 and len(ls.groups) == 6
+
+
+def test_flattened_safetensors_state(tmp_path):
+    from safetensors.torch import save_file
+
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    flat = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            flat[f"state.{NAMES[i]}.{k}"] = v if v.ndim else v.reshape(())
+    save_file(flat, str(tmp_path / "s.safetensors"))
+    ls = load_state(str(tmp_path / "s.safetensors"))
+    assert ls.layout.startswith("flattened") and {p.name for p in ls.params} == set(NAMES)
+    assert build_report(ls).family == "Adam/AdamW"
+
+
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"optimizer": Evil()}, path)
+    with pytest.raises(StateLoadError, match="refused.*(posix|os)\\.system"):
+        load_state(str(path))
+    assert not marker.exists()
+    raw = tmp_path / "raw.pt"  # a legacy raw pickle, not a zip: torch would call it corrupt after running it
+    raw.write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(StateLoadError):
+        load_state(str(raw))
+    assert not marker.exists()
+
+
+def test_truncated_corrupt_and_empty_files(tmp_path):
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    good = tmp_path / "good.pt"
+    torch.save(opt.state_dict(), good)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "noise.pt").write_bytes(os.urandom(4096))
+    for name in ("trunc.pt", "empty.pt", "noise.pt"):
+        with pytest.raises(StateLoadError):
+            load_state(str(tmp_path / name))
+
+
+def test_safetensors_header_claiming_a_terabyte(tmp_path):
+    import struct
+
+    header = json.dumps({"state.w.exp_avg": {"dtype": "F32", "shape": [2**38], "data_offsets": [0, 2**40]}}).encode()
+    p = tmp_path / "huge.safetensors"
+    p.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 64)
+    with pytest.raises(StateLoadError, match="past the end of the file"):
+        load_state(str(p))
+    p.write_bytes(struct.pack("<Q", 2**50) + b"{}")
+    with pytest.raises(StateLoadError, match="header claims"):
+        load_state(str(p))
+
+
+def test_model_file_names_parameters_by_order_and_shape(tmp_path):
+    from safetensors.torch import save_file
+
+    m, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    torch.save(opt.state_dict(), tmp_path / "o.pt")
+    tensors = {"frozen.embed": torch.zeros(5, 5)}  # not trained: skipped by shape
+    tensors.update({f"net.{n}": t.detach().contiguous() for n, t in zip(NAMES, m.parameters(), strict=True)})
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    ls = load_state(str(tmp_path / "o.pt"), model=str(tmp_path / "model.safetensors"))
+    got = [p.name for p in ls.params]
+    assert got[0] == "net.0.weight" and got[4] == "net.2.weight" and got[5] == "net.2.bias"  # unique shapes
+    assert sorted(got[1:4]) == ["net.0.bias", "net.1.bias", "net.1.weight"]  # three (32,) tensors
+    assert any("may be swapped" in w for w in ls.warnings)
+    save_file({"other": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
+    ls = load_state(str(tmp_path / "o.pt"), model=str(tmp_path / "wrong.safetensors"))
+    assert ls.warnings and "found no tensor" in ls.warnings[0]
+
+
+def test_missing_paths_and_empty_folders(tmp_path):
+    with pytest.raises(StateLoadError, match="no such"):
+        load_state(str(tmp_path / "nope"))
+    with pytest.raises(StateLoadError, match="no optimizer file"):
+        load_state(str(tmp_path))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "w.pt")
+    with pytest.raises(StateLoadError, match="no optimizer state found"):
+        load_state(str(tmp_path / "w.pt"))
