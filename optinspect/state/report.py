@@ -100,7 +100,7 @@ def family_of(entries: dict, group: dict) -> str:
     if "state1" in keys:
         if "shift" in keys:
             return "AdamW8bitKahan"
-        return "bitsandbytes 8-bit" if "qmap1" in keys else "bitsandbytes 32-bit"
+        return "bitsandbytes 8-bit Adam(W)"  # tensors below min_8bit_size keep fp32 state1/state2
     if {"exp_avg_sq_row", "exp_avg_sq_col"} & keys or ("RMS" in keys and "exp_avg_sq" in keys):
         return "Adafactor"
     if {"s", "p0"} <= keys:

@@ -1,0 +1,57 @@
+"""`optinspect inspect` and `optinspect diff` end to end, including bad input."""
+
+import json
+
+import torch
+
+from .test_load import trained
+
+
+def test_inspect_json_sort_filter_top(run_cli, tmp_path):
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    torch.save({"optimizer": opt.state_dict()}, tmp_path / "c.pt")
+    rc, out, _ = run_cli("inspect", str(tmp_path / "c.pt"), "--json")
+    assert rc == 0 and json.loads(out)["key_used"] == "optimizer"
+    rc, out, _ = run_cli("inspect", str(tmp_path / "c.pt"), "--sort", "second", "--top", "2", env={"NO_COLOR": "1"})
+    assert rc == 0 and "Adam/AdamW" in out and "training checkpoint" in out
+    rc, out, _ = run_cli("inspect", str(tmp_path / "c.pt"), "--filter", "0/*", env={"NO_COLOR": "1"})
+    assert rc == 0 and "0/0" in out
+
+
+def test_inspect_dry_run_output_round_trip(run_cli, tmp_path):
+    from tests.conftest import EXAMPLES
+
+    for suffix in (".pt", ".safetensors"):
+        target = tmp_path / f"s{suffix}"
+        assert run_cli("dry-run", str(EXAMPLES / "chroma.toml"), "--steps", "3", "--save", str(target))[0] == 0
+        rc, out, _ = run_cli("inspect", str(target), "--json")
+        rep = json.loads(out)
+        assert rc == 0 and rep["family"] == "SCORN" and rep["steps"] == [3]
+        assert all("lora_" in p["name"] for p in rep["params"])
+
+
+def test_inspect_refuses_bad_files_without_traceback(run_cli, tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04garbage")
+    rc, _, err = run_cli("inspect", str(tmp_path / "bad.pt"))
+    assert rc == 2 and "corrupt" in err and "Traceback" not in err
+    rc, _, err = run_cli("inspect", str(tmp_path / "missing.pt"))
+    assert rc == 2
+
+
+def test_diff_after_resume(run_cli, tmp_path):
+    m, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3), steps=2)
+    torch.save(opt.state_dict(), tmp_path / "a.pt")
+    for _ in range(3):
+        m(torch.randn(4, 16)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for g in opt.param_groups:
+        g["lr"] = 5e-4
+    torch.save(opt.state_dict(), tmp_path / "b.pt")
+    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["params"][0]["step_a"] == 2 and d["params"][0]["step_b"] == 5
+    assert any(k["key"] == "exp_avg" and k["rel"] > 0 for k in d["params"][0]["drifts"])
+    assert any("lr 0.001 -> 0.0005" in c for c in d["group_changes"])
+    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "a.pt"), "--json")
+    assert all(k["rel"] == 0 for p in json.loads(out)["params"] for k in p["drifts"])
