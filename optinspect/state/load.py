@@ -87,6 +87,7 @@ class LoadedState:
     warnings: list[str] = field(default_factory=list)
     names_from: str = "index"
     extra: dict[str, Any] = field(default_factory=dict)
+    mapped: bool = False  # tensors are views of a read-only file mapping (their pages may be released)
 
 
 # -- reading files -----------------------------------------------------------------------------------
@@ -100,14 +101,12 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     if not magic:
         raise StateLoadError(f"{path}: empty file")
     is_zip = magic == b"PK\x03\x04"
-    if is_zip:
+    if is_zip:  # the central directory sits at the end: a truncated file fails here, without reading the data
         try:
             with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
+                z.infolist()
         except zipfile.BadZipFile as e:
             raise StateLoadError(f"{path}: truncated or corrupt torch file ({e})") from None
-        if bad is not None:
-            raise StateLoadError(f"{path}: corrupt torch file (bad CRC in {bad})")
     skipped: list[str] = []
     try:
         return _load(path, is_zip, []), skipped
@@ -131,6 +130,11 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     except pickle.UnpicklingError as e:
         raise StateLoadError(f"{path}: refused: {_first_line(str(e))}") from None
     return obj, [n for _, n in stubs]
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def _first_line(msg: str) -> str:
@@ -309,28 +313,26 @@ def load_safetensors(path: str) -> LoadedState:
         header = read_header(path)
     except HeaderError as e:
         raise StateLoadError(str(e)) from None
-    from safetensors import safe_open
+    from optinspect.state.pages import MappedFile
 
     meta = header.metadata
-    try:
-        f = safe_open(path, "pt")
-    except Exception as e:  # noqa: BLE001 - the library's own error types vary by version
-        raise StateLoadError(f"{path}: not readable as safetensors ({e})") from None
-    names = [t.name for t in header.tensors]
+    mapped = MappedFile(path)
+    infos = {t.name: t for t in header.tensors}
+    names = list(infos)
     pattern = re.compile(r"^(?:optimizer\.)?state\.(.+)\.([^.]+)$")
     per: dict[str, dict[str, Any]] = {}
     groups_tensors: dict[int, dict[str, Any]] = {}
     for n in names:
         m = pattern.match(n)
         if m:
-            per.setdefault(m.group(1), {})[m.group(2)] = _LazyTensor(f, n)
+            per.setdefault(m.group(1), {})[m.group(2)] = _LazyTensor(mapped, infos[n])
             continue
         g = re.match(r"^(?:optimizer\.)?(?:param_groups|group)\.(\d+)\.(.+)$", n)
         if g:
-            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = f.get_tensor(n)
+            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = _LazyTensor(mapped, infos[n]).load()
     if not per:
         raise StateLoadError(f"{path}: a safetensors file without optimizer state keys (expected "
-                             "`state.<param>.<key>`; found e.g. {', '.join(names[:5])})")
+                             f"`state.<param>.<key>`; found e.g. {', '.join(names[:5])})")
     groups: list[dict[str, Any]] = []
     order = list(per)
     if meta.get("param_groups"):
@@ -372,25 +374,40 @@ def load_safetensors(path: str) -> LoadedState:
 
 
 class _LazyTensor:
-    """A safetensors entry read only when asked (one tensor at a time)."""
+    """A safetensors entry, never read as a whole: chunks are zero-copy views of the file mapping whose pages
+    are released after use; `load()` copies it (for the small tensors that need it)."""
 
-    def __init__(self, handle: Any, name: str) -> None:
-        self.handle = handle
-        self.name = name
-        sl = handle.get_slice(name)
-        self.shape = tuple(sl.get_shape())
-        self.dtype_name = sl.get_dtype()
+    def __init__(self, mapped: Any, info: Any) -> None:
+        self.mapped = mapped
+        self.info = info
+        self.shape = tuple(info.shape)
+        self.dtype = getattr(torch, info.torch_dtype)
+        self.dtype_name = info.torch_dtype
+        self.numel = info.numel
+        self.nbytes = info.nbytes
+        self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
 
     @property
     def is_scalar(self) -> bool:
         return self.shape == ()
 
     def scalar(self) -> Any:
-        t = self.handle.get_tensor(self.name)
+        t = self.load()
         return t.item() if t.dtype in (torch.int64, torch.int32) or t.is_floating_point() else t
 
+    def view(self, start: int, count: int) -> torch.Tensor:
+        return self.mapped.view(self.info.start + start * self.itemsize, count, self.dtype)
+
+    def release(self, start: int, count: int) -> None:
+        self.mapped.release(self.info.start + start * self.itemsize, count * self.itemsize)
+
+    def chunks(self, chunk: int):
+        for i in range(0, self.numel, chunk):
+            n = min(chunk, self.numel - i)
+            yield self.view(i, n), (lambda i=i, n=n: self.release(i, n))
+
     def load(self) -> torch.Tensor:
-        return self.handle.get_tensor(self.name)
+        return self.view(0, self.numel).clone().reshape(self.shape)
 
     def meta_tensor(self) -> torch.Tensor:
         return torch.empty(self.shape, device="meta")
@@ -441,6 +458,7 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
         obj, skipped = safe_torch_load(file)
         ls = interpret(obj, path)
         ls.skipped = skipped
+        ls.mapped = _is_zip(file)
         if skipped:
             ls.warnings.append(f"skipped non-tensor objects: {', '.join(skipped)}")
     ls.path = path

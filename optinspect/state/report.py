@@ -132,29 +132,68 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
-def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None) -> ParamReport:
-    e = {k: materialize(v) for k, v in p.entries.items()}
+SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
+
+
+def _small(v: Any) -> Any:
+    if hasattr(v, "chunks") and (v.numel <= SMALL or v.is_scalar):
+        return v.scalar() if v.is_scalar else materialize(v)
+    return v
+
+
+def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, mapped: bool = False) -> ParamReport:
+    e = {k: _small(v) for k, v in p.entries.items()}
     fam = family_of(e, group)
     step = _as_int(e.get("step"))
     if step is None:
         step = _as_int(group.get("step"))  # optimi and SCORN/REMASTER keep a step in the group
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
                     {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
+    def tensorish(x: Any) -> bool:
+        return isinstance(x, torch.Tensor) or hasattr(x, "chunks")
+
+    m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)
+    v_key = next((k for k in SECOND if k in e and tensorish(e[k])), None)
+    done: set[str] = set()
+    if m_key and v_key and tuple(e[m_key].shape) == tuple(e[v_key].shape):
+        m, v = e[m_key], e[v_key]
+        quant = None
+        if m.dtype == torch.uint8:
+            if v.dtype == torch.uint8 and all(k in e for k in ("qmap1", "qmap2", "absmax1", "absmax2")):
+                quant = {"q1": materialize(e["qmap1"]).float(), "a1": materialize(e["absmax1"]).float(),
+                         "q2": materialize(e["qmap2"]).float(), "a2": materialize(e["absmax2"]).float()}
+        if m.dtype != torch.uint8 or quant is not None:
+            sm, sv, r.update_scale_mean, r.update_scale_max = S.moment_pair_stats(
+                m_key, m, v_key, v, progress, mapped=mapped, quant=quant)
+            if quant is not None:  # the error bounds: per-code tables, cheap, from the small tensors
+                sm.quant = S.code_bound_only(m, quant["a1"], quant["q1"], mapped=mapped)
+                sv.quant = S.code_bound_only(v, quant["a2"], quant["q2"], mapped=mapped)
+                sm.quant.rel_rms_bound = sm.quant.rms_bound / sm.rms if sm.rms > 0 else 0.0
+                sv.quant.rel_rms_bound = sv.quant.rms_bound / sv.rms if sv.rms > 0 else 0.0
+                sm.bytes += (quant["a1"].numel() + quant["q1"].numel()) * 4
+                sv.bytes += (quant["a2"].numel() + quant["q2"].numel()) * 4
+            r.tensors += [sm, sv]
+            done = {m_key, v_key}
     for k, v in e.items():
-        if not isinstance(v, torch.Tensor):
+        if k in done:
+            continue
+        lazy = hasattr(v, "chunks")
+        if not (isinstance(v, torch.Tensor) or lazy):
             if isinstance(v, (int, float, bool, str)):
                 r.scalars[k] = v
             continue
-        if k.startswith(("qmap", "absmax")) or v.numel() == 0:
+        numel = v.numel if lazy else v.numel()
+        if k.startswith(("qmap", "absmax")) or numel == 0:
             continue
         if v.dtype == torch.uint8 and k in ("state1", "state2"):
             n = k[-1]
             if f"qmap{n}" in e and f"absmax{n}" in e:
-                st = S.quantized_stats(k, v, e[f"absmax{n}"], e[f"qmap{n}"], progress)
+                st = S.quantized_stats(k, v, materialize(e[f"absmax{n}"]), materialize(e[f"qmap{n}"]), progress,
+                                       mapped=mapped)
             else:
-                st = S.tensor_stats(k, v, progress)
-        elif v.is_floating_point():
-            st = S.tensor_stats(k, v, progress)
+                st = S.tensor_stats(k, v, progress, mapped=mapped)
+        elif v.dtype.is_floating_point:
+            st = S.tensor_stats(k, v, progress, mapped=mapped)
         else:
             continue
         r.tensors.append(st)
@@ -162,20 +201,10 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None) -
     first = next((by_key[k] for k in FIRST if k in by_key), None)
     second = next((by_key[k] for k in SECOND if k in by_key), None)
     if "exp_avg_sq_row" in e and "exp_avg_sq_col" in e:
-        second = S.factored_second_moment(e["exp_avg_sq_row"], e["exp_avg_sq_col"])
+        second = S.factored_second_moment(materialize(e["exp_avg_sq_row"]), materialize(e["exp_avg_sq_col"]))
         r.tensors.append(second)
     r.first_rms = first.rms if first else None
     r.second_rms = second.rms if second else None
-    m_key = next((k for k in FIRST if k in e and isinstance(e[k], torch.Tensor)), None)
-    v_key = next((k for k in SECOND if k in e and isinstance(e[k], torch.Tensor)), None)
-    if m_key and v_key and e[m_key].shape == e[v_key].shape:
-        m, v = e[m_key], e[v_key]
-        if m.dtype == torch.uint8:
-            from optimizers._quant import dequantize_blockwise
-
-            m = dequantize_blockwise(m, e["absmax1"], e["qmap1"])
-            v = dequantize_blockwise(v, e["absmax2"], e["qmap2"])
-        r.update_scale_mean, r.update_scale_max = S.ratio_stats(m, v)
     rel = [t.quant.rel_rms_bound for t in r.tensors if t.quant]
     rel += [BF16_HALF_ULP_REL for t in r.tensors if t.dtype == "bfloat16" and t.key in FIRST + SECOND]
     r.quant_rel_error = max(rel) if rel else None
@@ -197,7 +226,7 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
     rows = []
     for p in ls.params:
         group = ls.groups[p.group] if p.group < len(ls.groups) else {}
-        row = _param(p, group, progress)
+        row = _param(p, group, progress, ls.mapped)
         rows.append(row)
         if on_param:
             on_param(row)

@@ -43,7 +43,7 @@ class TensorStats:
     absmax: float = 0.0
     rms: float = 0.0
     l2: float = 0.0
-    zero_frac: float = 0.0
+    zero_frac: float = 0.0  # exact zeros and subnormals (|x| < 2^-126), read off the histogram
     nan: int = 0
     inf: int = 0
     hist: list[int] = field(default_factory=list)
@@ -68,32 +68,88 @@ class _Acc:
         self.hist = torch.zeros(HIST_BINS, dtype=torch.int64)
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.float().reshape(-1)
-        if x.numel() == 0:
-            return
-        bits = x.view(torch.int32)
-        expo = torch.bitwise_right_shift(bits, 23).bitwise_and_(0xFF)
-        self.hist += torch.bincount(expo, minlength=HIST_BINS)
-        bad = int(self.hist_bad(expo))
-        if bad:
-            nan_mask = torch.isnan(x)
-            n_nan = int(nan_mask.sum())
-            self.nan += n_nan
-            self.inf += bad - n_nan
-            x = x[torch.isfinite(x)]
-            if x.numel() == 0:
-                return
-        self.n += x.numel()
-        self.s += float(x.sum(dtype=torch.float64))
-        self.ss += float(torch.dot(x, x))
-        lo, hi = torch.aminmax(x)
-        self.mn = min(self.mn, float(lo))
-        self.mx = max(self.mx, float(hi))
-        self.zeros += int((x == 0).sum())
+        self.merge(_chunk(x))
 
-    @staticmethod
-    def hist_bad(expo: torch.Tensor) -> torch.Tensor:
-        return (expo == 255).sum()
+    def merge(self, part: tuple) -> None:
+        n, s, ss, mn, mx, zeros, nan, inf, hist = part
+        self.n += n
+        self.s += s
+        self.ss += ss
+        self.mn = min(self.mn, mn)
+        self.mx = max(self.mx, mx)
+        self.zeros += zeros
+        self.nan += nan
+        self.inf += inf
+        self.hist += hist
+
+
+def _chunk(x: torch.Tensor) -> tuple:
+    """Partial statistics of one chunk: (finite count, sum, sum of squares, min, max, zeros, nan, inf, hist).
+
+    Six passes over a cache-sized chunk; zeros are read off the exponent histogram (bin 0: zero or subnormal).
+    """
+    x = x.reshape(-1)
+    if x.dtype != torch.float32:
+        x = x.float()
+    if x.numel() == 0:
+        return 0, 0.0, 0.0, math.inf, -math.inf, 0, 0, 0, torch.zeros(HIST_BINS, dtype=torch.int64)
+    expo = torch.bitwise_right_shift(x.view(torch.int32), 23).bitwise_and_(0xFF)
+    hist = torch.bincount(expo, minlength=HIST_BINS)
+    bad = int(hist[255])
+    nan = inf = 0
+    if bad:
+        nan = int(torch.isnan(x).sum())
+        inf = bad - nan
+        x = x[torch.isfinite(x)]
+        if x.numel() == 0:
+            return 0, 0.0, 0.0, math.inf, -math.inf, 0, nan, inf, hist
+    lo, hi = torch.aminmax(x)
+    return (x.numel(), float(x.sum()), float(torch.dot(x, x)), float(lo), float(hi), int(hist[0]), nan, inf, hist)
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="optinspect-stats")
+    return _POOL
+
+
+def scan(chunks, acc: _Acc, progress: Callable[[int], None] | None = None, threads: bool = True) -> None:
+    """Reduce (chunk, release) pairs into `acc`, two chunks in flight at a time (torch releases the GIL)."""
+    def work(item):
+        x, release = item
+        part = _chunk(x)
+        nbytes = x.numel() * x.element_size()
+        if release:
+            release()
+        return part, nbytes
+
+    if not threads:
+        for item in chunks:
+            part, nbytes = work(item)
+            acc.merge(part)
+            if progress:
+                progress(nbytes)
+        return
+    pool = _pool()
+    pending = []
+    for item in chunks:
+        pending.append(pool.submit(work, item))
+        if len(pending) >= 3:
+            part, nbytes = pending.pop(0).result()
+            acc.merge(part)
+            if progress:
+                progress(nbytes)
+    for f in pending:
+        part, nbytes = f.result()
+        acc.merge(part)
+        if progress:
+            progress(nbytes)
 
 
 def _finish(acc: _Acc, st: TensorStats) -> TensorStats:
@@ -112,30 +168,58 @@ def _finish(acc: _Acc, st: TensorStats) -> TensorStats:
     return st
 
 
-def _dtype_name(t: torch.Tensor) -> str:
+def _dtype_name(t) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def tensor_stats(key: str, t: torch.Tensor, progress: Callable[[int], None] | None = None,
-                 chunk: int = CHUNK) -> TensorStats:
-    """Statistics of a plain tensor, read chunk by chunk."""
-    st = TensorStats(key, list(t.shape), _dtype_name(t), t.numel() * t.element_size(), t.numel())
-    acc = _Acc()
+def _numel(obj) -> int:
+    return obj.numel if hasattr(obj, "chunks") else obj.numel()
+
+
+def _part(obj, i: int, n: int) -> torch.Tensor:
+    return obj.view(i, n) if hasattr(obj, "chunks") else obj.reshape(-1)[i:i + n]
+
+
+def _release(obj, i: int, n: int, mapped: bool) -> None:
+    if hasattr(obj, "chunks"):
+        obj.release(i, n)
+    elif mapped:
+        from optinspect.state.pages import release_tensor
+
+        release_tensor(obj.reshape(-1)[i:i + n])
+
+
+def tensor_chunks(t: torch.Tensor, chunk: int = CHUNK, mapped: bool = False):
+    """(chunk view, page release or None) over a tensor; `mapped` = the tensor lives in a file mapping."""
+    from optinspect.state.pages import release_tensor
+
     flat = t.reshape(-1)
     for i in range(0, flat.numel(), chunk):
         part = flat[i:i + chunk]
-        acc.add(part)
-        if progress:
-            progress(part.numel() * part.element_size())
+        yield part, ((lambda part=part: release_tensor(part)) if mapped else None)
+
+
+def tensor_stats(key: str, t, progress: Callable[[int], None] | None = None, chunk: int = CHUNK,
+                 mapped: bool = False) -> TensorStats:
+    """Statistics of a tensor (or a lazily mapped file tensor with `.chunks()`), read chunk by chunk."""
+    if hasattr(t, "chunks"):
+        st = TensorStats(key, list(t.shape), t.dtype_name, t.nbytes, t.numel)
+        chunks = t.chunks(chunk)
+    else:
+        st = TensorStats(key, list(t.shape), _dtype_name(t), t.numel() * t.element_size(), t.numel())
+        chunks = tensor_chunks(t, chunk, mapped)
+    acc = _Acc()
+    scan(chunks, acc, progress, threads=st.numel > chunk)
     return _finish(acc, st)
 
 
-def quantized_stats(key: str, codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor,
-                    progress: Callable[[int], None] | None = None, chunk: int = CHUNK) -> TensorStats:
+def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
+                    progress: Callable[[int], None] | None = None, chunk: int = CHUNK, mapped: bool = False
+                    ) -> TensorStats:
     """Statistics of an 8-bit block-wise tensor, dequantized chunk by chunk, with its quantization error bound."""
     from optimizers._quant import code_error_bound, infer_block
 
-    n = codes.numel()
+    n = _numel(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
     q = qmap.float()
@@ -145,9 +229,9 @@ def quantized_stats(key: str, codes: torch.Tensor, absmax: torch.Tensor, qmap: t
     acc = _Acc()
     b_ss, b_max, floor_count = 0.0, 0.0, 0
     per_code = code_error_bound(torch.arange(256), q)  # bound / absmax for each code, computed once
-    flat = codes.reshape(-1)
     for i in range(0, n, chunk):
-        c = flat[i:i + chunk].long()
+        raw = _part(codes, i, min(chunk, n - i))
+        c = raw.long()
         m = c.numel()
         pad = (-m) % block
         blocks = absmax[i // block:(i + m + pad) // block, None]
@@ -162,6 +246,7 @@ def quantized_stats(key: str, codes: torch.Tensor, absmax: torch.Tensor, qmap: t
         b_ss += float(torch.dot(bound, bound))
         b_max = max(b_max, float(bound.max()))
         floor_count += int((c == floor_code).sum())
+        _release(codes, i, m, mapped)
         if progress:
             progress(m)
     st = _finish(acc, st)
@@ -171,20 +256,73 @@ def quantized_stats(key: str, codes: torch.Tensor, absmax: torch.Tensor, qmap: t
     return st
 
 
-def ratio_stats(m: torch.Tensor, v: torch.Tensor, eps: float = 1e-30, chunk: int = CHUNK) -> tuple[float, float]:
+def _ratio_chunk(a: torch.Tensor, b: torch.Tensor, eps: float) -> tuple[float, int, float]:
+    valid = b > 0
+    r = a.abs().div_(b.sqrt().add_(eps))
+    r.mul_(valid)
+    r.nan_to_num_(nan=0.0, posinf=0.0)
+    return float(r.sum()), int(valid.sum()), float(r.max()) if r.numel() else 0.0
+
+
+def ratio_stats(m, v, eps: float = 1e-30, chunk: int = CHUNK, mapped: bool = False) -> tuple[float, float]:
     """Mean and max of |m| / sqrt(v) where v > 0: the effective per-element update scale of Adam-like rules."""
-    fm, fv = m.reshape(-1), v.reshape(-1)
+    n = _numel(m)
     s, count, mx = 0.0, 0, 0.0
-    for i in range(0, fm.numel(), chunk):
-        a, b = fm[i:i + chunk].float(), fv[i:i + chunk].float()
-        ok = (b > 0) & torch.isfinite(a) & torch.isfinite(b)
-        if not bool(ok.any()):
-            continue
-        r = a[ok].abs() / (b[ok].sqrt() + eps)
-        s += float(r.sum(dtype=torch.float64))
-        count += r.numel()
-        mx = max(mx, float(r.max()))
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        rs, rc, rm = _ratio_chunk(_part(m, i, k).float(), _part(v, i, k).float(), eps)
+        s, count, mx = s + rs, count + rc, max(mx, rm)
+        _release(m, i, k, mapped)
+        _release(v, i, k, mapped)
     return (s / count if count else 0.0), mx
+
+
+def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], None] | None = None,
+                      chunk: int = CHUNK, mapped: bool = False, quant: dict | None = None
+                      ) -> tuple[TensorStats, TensorStats, float, float]:
+    """First and second moment in one joint pass: both tensors' statistics and the update scale, each chunk
+    read once. `quant` = {"q1", "a1", "q2", "a2"} dequantizes bitsandbytes 8-bit codes block-aligned."""
+    n = _numel(m)
+    sm = TensorStats(m_key, list(m.shape), getattr(m, "dtype_name", None) or _dtype_name(m),
+                     _nbytes(m), n, dequantized=quant is not None)
+    sv = TensorStats(v_key, list(v.shape), getattr(v, "dtype_name", None) or _dtype_name(v),
+                     _nbytes(v), n, dequantized=quant is not None)
+    if quant is not None:
+        from optimizers._quant import infer_block
+
+        block = infer_block(n, quant["a1"].numel())
+        chunk = max(block, chunk - chunk % block)
+
+    def work(i: int) -> tuple:
+        k = min(chunk, n - i)
+        a, b = _part(m, i, k), _part(v, i, k)
+        nbytes = a.numel() * a.element_size() + b.numel() * b.element_size()
+        if quant is not None:
+            idx = torch.arange(i, i + k) // block
+            a = quant["q1"][a.long()] * quant["a1"][idx]
+            b = quant["q2"][b.long()] * quant["a2"][idx]
+        a, b = a.float(), b.float()
+        out = (_chunk(a), _chunk(b), _ratio_chunk(a, b, 1e-30), nbytes)
+        _release(m, i, k, mapped)
+        _release(v, i, k, mapped)
+        return out
+
+    am, av = _Acc(), _Acc()
+    s, count, mx = 0.0, 0, 0.0
+    pool = _pool() if n > chunk else None
+    starts = list(range(0, n, chunk))
+    results = (pool.map(work, starts) if pool else map(work, starts))
+    for pm, pv, (rs, rc, rm), nbytes in results:
+        am.merge(pm)
+        av.merge(pv)
+        s, count, mx = s + rs, count + rc, max(mx, rm)
+        if progress:
+            progress(nbytes)
+    return _finish(am, sm), _finish(av, sv), (s / count if count else 0.0), mx
+
+
+def _nbytes(t) -> int:
+    return t.nbytes if hasattr(t, "chunks") else t.numel() * t.element_size()
 
 
 def factored_second_moment(row: torch.Tensor, col: torch.Tensor, chunk: int = CHUNK) -> TensorStats:
@@ -202,3 +340,27 @@ def factored_second_moment(row: torch.Tensor, col: torch.Tensor, chunk: int = CH
         for j in range(0, r2.shape[1], rows_per):
             acc.add(r2[sidx, j:j + rows_per, None] * c2[sidx, None, :])
     return _finish(acc, st)
+
+
+def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int = CHUNK,
+                    mapped: bool = False) -> QuantError:
+    """The 8-bit error bound of a code tensor (no statistics of the values): see quantized_stats."""
+    from optimizers._quant import code_error_bound, infer_block
+
+    n = _numel(codes)
+    block = infer_block(n, absmax.numel())
+    chunk = max(block, chunk - chunk % block)
+    q = qmap.float()
+    per_code = code_error_bound(torch.arange(256), q)
+    floor_code = int(torch.argmin(q.abs().masked_fill(q == 0, math.inf)))
+    ss, mx, floor = 0.0, 0.0, 0
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        c = _part(codes, i, k).long()
+        bound = per_code[c] * absmax.float()[torch.arange(i, i + k) // block]
+        ss += float(torch.dot(bound, bound))
+        mx = max(mx, float(bound.max()))
+        floor += int((c == floor_code).sum())
+        _release(codes, i, k, mapped)
+    rms = math.sqrt(ss / max(n, 1))
+    return QuantError("8-bit blockwise", block, rms, mx, 0.0, floor / max(n, 1))

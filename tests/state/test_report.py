@@ -28,7 +28,7 @@ def test_tensor_stats_match_direct_computation():
     st = tensor_stats("x", x, chunk=1 << 16)
     f = x[torch.isfinite(x)].double()
     assert st.nan == 1 and st.inf == 2 and st.numel == x.numel()
-    assert st.mean == pytest.approx(float(f.mean()), rel=1e-9)
+    assert st.mean == pytest.approx(float(f.mean()), rel=1e-6)  # fp32 partial sums per chunk
     assert st.std == pytest.approx(float(f.std(unbiased=False)), rel=1e-6)
     assert st.rms == pytest.approx(float(f.pow(2).mean().sqrt()), rel=1e-6)
     assert (st.min, st.max) == (float(f.min()), float(f.max()))
@@ -49,7 +49,7 @@ def test_quantized_stats_dequantize_like_bitsandbytes_and_bound_the_real_error()
     codes, qs = F.quantize_blockwise(truth, code=qmap, blocksize=256)
     st = quantized_stats("state1", codes, qs.absmax, qmap, chunk=4096)
     deq = F.dequantize_blockwise(codes, qs).double()
-    assert st.mean == pytest.approx(float(deq.mean()), rel=1e-6, abs=1e-12)
+    assert st.mean == pytest.approx(float(deq.mean()), abs=1e-6 * st.rms)  # fp32 partial sums
     assert st.rms == pytest.approx(float(deq.pow(2).mean().sqrt()), rel=1e-6)
     err = (deq - truth.double()).abs()
     assert float(err.max()) <= st.quant.max_bound

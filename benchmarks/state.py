@@ -1,0 +1,146 @@
+"""Statistics throughput of the state engine on a large synthetic optimizer state, in one run, against
+(a) the naive path: torch.load the whole file, then whole-tensor statistics, and (b) the raw read rate of
+the mapped file. Peak memory is the process's max RSS minus that of a process that only imports torch.
+
+Goals (issue 5): >= 2.5 GB/s (>= 15x the naive path), first figures within 0.2 s, peak memory within 256 MiB
+above `import torch`, whatever the file size. Each measurement runs in its own process.
+
+    python benchmarks/state.py [--gb 3] [--dir /tmp/optinspect-bench] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDE = 4096
+
+
+def make_files(folder: Path, gb: float, fresh: bool) -> tuple[Path, Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pt, st = folder / f"state_{gb:g}gb.pt", folder / f"state_{gb:g}gb.safetensors"
+    if pt.exists() and st.exists() and not fresh:
+        return pt, st
+    n_params = max(1, int(gb * 2**30 / (2 * 4 * SIDE * SIDE)))
+    g = torch.Generator().manual_seed(0)
+    state, flat = {}, {}
+    for i in range(n_params):
+        m = torch.randn(SIDE, SIDE, generator=g) * 1e-3
+        v = m * m + 1e-8
+        state[i] = {"step": torch.tensor(100.0), "exp_avg": m, "exp_avg_sq": v}
+        flat[f"state.layer{i}.weight.exp_avg"] = m
+        flat[f"state.layer{i}.weight.exp_avg_sq"] = v
+    sd = {"state": state, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
+                                            "params": list(range(n_params))}]}
+    torch.save(sd, pt)
+    save_file(flat, str(st))
+    return pt, st
+
+
+CHILD = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+import torch
+mode, path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+out = {}
+if mode == "baseline":
+    pass
+elif mode == "engine":
+    from optinspect.state.load import load_state
+    from optinspect.state.report import build_report
+    first = []
+    t1 = time.perf_counter()
+    ls = load_state(path)
+    rep = build_report(ls, on_param=lambda r: first or first.append(time.perf_counter() - t1))
+    out["seconds"] = time.perf_counter() - t1
+    out["first"] = first[0] if first else None
+    out["params"] = len(rep.params)
+elif mode == "naive":
+    t1 = time.perf_counter()
+    sd = torch.load(path, weights_only=True)
+    first = None
+    for st in sd["state"].values():
+        for v in st.values():
+            if v.numel() > 1:
+                x = v.float()
+                _ = (x.mean().item(), x.std().item(), x.min().item(), x.max().item(), x.abs().max().item(),
+                     x.norm().item(), (x == 0).float().mean().item(), torch.isnan(x).sum().item())
+                first = first or time.perf_counter() - t1
+    out["seconds"] = time.perf_counter() - t1
+    out["first"] = first
+elif mode == "raw":
+    buf = bytearray(64 << 20)
+    t1 = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
+    out["seconds"] = time.perf_counter() - t1
+# VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
+out["maxrss"] = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps(out))
+"""
+
+
+def child(mode: str, path: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(ROOT)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gb", type=float, default=3.0)
+    ap.add_argument("--dir", default="/tmp/optinspect-bench")
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.make_only:  # in its own process, so the generator's memory does not count against the others
+        pt, st = make_files(Path(args.dir), args.gb, args.fresh)
+        print(pt, st)
+        return
+    t = time.perf_counter()
+    gen = subprocess.run([sys.executable, __file__, "--make-only", "--gb", str(args.gb), "--dir", args.dir]
+                         + (["--fresh"] if args.fresh else []), capture_output=True, text=True)
+    if gen.returncode != 0:
+        raise SystemExit(gen.stderr[-3000:])
+    pt, st = (Path(x) for x in gen.stdout.split())
+    print(f"files ready in {time.perf_counter() - t:.1f} s: {pt} ({pt.stat().st_size / 1e9:.2f} GB), "
+          f"{st} ({st.stat().st_size / 1e9:.2f} GB); {os.cpu_count()} cores")
+    base = child("baseline", pt)["maxrss"]
+    print(f"baseline (import torch): max RSS {base / 2**20:.0f} MiB")
+    rows = []
+    for path in (st, pt):
+        size = path.stat().st_size
+        raw = child("raw", path)
+        rows.append((path.suffix, "raw mapped read", size / raw["seconds"] / 1e9, None, raw["maxrss"] - base))
+        eng = child("engine", path)
+        rows.append((path.suffix, "optinspect engine", size / eng["seconds"] / 1e9, eng["first"], eng["maxrss"] - base))
+        if path.suffix == ".pt" and not args.skip_naive:
+            nv = child("naive", path)
+            rows.append((path.suffix, "naive torch.load + stats", size / nv["seconds"] / 1e9, nv["first"],
+                         nv["maxrss"] - base))
+    print(f"{'file':13s} {'path':26s} {'GB/s':>7s} {'first (s)':>10s} {'peak above torch':>17s}")
+    for suffix, name, rate, first, extra in rows:
+        shown = f"{first:.3f}" if first is not None else "-"
+        print(f"{suffix:13s} {name:26s} {rate:7.2f} {shown:>10s} "
+              f"{extra / 2**20:14.0f} MiB")
+    eng_pt = next(r for r in rows if r[0] == ".pt" and r[1] == "optinspect engine")
+    naive = next((r for r in rows if r[1].startswith("naive")), None)
+    if naive:
+        print(f"engine / naive throughput on .pt: {eng_pt[2] / naive[2]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
