@@ -35,6 +35,11 @@ def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--top", type=int, metavar="N")
     i.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
 
+    t = sub.add_parser("tui", help="interactive view of a saved optimizer state (two: their deltas)")
+    t.add_argument("state", metavar="STATE")
+    t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")
+    t.add_argument("--model", metavar="FILE")
+
     f = sub.add_parser("diff", help="compare two states of the same run (after a resume, say)")
     f.add_argument("a", metavar="A")
     f.add_argument("b", metavar="B")
@@ -60,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_inspect(args)
     if args.command == "diff":
         return cmd_diff(args)
+    if args.command == "tui":
+        return cmd_tui(args)
     return _err(f"unknown command {args.command!r}")
 
 
@@ -200,3 +207,25 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     render_diff(d, _console())
     return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    try:
+        import textual  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return _err("the TUI needs textual and torch: pip install 'optinspect[tui]'")
+    from optinspect.state.load import StateLoadError, resolve_path
+
+    for p in [args.state] + ([args.other] if args.other else []):
+        try:
+            resolve_path(p)
+        except StateLoadError as e:
+            return _err(str(e))
+    from optinspect.tui.app import make_app
+
+    app = make_app(args.state, args.other, args.model)
+    code = app.run()
+    if app.return_code == 2:
+        return EXIT_USAGE
+    return int(code or 0)

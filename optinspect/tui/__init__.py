@@ -1,0 +1,1 @@
+"""The Textual TUI over saved optimizer state: renders what optinspect.state computes, computes nothing."""

@@ -1,0 +1,273 @@
+"""The Textual app: loads in a worker thread, paints at once, fills statistics in as they arrive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input, ProgressBar
+
+from optinspect.tui.columns import DIFF_COLUMNS, STATE_COLUMNS
+from optinspect.tui.screens.help import HelpScreen
+from optinspect.tui.widgets.detail import DetailPane
+from optinspect.tui.widgets.summary import SummaryBar
+from optinspect.tui.widgets.table import ParamTable
+
+FLUSH_SECONDS = 0.1
+
+
+class StateApp(App[int]):
+    """`optinspect tui STATE` (one state) or `optinspect tui A B` (deltas between two states)."""
+
+    TITLE = "optinspect"
+    CSS = """
+    #filter { display: none; }
+    #filter.open { display: block; }
+    #progress { height: 1; }
+    #progress.done { display: none; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "escape", "Clear", show=False),
+        Binding("s", "sort", "Sort"),
+        Binding("r", "reverse", "Reverse", show=False),
+        Binding("n", "next_anomaly", "Next flag"),
+        Binding("t", "toggle_theme", "Theme", show=False),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, path: str, other: str | None = None, model: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.other = other
+        self.model = model
+        self.report: Any = None
+        self.loading_done = False
+        self.keys_seen = 0
+        self._pending: dict[int, Any] = {}
+        self._last_flush = 0.0
+
+    # -- layout -----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield SummaryBar(id="summary")
+        yield ProgressBar(id="progress", show_eta=False)
+        with Horizontal():
+            with Vertical():
+                yield ParamTable(DIFF_COLUMNS if self.other else STATE_COLUMNS, id="table")
+                yield Input(placeholder="filter: glob or substring, Enter to apply, Esc to clear", id="filter")
+            yield DetailPane(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        label = f"{self.path} → {self.other}" if self.other else self.path
+        self.query_one(SummaryBar).show_loading(label)
+        self.query_one(ParamTable).focus()
+        if self.other:
+            self.compare()
+        else:
+            self.analyse()
+
+    def on_key(self) -> None:
+        self.keys_seen += 1
+
+    # -- background work --------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def analyse(self) -> None:
+        from optinspect.state.header import HeaderError
+        from optinspect.state.load import StateLoadError, load_state
+        from optinspect.state.report import build_report
+
+        try:
+            ls = load_state(self.path, model=self.model)
+        except (StateLoadError, HeaderError, OSError) as e:
+            self.call_from_thread(self._failed, str(e))
+            return
+        self.call_from_thread(self._loaded, ls)
+        total = max(1, sum(_nbytes(v) for p in ls.params for v in p.entries.values()))
+        done = [0]
+
+        def progress(n: int) -> None:
+            done[0] += n
+
+        position = {(p.index, p.name): i for i, p in enumerate(ls.params)}
+
+        def on_param(row: Any) -> None:
+            row.index_in_file = position[(row.index, row.name)]
+            self._pending[row.index_in_file] = row
+            now = time.monotonic()
+            if now - self._last_flush > FLUSH_SECONDS:
+                self._last_flush = now
+                batch, self._pending = self._pending, {}
+                self.call_from_thread(self._rows_ready, batch, done[0] / total)
+
+        report = build_report(ls, progress=progress, on_param=on_param)
+        batch, self._pending = self._pending, {}
+        self.call_from_thread(self._finished, report, batch)
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def compare(self) -> None:
+        from optinspect.state.diff import diff_states
+        from optinspect.state.header import HeaderError
+        from optinspect.state.load import StateLoadError, load_state
+
+        try:
+            a = load_state(self.path, model=self.model)
+            b = load_state(self.other, model=self.model)
+        except (StateLoadError, HeaderError, OSError) as e:
+            self.call_from_thread(self._failed, str(e))
+            return
+        d = diff_states(a, b)
+        self.call_from_thread(self._compared, d)
+
+    # -- results (on the UI thread) ---------------------------------------------------------------
+    def _failed(self, message: str) -> None:
+        self.query_one(SummaryBar).show_error(self.path, message)
+        self.query_one("#progress").add_class("done")
+        self.loading_done = True
+        self.exit(return_code=2, message=message)
+
+    def _loaded(self, ls: Any) -> None:
+        from optinspect.state.report import ParamReport
+
+        rows = []
+        for i, p in enumerate(ls.params):
+            row = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, "…", None, {})
+            row.index_in_file = i
+            rows.append(row)
+        self.query_one(ParamTable).set_rows(rows)
+        self.query_one(SummaryBar).show({"file": self.path, "layout": ls.layout, "parameters": f"{len(rows):,}",
+                                         "optimizer": "…", "step": "…", "anomalies": "…"})
+        self.query_one(ProgressBar).update(total=100, progress=0)
+        self._layout = ls.layout
+        self._groups = ls.groups
+
+    def _rows_ready(self, batch: dict[int, Any], fraction: float) -> None:
+        self.query_one(ParamTable).update_rows(batch)
+        self.query_one(ProgressBar).update(progress=100 * fraction)
+
+    def _finished(self, report: Any, batch: dict[int, Any]) -> None:
+        self.report = report
+        table = self.query_one(ParamTable)
+        table.update_rows(batch)
+        self.query_one(ProgressBar).update(progress=100)
+        self.query_one("#progress").add_class("done")
+        groups = []
+        for i, g in enumerate(report.groups):
+            hp = ", ".join(f"{k}={_short(v)}" for k, v in g.items() if k in ("lr", "betas", "weight_decay", "eps", "d",
+                                                                               "reset_interval", "min_8bit_size"))
+            groups.append(f"group {i}: {hp}")
+        info = {"file": self.path, "layout": report.layout, "optimizer": report.family,
+                "step": ", ".join(map(str, report.steps)) or "-", "groups": " | ".join(groups) or "-",
+                "totals": f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
+                          f"{report.total_state_bytes / 2**20:.1f} MiB state",
+                "anomalies": str(len(report.anomalies))}
+        self.query_one(SummaryBar).show(info)
+        self.loading_done = True
+        if table.current_row is not None:
+            self._show(table.current_row)
+
+    def _compared(self, d: Any) -> None:
+        self.report = d
+        self.query_one(ParamTable).set_rows(d.params)
+        self.query_one("#progress").add_class("done")
+        info = {"A": d.a, "B": d.b, "parameters": f"{len(d.params)} in both, {len(d.only_a)} only in A, "
+                                                  f"{len(d.only_b)} only in B",
+                "hyper-parameters": "; ".join(d.group_changes) or "unchanged"}
+        self.query_one(SummaryBar).show(info)
+        self.loading_done = True
+
+    # -- interaction ------------------------------------------------------------------------------
+    def _show(self, row: Any) -> None:
+        pane = self.query_one(DetailPane)
+        if not pane.has_class("open"):
+            return
+        if self.other:
+            pane.show_diff(row)
+        elif row.family == "…":
+            pane.show_text(f"{row.name}: statistics are still being computed…")
+        else:
+            pane.show_param(row)
+
+    def on_param_table_highlighted(self, event: ParamTable.Highlighted) -> None:
+        self._show(event.row)
+
+    def on_param_table_selected(self, event: ParamTable.Selected) -> None:
+        pane = self.query_one(DetailPane)
+        pane.toggle_class("open")
+        self._show(event.row)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("open")
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(ParamTable).set_filter(event.value.strip())
+        self.query_one(ParamTable).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one(ParamTable).set_filter(event.value.strip())
+
+    def action_escape(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("open"):
+            box.value = ""
+            box.remove_class("open")
+            self.query_one(ParamTable).set_filter("")
+            self.query_one(ParamTable).focus()
+        else:
+            self.query_one(DetailPane).remove_class("open")
+
+    def action_sort(self) -> None:
+        table = self.query_one(ParamTable)
+        table.sort_by((table.sort_column + 1) % len(table.columns), table.sort_reverse)
+
+    def action_reverse(self) -> None:
+        table = self.query_one(ParamTable)
+        table.sort_by(max(table.sort_column, 0), not table.sort_reverse)
+
+    def action_next_anomaly(self) -> None:
+        table = self.query_one(ParamTable)
+        if not table.jump_to(lambda r: bool(getattr(r, "flags", None)) or bool(getattr(r, "note", ""))):
+            self.notify("no flagged tensor", timeout=2)
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Sort by next column", "Cycle the sort column", self.action_sort)
+        yield SystemCommand("Next flagged tensor", "Jump to the next tensor with a flag", self.action_next_anomaly)
+        yield SystemCommand("Filter", "Filter rows by name", self.action_filter)
+        yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_short(x) for x in v) + ")"
+    return str(v)
+
+
+def _nbytes(v: Any) -> int:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return v.numel() * v.element_size()
+    return getattr(v, "nbytes", 0) or 0
+
+
+def make_app(path: str, other: str | None = None, model: str | None = None) -> StateApp:
+    """The app factory shared by the CLI and the tests."""
+    return StateApp(path, other, model)

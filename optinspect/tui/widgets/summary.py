@@ -1,0 +1,28 @@
+"""The summary bar: file, layout, optimizer, steps, groups, totals, anomaly count."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+
+class SummaryBar(Static):
+    DEFAULT_CSS = """
+    SummaryBar { height: auto; max-height: 8; padding: 0 1; background: $boost; }
+    """
+
+    def show_loading(self, path: str, note: str = "") -> None:
+        self.update(Text.assemble(("optinspect ", "bold"), path, ("  loading…", "italic"), note))
+
+    def show_error(self, path: str, message: str) -> None:
+        self.update(Text.assemble(("optinspect ", "bold"), path, "\n", (message, "bold red")))
+
+    def show(self, info: dict) -> None:
+        g = Table.grid(padding=(0, 1))
+        g.add_column(style="bold")
+        g.add_column()
+        for k, v in info.items():
+            style = "bold red" if k == "anomalies" and v not in ("0", "…") else ""
+            g.add_row(k, Text(str(v), style=style))
+        self.update(g)

@@ -1,0 +1,130 @@
+"""The TUI driven by Textual's Pilot on real state files made in the test."""
+
+import asyncio
+import time
+
+import pytest
+
+from optinspect.tui.app import make_app
+from optinspect.tui.widgets.detail import DetailPane
+from optinspect.tui.widgets.table import ParamTable
+
+from .conftest import make_state, screen_text
+
+
+async def _settle(app, pilot):
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)])
+def test_open_sort_filter_select_detail_quit(state_dir, size):
+    async def run():
+        app = make_app("state.pt")
+        async with app.run_test(size=size) as pilot:
+            await _settle(app, pilot)
+            table = app.query_one(ParamTable)
+            assert len(table.view) == 3 and app.report.family == "AdamW8bitKahan"
+            assert [r.name for r in table.rows] == ["0/0", "0/1", "0/2"]
+            await pilot.press("s", "s")  # sort by shape (size)
+            assert table.sort_column == 1
+            assert [table.rows[i].name for i in table.view] == ["0/1", "0/2", "0/0"]  # 32 < 288 < 2048 elements
+            await pilot.press("r")
+            assert [table.rows[i].name for i in table.view] == ["0/0", "0/2", "0/1"]
+            await pilot.press("slash", "0", "/", "2", "enter")
+            await pilot.pause()
+            assert [table.rows[i].name for i in table.view] == ["0/2"]
+            await pilot.press("escape")
+            await pilot.pause()
+            assert len(table.view) == 3
+            await pilot.press("home", "enter")
+            await pilot.pause()
+            pane = app.query_one(DetailPane)
+            assert pane.has_class("open")
+            text = screen_text(app)
+            assert "state1" in text and "8-bit" in text and "dequantized" in text
+            await pilot.press("n")  # jump to the flagged tensor (nan in 0/1's state1)
+            assert table.current_row.name == "0/1" and any("nan" in f for f in table.current_row.flags)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert app.screen.__class__.__name__ == "HelpScreen"
+            await pilot.press("escape")
+            await pilot.press("t")
+            await pilot.pause()
+            assert not app.current_theme.dark
+            await pilot.press("q")
+        assert app.return_code in (0, None)
+
+    asyncio.run(run())
+
+
+def test_ui_answers_keys_while_statistics_are_loading(tmp_path, monkeypatch):
+    import optinspect.state.report as report_mod
+
+    monkeypatch.chdir(tmp_path)
+    make_state(str(tmp_path), n_extra=40)
+    real = report_mod._param
+
+    def slow(*a, **k):  # statistics that take a while: the UI must not wait for them
+        time.sleep(0.05)
+        return real(*a, **k)
+
+    monkeypatch.setattr(report_mod, "_param", slow)
+
+    async def run():
+        app = make_app("state.pt")
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(50):
+                await pilot.pause(0.02)
+                if app.query_one(ParamTable).rows:
+                    break
+            assert not app.loading_done
+            before = app.keys_seen
+            await pilot.press("down", "down")
+            assert app.keys_seen == before + 2 and app.query_one(ParamTable).cursor == 2
+            assert not app.loading_done  # handled while the worker is still computing
+            await _settle(app, pilot)
+            assert app.loading_done and all(r.family == "AdamW8bitKahan" for r in app.query_one(ParamTable).rows)
+            await pilot.press("q")
+
+    asyncio.run(run())
+
+
+def test_compare_mode_shows_deltas(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    a = torch.load(make_state(str(tmp_path)), weights_only=True)
+    b = {"optimizer": a["optimizer"], "step": 5}
+    b["optimizer"]["state"][0]["shift"] = b["optimizer"]["state"][0]["shift"] + 1.0
+    torch.save(b, tmp_path / "b.pt")
+
+    async def run():
+        app = make_app("state.pt", "b.pt")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _settle(app, pilot)
+            rows = app.query_one(ParamTable).rows
+            assert rows[0].name == "0/0" and any(d.key == "shift" and d.rel > 0 for d in rows[0].drifts)
+            assert all(d.rel == 0 for d in rows[1].drifts)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert "shift" in screen_text(app) and "step 4" in screen_text(app)
+            await pilot.press("q")
+
+    asyncio.run(run())
+
+
+def test_unreadable_state_exits_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04junk")
+
+    async def run():
+        app = make_app("bad.pt")
+        async with app.run_test() as pilot:
+            for _ in range(200):
+                await pilot.pause(0.02)
+                if app.return_code is not None:
+                    break
+        return app.return_code
+
+    assert asyncio.run(run()) == 2
