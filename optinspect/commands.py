@@ -154,19 +154,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ls, error = _load(args.state, args.model)
     if error:
         return _err(error)
-    from optinspect.state.report import build_report
 
     total = sum(_entry_bytes(v) for p in ls.params for v in p.entries.values())
     console = _console(stderr=True)
-    if console.is_terminal and not args.json and total > 256 * 2**20:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from optinspect.state.ptindex import CorruptData
 
-        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
-                      transient=True) as bar:
-            task = bar.add_task("reading", total=total)
-            report = build_report(ls, progress=lambda n: bar.advance(task, n))
-    else:
-        report = build_report(ls)
+    try:
+        report = _inspect_report(ls, console, total, args.json)
+    except CorruptData as e:
+        return _err(str(e))
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return EXIT_OK
@@ -176,18 +172,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _inspect_report(ls, console, total: int, quiet: bool):
+    from optinspect.state.report import build_report
+
+    if console.is_terminal and not quiet and total > 256 * 2**20:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("reading", total=total)
+            return build_report(ls, progress=lambda n: bar.advance(task, n))
+    return build_report(ls)
+
+
 def _entry_bytes(v) -> int:
     import torch
 
-    from optinspect.state.load import _LazyTensor
-
     if isinstance(v, torch.Tensor):
         return v.numel() * v.element_size()
-    if isinstance(v, _LazyTensor):
-        import math
-
-        return math.prod(v.shape) * 4
-    return 0
+    return int(getattr(v, "nbytes", 0) or 0)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ class DiffReport:
 
 
 def _step(entries: dict, group: dict) -> int | None:
-    v = entries.get("step", group.get("step"))
+    v = materialize(entries.get("step", group.get("step")))
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         return int(v.item())
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from optinspect.state.header import HeaderError, read_header
+from optinspect.state.ptindex import MappedTensor, Unsupported, load_index
 
 # globals that checkpoints carry and that hold no optimizer state: replaced by inert stubs
 HARMLESS_GLOBALS = re.compile(r"""^(
@@ -101,8 +102,12 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     if not magic:
         raise StateLoadError(f"{path}: empty file")
     is_zip = magic == b"PK\x03\x04"
-    if is_zip:  # the central directory sits at the end: a truncated file fails here, without reading the data
+    if is_zip:
         try:
+            return load_index(path, HARMLESS_GLOBALS)
+        except Unsupported:
+            pass  # torch's own weights-only loader decides (and refuses what must be refused)
+        try:  # the central directory sits at the end: a truncated file fails here, without reading the data
             with zipfile.ZipFile(path) as z:
                 z.infolist()
         except zipfile.BadZipFile as e:
@@ -130,6 +135,10 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     except pickle.UnpicklingError as e:
         raise StateLoadError(f"{path}: refused: {_first_line(str(e))}") from None
     return obj, [n for _, n in stubs]
+
+
+def _has_mapped(ls: LoadedState) -> bool:
+    return any(isinstance(v, MappedTensor) for p in ls.params for v in p.entries.values())
 
 
 def _is_zip(path: str) -> bool:
@@ -223,14 +232,18 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
     return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
 
 
+def _tensorish(v: Any) -> bool:
+    return isinstance(v, (torch.Tensor, MappedTensor))
+
+
 def _infer_shape(entries: dict) -> tuple[int, ...] | None:
     for key in ("exp_avg", "ema", "exp_avg_sq", "ema_squared", "s", "p0", "shift", "state1", "momentum_buffer",
                 "kahan_comp"):
         v = entries.get(key)
-        if isinstance(v, torch.Tensor) and v.ndim >= 1:
+        if _tensorish(v) and v.ndim >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
-    if isinstance(row, torch.Tensor) and isinstance(col, torch.Tensor):
+    if _tensorish(row) and _tensorish(col):
         return tuple(row.shape) + (col.shape[-1],)
     return None
 
@@ -325,11 +338,11 @@ def load_safetensors(path: str) -> LoadedState:
     for n in names:
         m = pattern.match(n)
         if m:
-            per.setdefault(m.group(1), {})[m.group(2)] = _LazyTensor(mapped, infos[n])
+            per.setdefault(m.group(1), {})[m.group(2)] = _mapped_tensor(mapped, infos[n])
             continue
         g = re.match(r"^(?:optimizer\.)?(?:param_groups|group)\.(\d+)\.(.+)$", n)
         if g:
-            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = _LazyTensor(mapped, infos[n]).load()
+            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = _mapped_tensor(mapped, infos[n]).load()
     if not per:
         raise StateLoadError(f"{path}: a safetensors file without optimizer state keys (expected "
                              f"`state.<param>.<key>`; found e.g. {', '.join(names[:5])})")
@@ -357,7 +370,7 @@ def load_safetensors(path: str) -> LoadedState:
             entries[k] = v.scalar() if v.is_scalar else v
         params.append(ParamState(i, name, group_of.get(name, 0), entries))
     for p in params:
-        p.shape = _infer_shape({k: v.meta_tensor() if isinstance(v, _LazyTensor) else v for k, v in p.entries.items()})
+        p.shape = _infer_shape(p.entries)
     if not groups:
         groups = [{}]
     for gi, extra in groups_tensors.items():
@@ -373,48 +386,13 @@ def load_safetensors(path: str) -> LoadedState:
     return ls
 
 
-class _LazyTensor:
-    """A safetensors entry, never read as a whole: chunks are zero-copy views of the file mapping whose pages
-    are released after use; `load()` copies it (for the small tensors that need it)."""
-
-    def __init__(self, mapped: Any, info: Any) -> None:
-        self.mapped = mapped
-        self.info = info
-        self.shape = tuple(info.shape)
-        self.dtype = getattr(torch, info.torch_dtype)
-        self.dtype_name = info.torch_dtype
-        self.numel = info.numel
-        self.nbytes = info.nbytes
-        self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
-
-    @property
-    def is_scalar(self) -> bool:
-        return self.shape == ()
-
-    def scalar(self) -> Any:
-        t = self.load()
-        return t.item() if t.dtype in (torch.int64, torch.int32) or t.is_floating_point() else t
-
-    def view(self, start: int, count: int) -> torch.Tensor:
-        return self.mapped.view(self.info.start + start * self.itemsize, count, self.dtype)
-
-    def release(self, start: int, count: int) -> None:
-        self.mapped.release(self.info.start + start * self.itemsize, count * self.itemsize)
-
-    def chunks(self, chunk: int):
-        for i in range(0, self.numel, chunk):
-            n = min(chunk, self.numel - i)
-            yield self.view(i, n), (lambda i=i, n=n: self.release(i, n))
-
-    def load(self) -> torch.Tensor:
-        return self.view(0, self.numel).clone().reshape(self.shape)
-
-    def meta_tensor(self) -> torch.Tensor:
-        return torch.empty(self.shape, device="meta")
-
-
 def materialize(v: Any) -> Any:
-    return v.load() if isinstance(v, _LazyTensor) else v
+    """A real tensor for a mapped one (read fully: only for small tensors or diffs); anything else as is."""
+    return v.load() if isinstance(v, MappedTensor) else v
+
+
+def _mapped_tensor(mapped: Any, info: Any) -> MappedTensor:
+    return MappedTensor(mapped, info.start, getattr(torch, info.torch_dtype), tuple(info.shape))
 
 
 # -- paths -------------------------------------------------------------------------------------------
@@ -458,7 +436,7 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
         obj, skipped = safe_torch_load(file)
         ls = interpret(obj, path)
         ls.skipped = skipped
-        ls.mapped = _is_zip(file)
+        ls.mapped = _is_zip(file) and not _has_mapped(ls)
         if skipped:
             ls.warnings.append(f"skipped non-tensor objects: {', '.join(skipped)}")
     ls.path = path

@@ -107,7 +107,13 @@ class StateApp(App[int]):
                 batch, self._pending = self._pending, {}
                 self.call_from_thread(self._rows_ready, batch, done[0] / total)
 
-        report = build_report(ls, progress=progress, on_param=on_param)
+        from optinspect.state.ptindex import CorruptData
+
+        try:
+            report = build_report(ls, progress=progress, on_param=on_param)
+        except CorruptData as e:
+            self.call_from_thread(self._failed, str(e))
+            return
         batch, self._pending = self._pending, {}
         self.call_from_thread(self._finished, report, batch)
 
@@ -166,7 +172,7 @@ class StateApp(App[int]):
         info = {"file": self.path, "layout": report.layout, "optimizer": report.family,
                 "step": ", ".join(map(str, report.steps)) or "-", "groups": " | ".join(groups) or "-",
                 "totals": f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
-                          f"{report.total_state_bytes / 2**20:.1f} MiB state",
+                          f"{_human(report.total_state_bytes)} of state",
                 "anomalies": str(len(report.anomalies))}
         self.query_one(SummaryBar).show(info)
         self.loading_done = True
@@ -250,6 +256,14 @@ class StateApp(App[int]):
         yield SystemCommand("Next flagged tensor", "Jump to the next tensor with a flag", self.action_next_anomaly)
         yield SystemCommand("Filter", "Filter rows by name", self.action_filter)
         yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _short(v: Any) -> str:

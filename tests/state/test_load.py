@@ -214,3 +214,24 @@ def test_missing_paths_and_empty_folders(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "w.pt")
     with pytest.raises(StateLoadError, match="no optimizer state found"):
         load_state(str(tmp_path / "w.pt"))
+
+
+def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
+    from optinspect.state.load import HARMLESS_GLOBALS
+    from optinspect.state.pages import MappedFile
+    from optinspect.state.ptindex import CorruptData, MappedTensor, load_index
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(10, 6, generator=g)
+    obj = {"a": base, "view": base[2:5], "t": base.t(), "half": torch.randn(7, generator=g).half(),
+           "i": torch.tensor(3), "nested": [torch.arange(4)], "ns": argparse.Namespace(x=1)}
+    torch.save(obj, tmp_path / "x.pt")
+    fast, skipped = load_index(str(tmp_path / "x.pt"), HARMLESS_GLOBALS)
+    ref = torch.load(tmp_path / "x.pt", weights_only=False)  # trusted: written by this test
+    for k in ("a", "view", "t", "half", "i"):
+        assert isinstance(fast[k], MappedTensor) and torch.equal(fast[k].load(), ref[k]), k
+    assert torch.equal(fast["nested"][0].load(), ref["nested"][0]) and skipped == ["argparse.Namespace"]
+    assert not fast["t"].contiguous and fast["view"].contiguous
+    bogus = MappedTensor(MappedFile(str(tmp_path / "x.pt")), 0, torch.float32, (10**9,), None, 10**9)
+    with pytest.raises(CorruptData):
+        bogus.view(0, 10**9)
