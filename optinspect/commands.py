@@ -213,18 +213,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    try:
-        import textual  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return _err("the TUI needs textual and torch: pip install 'optinspect[tui]'")
-    from optinspect.state.load import StateLoadError, resolve_path
+    import importlib.util
 
+    if importlib.util.find_spec("textual") is None or importlib.util.find_spec("torch") is None:
+        return _err("the TUI needs textual and torch: pip install 'optinspect[tui]'")
     for p in [args.state] + ([args.other] if args.other else []):
-        try:
-            resolve_path(p)
-        except StateLoadError as e:
-            return _err(str(e))
+        if not os.path.exists(p):
+            return _err(f"{p}: no such file or folder")
+    # torch is imported by the loading worker, after the first paint
     from optinspect.tui.app import make_app
 
     app = make_app(args.state, args.other, args.model)
