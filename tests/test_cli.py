@@ -112,3 +112,8 @@ def test_no_traceback_on_bad_input(run_cli, tmp_path, blob):
     p.write_bytes(blob)
     rc, out, err = run_cli("validate", str(p))
     assert rc in (1, 2) and "Traceback" not in out + err
+
+
+def test_tui_command_checks_its_input_before_starting(run_cli, tmp_path):
+    rc, _, err = run_cli("tui", str(tmp_path / "missing.pt"))
+    assert rc == 2 and "no such file" in err
