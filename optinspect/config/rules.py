@@ -167,6 +167,18 @@ def clip_threshold_nonpositive(ctx: RuleContext) -> Iterator[Finding]:
                       severity=Severity.ERROR if v == 0 else None, on_value=True)
 
 
+@register("OPT211", "adafactor-bf16-reload", "info", "rule",
+          "Adafactor on bf16 weights: moments come back bf16 after a resume.",
+          why="torch's load_state_dict casts floating state to the parameter dtype, so the fp32 moments of bf16 "
+              "weights lose precision on every resume (the next step casts them back up).",
+          example="[model]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adafactor'",
+          fix="set `fp32_state_on_load = true` with optinspect's EnhancedAdafactor", types=("adafactor",))
+def adafactor_bf16_reload(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.trained_dtype == "bfloat16" and not _truthy(ctx.get("fp32_state_on_load")):
+        yield Finding(("type",), "bf16 weights: a resumed run reloads Adafactor's fp32 moments as bf16",
+                      "set `fp32_state_on_load = true` (optinspect's EnhancedAdafactor) to keep them fp32")
+
+
 # -- Prodigy -----------------------------------------------------------------------------------------
 @register("OPT301", "prodigy-lr-not-one", "warning", "rule",
           "Prodigy `lr` far from 1.0.",

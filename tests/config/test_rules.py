@@ -32,6 +32,9 @@ CASES = {
                "scale_parameter=false"),
     "OPT210": ("[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nclip_threshold=0",
                "[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nclip_threshold=1"),
+    "OPT211": ("[model]\ndtype='bfloat16'\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false",
+               "[model]\ndtype='bfloat16'\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\n"
+               "fp32_state_on_load=true"),
     "OPT301": ("[optimizer]\ntype='Prodigy'\nlr=1e-4", "[optimizer]\ntype='Prodigy'\nlr=1.0"),
     "OPT302": ("warmup_steps=100\n[optimizer]\ntype='Prodigy'", "warmup_steps=100\n[optimizer]\ntype='Prodigy'\n"
                "safeguard_warmup=true"),

@@ -268,3 +268,9 @@ def test_adafactor_is_the_trainer_class_name():
     from optimizers import adafactor
 
     assert adafactor.EnhancedAdafactor is EnhancedAdafactor
+
+
+def test_trainer_keys_are_not_passed_to_the_constructor():
+    opt = optinspect.build_optimizer(model(), {"type": "scorn", "lr": 1e-4, "gradient_release": False,
+                                               "beta2_half_life": 500.0})
+    assert "beta2_half_life" not in opt.defaults and "gradient_release" not in opt.defaults

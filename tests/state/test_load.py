@@ -236,3 +236,26 @@ def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
     bogus = MappedTensor(MappedFile(str(tmp_path / "x.pt")), 0, torch.float32, (10**9,), None, 10**9)
     with pytest.raises(CorruptData):
         bogus.view(0, 10**9)
+
+
+def test_torchao_states_need_torchao(tmp_path):
+    mod = types.ModuleType("torchao.prototype.low_bit_optim.subclass_8bit")
+
+    class OptimState8bit:
+        pass
+
+    OptimState8bit.__module__ = mod.__name__
+    OptimState8bit.__qualname__ = "OptimState8bit"
+    mod.OptimState8bit = OptimState8bit
+    names = ["torchao", "torchao.prototype", "torchao.prototype.low_bit_optim", mod.__name__]
+    for n in names[:-1]:
+        sys.modules.setdefault(n, types.ModuleType(n))
+    sys.modules[mod.__name__] = mod
+    try:
+        torch.save({"state": {0: {"exp_avg": OptimState8bit()}}, "param_groups": [{"params": [0]}]},
+                   tmp_path / "ao.pt")
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+    with pytest.raises(StateLoadError, match="needs torchao"):
+        load_state(str(tmp_path / "ao.pt"))
