@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> None:
@@ -31,3 +33,32 @@ def check_betas(betas: Sequence[float], n: int = 2, name: str = "betas") -> None
 def check_int(name: str, value: int, lo: int = 0) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+class PerParameterOptimizer(torch.optim.Optimizer):
+    """The loop the trainer's optimizers share: groups in order, parameters with a gradient in order.
+
+    Subclasses implement `_step_param(p, group)`; `_begin_group(group)` runs before each group's parameters
+    (SCORN and REMASTER count `group['step']` there).
+    """
+
+    def _begin_group(self, group: dict) -> None:
+        pass
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._begin_group(group)
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                    self._step_param(p, group)
+        return loss

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 A2 = 1.27323954474  # ~4/pi, as the originals write it
@@ -52,3 +54,31 @@ def agreement_mask(a: torch.Tensor, b: torch.Tensor, minimum: float, floor: floa
 def rms_clip_(g: torch.Tensor) -> torch.Tensor:
     """Divide by the gradient's RMS when it exceeds 1 (SCORN/REMASTER)."""
     return g.div_(g.pow(2).mean().sqrt().clamp(min=1))
+
+
+def reset_period(group: dict, times: int) -> int:
+    """Steps until the next reset: interval + increment * resets so far, plus one after the first reset when
+    `exact_reset_period` asks for the documented schedule (the originals reset one step early)."""
+    period = group["reset_interval"] + group["reset_increment"] * times
+    if group["exact_reset_period"] and times > 0:
+        period += 1
+    return period
+
+
+def advance_counters(state: dict, group: dict, reset: Callable[[], None]) -> int:
+    """SCORN/REMASTER step counting: with resets on, `steps_since_reset` is the step and a due reset calls
+    `reset()` first; otherwise the per-parameter `step` counts. Returns k for the bias corrections."""
+    if group["reset_interval"] > 0:
+        if state["steps_since_reset"] // reset_period(group, state["times_zero"]) > 0:
+            reset()
+            state["times_zero"] += 1
+            state["steps_since_reset"] = 1
+        return state["steps_since_reset"]
+    state["step"] += 1
+    return state["step"]
+
+
+def adopt_scalars(beta1: float, beta2: float, k: int) -> tuple[float, float, float]:
+    """The debiased second-moment decay (ADOPT-like, -0.0 at k = 1) and the two bias corrections."""
+    slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
+    return slow_beta2, 1 - beta1**k, (1 - slow_beta2**k) ** 0.5

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from optimizers._base import check_range
+from optimizers._base import PerParameterOptimizer, check_range
 from optimizers._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
@@ -24,7 +24,7 @@ def _rms(t: torch.Tensor) -> torch.Tensor:
     return t.norm(2) / (t.numel() ** 0.5)
 
 
-class EnhancedAdafactor(torch.optim.Optimizer):
+class EnhancedAdafactor(PerParameterOptimizer):
     """Adafactor with factored second moments (tensors of 2+ dims), update clipping, optional momentum."""
 
     def __init__(self, params, lr: float | None = None, eps: tuple[float, float] = (1e-30, 1e-3),
@@ -83,17 +83,8 @@ class EnhancedAdafactor(torch.optim.Optimizer):
             param_scale = max(group["eps"][1], state["RMS"])
         return param_scale * rel_step_sz
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.step_parameter(p, group)
-        return loss
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        self.step_parameter(p, group)
 
     @torch.no_grad()
     def step_parameter(self, p: torch.Tensor, group: dict) -> None:

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from optimizers._base import check_betas, check_range
+from optimizers._base import PerParameterOptimizer, check_betas, check_range
 from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
 __all__ = ["AdamW8bitKahan", "QUANT_STATE_KEY"]
@@ -28,7 +28,7 @@ _QUANT_KEYS = ("state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2", "max1
                "new_max2", "gnorm_vec", "unorm_vec")
 
 
-class AdamW8bitKahan(torch.optim.Optimizer):
+class AdamW8bitKahan(PerParameterOptimizer):
     """8-bit AdamW with Kahan-compensated parameter updates (see the module docstring for the quirks)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -111,22 +111,10 @@ class AdamW8bitKahan(torch.optim.Optimizer):
             state["absmax2"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
         state["shift"] = torch.zeros_like(p)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamW8bitKahan does not support sparse gradients")
-                if len(self.state[p]) == 0:
-                    self._init_state(p, group)
-                self._update(p, group)
-        return loss
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        if len(self.state[p]) == 0:
+            self._init_state(p, group)
+        self._update(p, group)
 
     def _stabilized_lr(self, grad: torch.Tensor, state: dict, group: dict) -> float:
         eps = group["eps"]
@@ -155,35 +143,28 @@ class AdamW8bitKahan(torch.optim.Optimizer):
         g = grad.float()
         correction1 = 1.0 - beta1**step
         correction2 = math.sqrt(1.0 - beta2**step)
-        if state["state1"].dtype == torch.uint8:
+        eight_bit = state["state1"].dtype == torch.uint8
+        if eight_bit:
             m = dequantize_blockwise(state["state1"], state["absmax1"], state["qmap1"], 256)
             v = dequantize_blockwise(state["state2"], state["absmax2"], state["qmap2"], 256)
-            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            denom = (v.sqrt() / correction2).add_(eps)
-            shift32 = shift.float()
-            if wd > 0.0:
-                if group["decay_weights"]:
-                    p.mul_(1.0 - lr * wd)
-                else:
-                    shift32.mul_(1.0 - lr * wd)
-            shift32.addcdiv_(m, denom, value=-lr / correction1)
-            shift.copy_(shift32)
-            quantize_blockwise(m, state["qmap1"], 256, out=state["state1"], absmax=state["absmax1"])
-            quantize_blockwise(v, state["qmap2"], 256, out=state["state2"], absmax=state["absmax2"])
         else:
             m, v = state["state1"], state["state2"]
-            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            step_size = -lr * correction2 / correction1
-            shift32 = shift.float()
-            if wd > 0.0:
-                if group["decay_weights"]:
-                    p.mul_(1.0 - lr * wd)
-                else:
-                    shift32.mul_(1.0 - lr * wd)
-            shift32.add_(m / (v.sqrt() + eps * correction2), alpha=step_size * 1.0)
-            shift.copy_(shift32)
+        m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        shift32 = shift.float()
+        if wd > 0.0:  # bitsandbytes decays the tensor it updates: the Kahan buffer, unless decay_weights
+            if group["decay_weights"]:
+                p.mul_(1.0 - lr * wd)
+            else:
+                shift32.mul_(1.0 - lr * wd)
+        if eight_bit:  # bitsandbytes' two CPU kernels group the same update differently: keep each one's
+            shift32.addcdiv_(m, (v.sqrt() / correction2).add_(eps), value=-lr / correction1)
+        else:
+            shift32.add_(m / (v.sqrt() + eps * correction2), alpha=(-lr * correction2 / correction1) * 1.0)
+        shift.copy_(shift32)
+        if eight_bit:
+            quantize_blockwise(m, state["qmap1"], 256, out=state["state1"], absmax=state["absmax1"])
+            quantize_blockwise(v, state["qmap2"], 256, out=state["state2"], absmax=state["absmax2"])
         # Kahan: add the buffer to the weights; keep what did not fit into their precision
         before = p.clone()
         p.add_(shift)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from optimizers._base import check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_persona_
+from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
+from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["PersonaOptimizer"]
 
 
-class PersonaOptimizer(torch.optim.Optimizer):
+class PersonaOptimizer(PerParameterOptimizer):
     """Adam-like atan2 update with amplified momentum and optional gradient-variance focus."""
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.999),
@@ -49,21 +49,8 @@ class PersonaOptimizer(torch.optim.Optimizer):
             group.setdefault("exact_reset_period", False)
             group.setdefault("fp16_rounding", False)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
-        return loss
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        if p.grad.is_sparse:
-            raise RuntimeError("PersonaOptimizer does not support sparse gradients")
         beta1, beta2 = group["betas"]
         eps = group["eps"]
         if group["orthograd"] and p.ndim >= 2:
@@ -94,9 +81,7 @@ class PersonaOptimizer(torch.optim.Optimizer):
         k = state["step"]
         if group["reset_interval"] > 0:
             state["steps_since_reset"] += 1
-            period = group["reset_interval"] + group["reset_increment"] * state["times_reset"]
-            if group["exact_reset_period"] and state["times_reset"] > 0:
-                period += 1
+            period = reset_period(group, state["times_reset"])
             if state["steps_since_reset"] >= period > 0:
                 ema.zero_()
                 v.copy_(g.pow(2))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from optimizers._base import check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_, rms_clip_
+from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
+from optimizers._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["REMASTER"]
 
 
-class REMASTER(torch.optim.Optimizer):
+class REMASTER(PerParameterOptimizer):
     """REMASTER: norm-renormalised gradient, adaptive EMA mask, ADOPT-style atan2 update."""
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999),
@@ -48,22 +48,10 @@ class REMASTER(torch.optim.Optimizer):
             group.setdefault("orthograd_floor", 1e-3)
             group.setdefault("fp16_rounding", False)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            group["step"] = group.get("step", 0) + 1
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
-        return loss
+    def _begin_group(self, group: dict) -> None:
+        group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        if p.grad.is_sparse:
-            raise RuntimeError("REMASTER does not support sparse gradients")
         beta1, beta2 = group["betas"]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, group["orthograd_floor"])
@@ -81,23 +69,12 @@ class REMASTER(torch.optim.Optimizer):
         ema = state["ema"].float() if upcast else state["ema"]
         v = state["ema_squared"].float() if upcast else state["ema_squared"]
 
-        if group["reset_interval"] > 0:
-            period = group["reset_interval"] + group["reset_increment"] * state["times_zero"]
-            if group["exact_reset_period"] and state["times_zero"] > 0:
-                period += 1
-            if state["steps_since_reset"] // period > 0:
-                ema.zero_()
-                v.zero_()
-                state["times_zero"] += 1
-                state["steps_since_reset"] = 1
-            k = state["steps_since_reset"]
-        else:
-            state["step"] += 1
-            k = state["step"]
+        def reset() -> None:
+            ema.zero_()
+            v.zero_()
 
-        slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
-        bias_correction = 1 - beta1**k
-        bias_correction_sqrt = (1 - slow_beta2**k) ** 0.5
+        k = advance_counters(state, group, reset)
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
         step_size = group["lr"] * A2
 
         rms_clip_(g)

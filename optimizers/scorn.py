@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from optimizers._base import check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_, rms_clip_
+from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
+from optimizers._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
@@ -49,7 +49,7 @@ def lmo_(g: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(g.shape)}")
 
 
-class SCORN(torch.optim.Optimizer):
+class SCORN(PerParameterOptimizer):
     """SCORN: spectral (Newton-Schulz) normalised gradient, ADOPT-style second moment, atan2 update.
 
     Args mirror the trainer's class; see `optinspect schema scorn` for ranges and defaults.
@@ -88,22 +88,10 @@ class SCORN(torch.optim.Optimizer):
             group.setdefault("exact_reset_period", False)
             group.setdefault("fp16_rounding", False)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            group["step"] = group.get("step", 0) + 1
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
-        return loss
+    def _begin_group(self, group: dict) -> None:
+        group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        if p.grad.is_sparse:
-            raise RuntimeError("SCORN does not support sparse gradients")
         beta1, beta2 = group["betas"]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, 1e-6)
@@ -128,25 +116,14 @@ class SCORN(torch.optim.Optimizer):
         focus = group["focus_ratio"] > 0 and "pbar" in state
         pbar = (state["pbar"].float() if upcast else state["pbar"]) if focus else None
 
-        if group["reset_interval"] > 0:
-            period = group["reset_interval"] + group["reset_increment"] * state["times_zero"]
-            if group["exact_reset_period"] and state["times_zero"] > 0:
-                period += 1
-            if state["steps_since_reset"] // period > 0:
-                ema.zero_()
-                v.copy_(g.pow(2))
-                if pbar is not None:
-                    pbar.zero_()
-                state["times_zero"] += 1
-                state["steps_since_reset"] = 1
-            k = state["steps_since_reset"]
-        else:
-            state["step"] += 1
-            k = state["step"]
+        def reset() -> None:
+            ema.zero_()
+            v.copy_(g.pow(2))
+            if pbar is not None:
+                pbar.zero_()
 
-        slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
-        bias_correction = 1 - beta1**k
-        bias_correction_sqrt = (1 - slow_beta2**k) ** 0.5
+        k = advance_counters(state, group, reset)
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
 
         rms_clip_(g)
         g = lmo_(g)
