@@ -47,6 +47,13 @@ def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--model", metavar="FILE")
 
 
+def _quiet_torch_import() -> None:
+    """torch warns at import when numpy is absent; numpy plays no part here."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -59,6 +66,7 @@ def _err(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    _quiet_torch_import()
     if args.command == "dry-run":
         return cmd_dry_run(args)
     if args.command == "inspect":
