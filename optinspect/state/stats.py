@@ -256,22 +256,24 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
     return st
 
 
-def _ratio_chunk(a: torch.Tensor, b: torch.Tensor, eps: float) -> tuple[float, int, float]:
-    valid = b > 0
-    r = a.abs().div_(b.sqrt().add_(eps))
-    r.mul_(valid)
-    r.nan_to_num_(nan=0.0, posinf=0.0)
-    return float(r.sum()), int(valid.sum()), float(r.max()) if r.numel() else 0.0
+def _ratio_chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Sum and max of |a| / sqrt(b) over elements with b > 0: elements with b = 0 (inf) or b < 0 / NaN (nan)
+    become 0. No boolean masks: they cost more than the arithmetic here."""
+    r = torch.rsqrt(b)
+    r.mul_(a.abs())
+    r.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return float(r.sum()), (float(r.max()) if r.numel() else 0.0)
 
 
-def ratio_stats(m, v, eps: float = 1e-30, chunk: int = CHUNK, mapped: bool = False) -> tuple[float, float]:
+def ratio_stats(m, v, chunk: int = CHUNK, mapped: bool = False) -> tuple[float, float]:
     """Mean and max of |m| / sqrt(v) where v > 0: the effective per-element update scale of Adam-like rules."""
     n = _numel(m)
     s, count, mx = 0.0, 0, 0.0
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
-        rs, rc, rm = _ratio_chunk(_part(m, i, k).float(), _part(v, i, k).float(), eps)
-        s, count, mx = s + rs, count + rc, max(mx, rm)
+        a, b = _part(m, i, k).float(), _part(v, i, k).float()
+        rs, rm = _ratio_chunk(a, b)
+        s, count, mx = s + rs, count + int(torch.count_nonzero(b > 0)), max(mx, rm)
         _release(m, i, k, mapped)
         _release(v, i, k, mapped)
     return (s / count if count else 0.0), mx
@@ -302,7 +304,10 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
             a = quant["q1"][a.long()] * quant["a1"][idx]
             b = quant["q2"][b.long()] * quant["a2"][idx]
         a, b = a.float(), b.float()
-        out = (_chunk(a), _chunk(b), _ratio_chunk(a, b, 1e-30), nbytes)
+        pb = _chunk(b)
+        rs, rm = _ratio_chunk(a, b)
+        valid = pb[0] - pb[5]  # finite and not zero (second moments are >= 0)
+        out = (_chunk(a), pb, (rs, valid, rm), nbytes)
         _release(m, i, k, mapped)
         _release(v, i, k, mapped)
         return out
