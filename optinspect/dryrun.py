@@ -64,6 +64,7 @@ class DryRunReport:
     config: str
     optimizer_type: str
     optimizer_class: str
+    optimizer_file: str  # where the class was imported from: a trainer's optimizers/ folder would show here
     dtype: str
     device: str
     seed: int
@@ -173,6 +174,15 @@ def shapes_from(path: str, rank: int | None, max_params: int) -> tuple[list[Para
     return sample, trained, full
 
 
+def _source_file(klass: type) -> str:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(klass) or "?"
+    except TypeError:
+        return "?"
+
+
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes of per-parameter state; tensors shared between parameters (8-bit maps) are not counted."""
     seen: dict[int, int] = {}
@@ -244,7 +254,8 @@ def run(config_path: str, config: dict, *, steps: int = 10, dtype: str | None = 
     torch.manual_seed(seed)
     opt = build_optimizer(params, table, config)
     report = DryRunReport(config=config_path, optimizer_type=table["type"],
-                          optimizer_class=f"{type(opt).__module__}.{type(opt).__qualname__}", dtype=dtype,
+                          optimizer_class=f"{type(opt).__module__}.{type(opt).__qualname__}",
+                          optimizer_file=_source_file(type(opt)), dtype=dtype,
                           device=str(dev), seed=seed, parameters=sum(p.numel() for p in params),
                           tensors=[{"name": s.name, "shape": list(s.shape), "note": s.note} for s in specs],
                           full_model=full)

@@ -35,6 +35,7 @@ def test_every_optimizer_steps_and_state_matches_its_layout(run_cli, tmp_path, n
     assert rep["status"] == "healthy" and rep["dtype"] == dtype and len(rep["steps"]) == 4
     assert all(s["nonfinite"] == 0 and s["update_rms"] > 0 for s in rep["steps"])
     assert rep["state_bytes_measured"] == rep["state_bytes_predicted"] > 0
+    assert rep["optimizer_file"].endswith((".py",)) and ("optimizers" in rep["optimizer_file"] or name == "adamw")
     kinds = {len(t["shape"]) for t in rep["tensors"]}
     assert {1, 2, 4} <= kinds  # vectors, matrices, a conv kernel
 

@@ -20,6 +20,7 @@ def render(report: DryRunReport, console) -> None:
     console.print(Text.assemble(("dry-run ", "bold"), (report.config, "bold cyan"), f": {report.optimizer_type} -> ",
                                 (report.optimizer_class, "green"), f" on {report.parameters:,} {report.dtype} "
                                 f"parameters ({len(report.tensors)} tensors, {report.device}, seed {report.seed})"))
+    console.print(Text(f"  class from {report.optimizer_file}", style="dim"))
     t = Table("step", "loss", "update RMS", "max |update|", "non-finite", "ms", box=None, pad_edge=False)
     for s in report.steps:
         t.add_row(str(s.step), f"{s.loss:.6g}", f"{s.update_rms:.3e}", f"{s.update_max:.3e}",
