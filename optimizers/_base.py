@@ -42,6 +42,14 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     (SCORN and REMASTER count `group['step']` there).
     """
 
+    def __setstate__(self, state: dict) -> None:
+        # load_state_dict ends here: groups saved by the originals (or older versions) lack our extra keys
+        # (fix options, ...). They take this instance's constructor values, so a resumed run keeps its options.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     def _begin_group(self, group: dict) -> None:
         pass
 

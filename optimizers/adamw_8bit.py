@@ -57,13 +57,6 @@ class AdamW8bitKahan(PerParameterOptimizer):
                         fix_stabilize=fix_stabilize, decay_weights=decay_weights)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for k, v in (("min_8bit_size", 4096), ("stabilize", True), ("fix_stabilize", False),
-                         ("decay_weights", False), ("alpha", 0.0), ("t_alpha", None), ("t_beta3", None)):
-                group.setdefault(k, v)
-
     # -- checkpoint layout ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = super().state_dict()

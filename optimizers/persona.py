@@ -43,13 +43,6 @@ class PersonaOptimizer(PerParameterOptimizer):
                         exact_reset_period=exact_reset_period, fp16_rounding=fp16_rounding)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("exact_reset_period", False)
-            group.setdefault("fp16_rounding", False)
-
-
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
         eps = group["eps"]

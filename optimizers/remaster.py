@@ -41,13 +41,6 @@ class REMASTER(PerParameterOptimizer):
                         fp16_rounding=fp16_rounding)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("exact_reset_period", False)
-            group.setdefault("orthograd_floor", 1e-3)
-            group.setdefault("fp16_rounding", False)
-
     def _begin_group(self, group: dict) -> None:
         group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 

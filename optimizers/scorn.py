@@ -82,12 +82,6 @@ class SCORN(PerParameterOptimizer):
                 if p.ndim > 4:
                     raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(p.shape)}")
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("exact_reset_period", False)
-            group.setdefault("fp16_rounding", False)
-
     def _begin_group(self, group: dict) -> None:
         group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 

@@ -274,3 +274,22 @@ def test_trainer_keys_are_not_passed_to_the_constructor():
     opt = optinspect.build_optimizer(model(), {"type": "scorn", "lr": 1e-4, "gradient_release": False,
                                                "beta2_half_life": 500.0})
     assert "beta2_half_life" not in opt.defaults and "gradient_release" not in opt.defaults
+
+
+@pytest.mark.parametrize("klass,extra", [(SCORN, {"exact_reset_period": True, "fp16_rounding": True}),
+                                         (REMASTER, {"orthograd_floor": 1e-6}),
+                                         (AdamW8bitKahan, {"decay_weights": True, "stabilize": False})])
+def test_resuming_from_an_original_checkpoint_keeps_this_instances_options(klass, extra):
+    a = model()
+    opt = klass(a, **extra)
+    train(opt, a, 2)
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:  # what the original class saves: none of optinspect's extra keys
+        for k in extra:
+            g.pop(k, None)
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    resumed = klass(b, **extra)
+    resumed.load_state_dict(sd)
+    for k, v in extra.items():
+        assert resumed.param_groups[0][k] == v
+    train(resumed, b, 1, start=3)
