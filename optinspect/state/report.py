@@ -141,17 +141,20 @@ def _small(v: Any) -> Any:
     return v
 
 
+def tensorish(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) or hasattr(x, "chunks")
+
+
 def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, mapped: bool = False) -> ParamReport:
     e = {k: _small(v) for k, v in p.entries.items()}
     fam = family_of(e, group)
     step = _as_int(e.get("step"))
     if step is None:
         step = _as_int(group.get("step"))  # optimi and SCORN/REMASTER keep a step in the group
+    if step == 0 and "steps_since_reset" in e and _as_int(group.get("step")):
+        step = _as_int(group.get("step"))  # SCORN/REMASTER keep state['step'] at 0 while resets are on
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
                     {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
-    def tensorish(x: Any) -> bool:
-        return isinstance(x, torch.Tensor) or hasattr(x, "chunks")
-
     m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)
     v_key = next((k for k in SECOND if k in e and tensorish(e[k])), None)
     done: set[str] = set()

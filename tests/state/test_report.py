@@ -120,6 +120,8 @@ def test_our_optimizers_are_recognised_with_their_counters(tmp_path, table):
         key = "times_reset" if expected == "PersonaOptimizer" else "times_zero"
         live = opt.state[list(m.parameters())[0]][key]
         assert r.params[0].counters[key] == live and live >= 1
+        if expected in ("SCORN", "REMASTER"):
+            assert r.params[0].step == 5  # the group's count, not SCORN/REMASTER's per-parameter 0
     if expected == "AdamW8bitKahan":
         assert r.params[0].kahan_rms == pytest.approx(float(opt.state[list(m.parameters())[0]]["shift"].pow(2)
                                                             .mean().sqrt()), rel=1e-6)
