@@ -377,7 +377,7 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
                              "TOML puts it into the optimizer table",
                              "move it above the first [table] header of the file"))
             continue
-        close = difflib.get_close_matches(k, list(props), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(k, list(props), n=1, cutoff=0.7)
         others = _other_types_with(k, ctx.schema)
         label = schemas.meta(ctx.schema).get("type", ctx.schema)
         hint = f"did you mean `{close[0]}`?" if close else ""
