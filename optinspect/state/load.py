@@ -445,6 +445,8 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
         ls.layout = f"{how}: {ls.layout}"
     if model:
         _names_from_model(ls, model)
+    elif ls.names_from == "index" and "DeepSpeed" in ls.layout:
+        _names_from_pipeline_layers(ls, file)
     return ls
 
 
@@ -453,19 +455,25 @@ def _natural(name: str) -> list:
 
 
 def _names_from_model(ls: LoadedState, model: str) -> None:
-    """Name state entries after the model's tensors: matched by shape, in the file's (natural) name order.
-
-    Unique shapes are certain; tensors that share a shape are assigned in order and may be swapped, which is
-    reported. Frozen tensors (no state) are skipped because no state entry asks for their shape.
-    """
+    """Name state entries after a model file's tensors (see `assign_names`)."""
     try:
         header = read_header(model)
     except (OSError, HeaderError) as e:
         raise StateLoadError(f"--model: {e}") from None
-    pool: dict[tuple, list[str]] = {}
     floats = [t for t in header.tensors if t.dtype in ("F32", "F16", "BF16", "F64")]
-    for t in sorted(floats, key=lambda t: _natural(t.name)):
-        pool.setdefault(tuple(t.shape), []).append(t.name)
+    assign_names(ls, [(t.name, tuple(t.shape)) for t in sorted(floats, key=lambda t: _natural(t.name))],
+                 "--model", "model file (shape, then order)")
+
+
+def assign_names(ls: LoadedState, candidates: list[tuple[str, tuple]], what: str, source: str) -> None:
+    """Match state entries to named tensors by shape, in the candidates' order.
+
+    Unique shapes are certain; tensors that share a shape are assigned in order and may be swapped, which is
+    reported. Frozen tensors (no state) are skipped because no state entry asks for their shape.
+    """
+    pool: dict[tuple, list[str]] = {}
+    for name, shape in candidates:
+        pool.setdefault(tuple(shape), []).append(name)
     wanted: dict[tuple, int] = {}
     for p in ls.params:
         if p.shape is not None:
@@ -480,9 +488,32 @@ def _names_from_model(ls: LoadedState, model: str) -> None:
             ambiguous += 1
         p.name = names.pop(0)
     if unmatched:
-        ls.warnings.append(f"--model: {unmatched} of {len(ls.params)} state entries found no tensor of their shape; "
+        ls.warnings.append(f"{what}: {unmatched} of {len(ls.params)} state entries found no tensor of their shape; "
                            "those keep their index names")
     if ambiguous:
-        ls.warnings.append(f"--model: {ambiguous} state entries share their shape with other tensors; they were named "
-                           "in the file's order and may be swapped")
-    ls.names_from = "model file (shape, then order)"
+        ls.warnings.append(f"{what}: {ambiguous} state entries share their shape with other tensors; they were named "
+                           "in order and may be swapped")
+    ls.names_from = source
+
+
+def _names_from_pipeline_layers(ls: LoadedState, file: str) -> None:
+    """DeepSpeed pipeline checkpoints keep parameter names and shapes only in their layer files."""
+    folder = os.path.dirname(file)
+    layers = glob.glob(os.path.join(folder, "layer_*-model_states.pt")) + \
+        glob.glob(os.path.join(folder, "layer_*-model_*-model_states.pt"))
+    if not layers:
+        return
+    candidates: list[tuple[str, tuple]] = []
+    for path in sorted(set(layers), key=lambda f: _natural(os.path.basename(f))):
+        try:
+            obj, _ = safe_torch_load(path)
+        except StateLoadError as e:
+            ls.warnings.append(f"layer file skipped: {e}")
+            continue
+        layer = os.path.basename(path).split("-", 1)[0]
+        if isinstance(obj, dict):
+            for key, v in obj.items():
+                if hasattr(v, "shape"):
+                    candidates.append((f"{layer}.{key}", tuple(v.shape)))
+    if candidates:
+        assign_names(ls, candidates, "layer files", "DeepSpeed layer files (shape, then order)")

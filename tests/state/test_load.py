@@ -259,3 +259,19 @@ def test_torchao_states_need_torchao(tmp_path):
             sys.modules.pop(n, None)
     with pytest.raises(StateLoadError, match="needs torchao"):
         load_state(str(tmp_path / "ao.pt"))
+
+
+def test_deepspeed_pipeline_names_come_from_layer_files(tmp_path):
+    m, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    step = tmp_path / "global_step3"
+    step.mkdir()
+    torch.save({"module": None, "optimizer": opt.state_dict(), "ds_version": "0.16", "global_steps": 3},
+               step / "mp_rank_00_model_states.pt")
+    layers = [m[0], m[1], m[2]]
+    for i, layer in enumerate(layers):
+        torch.save(layer.state_dict(), step / f"layer_{i:02d}-model_states.pt")
+    ls = load_state(str(step))
+    assert ls.names_from.startswith("DeepSpeed layer files")
+    names = [p.name for p in ls.params]
+    assert names[0] == "layer_00.weight" and names[4] == "layer_02.weight" and names[5] == "layer_02.bias"
+    assert set(names[1:4]) == {"layer_00.bias", "layer_01.weight", "layer_01.bias"}
