@@ -127,10 +127,11 @@ def _all_rules() -> dict:
 
 def cmd_rules() -> int:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("code", "name", "severity", "summary", box=None, pad_edge=False)
-    for code, r in sorted(_all_rules().items()):
-        table.add_row(code, r.name, r.severity.value, r.summary)
+    for code, r in sorted(_all_rules().items()):  # Text: summaries hold TOML like [optimizer], not markup
+        table.add_row(code, r.name, r.severity.value, Text(r.summary))
     _console().print(table)
     return EXIT_OK
 

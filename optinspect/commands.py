@@ -140,7 +140,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
         render(rep, _console())
         if saved:
-            _console().print(f"saved optimizer state to {saved}")
+            _console().print(f"saved optimizer state to {saved}", markup=False)
     return EXIT_OK if rep.status == "healthy" else EXIT_FOUND
 
 

@@ -117,3 +117,17 @@ def test_no_traceback_on_bad_input(run_cli, tmp_path, blob):
 def test_tui_command_checks_its_input_before_starting(run_cli, tmp_path):
     rc, _, err = run_cli("tui", str(tmp_path / "missing.pt"))
     assert rc == 2 and "no such file" in err
+
+
+def test_rule_catalogue_shows_toml_brackets_literally(run_cli):
+    rc, out, _ = run_cli("rules", env={"NO_COLOR": "1", "COLUMNS": "200"})
+    assert rc == 0 and "No [optimizer] table" in out and "[[optimizer]]" in out
+
+
+def test_every_code_has_an_explanation(run_cli):
+    from optinspect.config import rules  # noqa: F401
+    from optinspect.config.registry import RULES
+
+    for code in RULES:
+        rc, out, _ = run_cli("explain", code, env={"NO_COLOR": "1"})
+        assert rc == 0 and code in out

@@ -27,18 +27,18 @@ def render(report: DryRunReport, console) -> None:
                   Text(str(s.nonfinite), style="bold red" if s.nonfinite else ""), f"{s.seconds * 1e3:.2f}")
     console.print(t)
     match = "matches" if report.state_bytes_measured == report.state_bytes_predicted else "differs from"
-    console.print(f"optimizer state: {_bytes(report.state_bytes_measured)} measured ({match} the layout's "
-                  f"{_bytes(report.state_bytes_predicted)}), {report.bytes_per_param:.2f} bytes per parameter")
+    console.print(Text(f"optimizer state: {_bytes(report.state_bytes_measured)} measured ({match} the layout's "
+                       f"{_bytes(report.state_bytes_predicted)}), {report.bytes_per_param:.2f} bytes per parameter"))
     fm = report.full_model
     if fm:
         what = f"LoRA rank {fm.lora_rank} on its 2-D weights" if fm.lora_rank else "every floating tensor"
-        console.print(f"full model {fm.path}: {fm.parameters:,} parameters in {fm.tensors} tensors; training {what}: "
-                      f"{fm.trained_parameters:,} parameters -> optimizer state {fm.predicted_gib:.3f} GiB "
-                      f"(AdamW fp32: {fm.adamw_fp32_gib:.3f} GiB)")
+        console.print(Text(f"full model {fm.path}: {fm.parameters:,} parameters in {fm.tensors} tensors; training "
+                           f"{what}: {fm.trained_parameters:,} parameters -> optimizer state "
+                           f"{fm.predicted_gib:.3f} GiB (AdamW fp32: {fm.adamw_fp32_gib:.3f} GiB)"))
     if report.drift is not None:
         d = Table("tensor", "shape", "drift vs fp32 (rel. to movement)", "max |diff|", box=None, pad_edge=False)
         for x in report.drift:
-            d.add_row(x.name, str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
+            d.add_row(Text(x.name), str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
         console.print(d)
     style = "bold green" if report.status == "healthy" else "bold red"
     console.print(Text(f"{report.status}" + (f": {report.message}" if report.message else ""), style=style))
