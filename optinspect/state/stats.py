@@ -83,18 +83,20 @@ class _Acc:
         self.hist += hist
 
 
-def _chunk(x: torch.Tensor) -> tuple:
+def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
     """Partial statistics of one chunk: (finite count, sum, sum of squares, min, max, zeros, nan, inf, hist).
 
     Six passes over a cache-sized chunk; zeros are read off the exponent histogram (bin 0: zero or subnormal).
+    `hist` may be passed in when it was counted together with another tensor's (see `_pair_hists`).
     """
     x = x.reshape(-1)
     if x.dtype != torch.float32:
         x = x.float()
     if x.numel() == 0:
         return 0, 0.0, 0.0, math.inf, -math.inf, 0, 0, 0, torch.zeros(HIST_BINS, dtype=torch.int64)
-    expo = torch.bitwise_right_shift(x.view(torch.int32), 23).bitwise_and_(0xFF).to(torch.uint8)
-    hist = torch.bincount(expo, minlength=HIST_BINS)  # uint8 input: ~40% faster than int32
+    if hist is None:
+        expo = torch.bitwise_right_shift(x.view(torch.int32), 23).bitwise_and_(0xFF).to(torch.uint8)
+        hist = torch.bincount(expo, minlength=HIST_BINS)  # uint8 input: ~40% faster than int32
     bad = int(hist[255])
     nan = inf = 0
     if bad:
@@ -105,6 +107,14 @@ def _chunk(x: torch.Tensor) -> tuple:
             return 0, 0.0, 0.0, math.inf, -math.inf, 0, nan, inf, hist
     lo, hi = torch.aminmax(x)
     return (x.numel(), float(x.sum()), float(torch.dot(x, x)), float(lo), float(hi), int(hist[0]), nan, inf, hist)
+
+
+def _pair_hists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both exponent histograms from one bincount over (exp_b << 8 | exp_a): a quarter less time than two."""
+    ea = torch.bitwise_right_shift(a.view(torch.int32), 23).bitwise_and_(0xFF)
+    eb = torch.bitwise_right_shift(b.view(torch.int32), 15).bitwise_and_(0xFF00)
+    joint = torch.bincount(ea.bitwise_or_(eb), minlength=HIST_BINS * HIST_BINS).view(HIST_BINS, HIST_BINS)
+    return joint.sum(0), joint.sum(1)
 
 
 _POOL = None
@@ -303,11 +313,12 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
             idx = torch.arange(i, i + k) // block
             a = quant["q1"][a.long()] * quant["a1"][idx]
             b = quant["q2"][b.long()] * quant["a2"][idx]
-        a, b = a.float(), b.float()
-        pb = _chunk(b)
+        a, b = a.float().reshape(-1), b.float().reshape(-1)
+        ha, hb = _pair_hists(a, b)
+        pb = _chunk(b, hb)
         rs, rm = _ratio_chunk(a, b)
         valid = pb[0] - pb[5]  # finite and not zero (second moments are >= 0)
-        out = (_chunk(a), pb, (rs, valid, rm), nbytes)
+        out = (_chunk(a, ha), pb, (rs, valid, rm), nbytes)
         _release(m, i, k, mapped)
         _release(v, i, k, mapped)
         return out
