@@ -35,6 +35,14 @@ def check_int(name: str, value: int, lo: int = 0) -> None:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
+def closure_loss(closure) -> torch.Tensor | None:
+    """Evaluate an optimizer closure with gradients enabled (step() itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class PerParameterOptimizer(torch.optim.Optimizer):
     """The loop the trainer's optimizers share: groups in order, parameters with a gradient in order.
 
@@ -58,10 +66,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             self._begin_group(group)
             for p in group["params"]:

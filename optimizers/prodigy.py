@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from optimizers._base import check_range
+from optimizers._base import check_range, closure_loss
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["Prodigy"]
@@ -49,10 +49,7 @@ class Prodigy(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         first = self.param_groups[0]
         device = first["params"][0].device
         beta1, beta2 = first["betas"]

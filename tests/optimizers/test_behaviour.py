@@ -293,3 +293,18 @@ def test_resuming_from_an_original_checkpoint_keeps_this_instances_options(klass
     for k, v in extra.items():
         assert resumed.param_groups[0][k] == v
     train(resumed, b, 1, start=3)
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_step_evaluates_the_closure_with_gradients(name):
+    ps = model()
+    opt = optinspect.build_optimizer(ps, TABLES[name])
+
+    def closure():
+        opt.zero_grad()
+        loss = sum((p.float() ** 2).sum() for p in ps)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss is not None and loss.requires_grad and all(p.grad is not None for p in ps)
