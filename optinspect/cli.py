@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -19,9 +18,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from optinspect.render import make_console
 
-    return Console(stderr=stderr, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    return make_console(stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

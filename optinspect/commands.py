@@ -55,9 +55,9 @@ def _quiet_torch_import() -> None:
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from optinspect.render import make_console
 
-    return Console(stderr=stderr, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    return make_console(stderr)
 
 
 def _err(msg: str) -> int:

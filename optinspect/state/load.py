@@ -9,6 +9,7 @@ code execution.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -154,7 +155,7 @@ def _first_line(msg: str) -> str:
 
 
 def _load(path: str, is_zip: bool, stubs: list) -> Any:
-    ctx = torch.serialization.safe_globals(stubs) if stubs else _Null()
+    ctx = torch.serialization.safe_globals(stubs) if stubs else contextlib.nullcontext()
     with ctx:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -163,14 +164,6 @@ def _load(path: str, is_zip: bool, stubs: list) -> Any:
         except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
                 AttributeError, zipfile.BadZipFile) as e:
             raise StateLoadError(f"{path}: truncated or corrupt torch file ({_first_line(str(e))})") from None
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def _unsafe_globals(path: str, is_zip: bool, message: str) -> list[str]:

@@ -168,13 +168,9 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, m
         if m.dtype != torch.uint8 or quant is not None:
             sm, sv, r.update_scale_mean, r.update_scale_max = S.moment_pair_stats(
                 m_key, m, v_key, v, progress, mapped=mapped, quant=quant)
-            if quant is not None:  # the error bounds: per-code tables, cheap, from the small tensors
-                sm.quant = S.code_bound_only(m, quant["a1"], quant["q1"], mapped=mapped)
-                sv.quant = S.code_bound_only(v, quant["a2"], quant["q2"], mapped=mapped)
-                sm.quant.rel_rms_bound = sm.quant.rms_bound / sm.rms if sm.rms > 0 else 0.0
-                sv.quant.rel_rms_bound = sv.quant.rms_bound / sv.rms if sv.rms > 0 else 0.0
-                sm.bytes += (quant["a1"].numel() + quant["q1"].numel()) * 4
-                sv.bytes += (quant["a2"].numel() + quant["q2"].numel()) * 4
+            if quant is not None:  # the error bounds: a per-code table over the uint8 codes
+                S.attach_quant_bound(sm, m, quant["a1"], quant["q1"], mapped=mapped)
+                S.attach_quant_bound(sv, v, quant["a2"], quant["q2"], mapped=mapped)
             r.tensors += [sm, sv]
             done = {m_key, v_key}
     for k, v in e.items():

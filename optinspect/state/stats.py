@@ -227,43 +227,23 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
                     progress: Callable[[int], None] | None = None, chunk: int = CHUNK, mapped: bool = False
                     ) -> TensorStats:
     """Statistics of an 8-bit block-wise tensor, dequantized chunk by chunk, with its quantization error bound."""
-    from optimizers._quant import code_error_bound, infer_block
+    from optimizers._quant import infer_block
 
     n = _numel(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
-    q = qmap.float()
-    absmax = absmax.float().reshape(-1)
-    floor_code = int(torch.argmin(q.abs().masked_fill(q == 0, math.inf)))
-    st = TensorStats(key, list(codes.shape), "uint8", n + absmax.numel() * 4 + q.numel() * 4, n, dequantized=True)
+    q, scale = qmap.float(), absmax.float().reshape(-1)
+
+    def values():
+        for i in range(0, n, chunk):
+            k = min(chunk, n - i)
+            yield q[_part(codes, i, k).long()] * scale[torch.arange(i, i + k) // block], \
+                (lambda i=i, k=k: _release(codes, i, k, mapped))
+
+    st = TensorStats(key, list(codes.shape), "uint8", n, n, dequantized=True)
     acc = _Acc()
-    b_ss, b_max, floor_count = 0.0, 0.0, 0
-    per_code = code_error_bound(torch.arange(256), q)  # bound / absmax for each code, computed once
-    for i in range(0, n, chunk):
-        raw = _part(codes, i, min(chunk, n - i))
-        c = raw.long()
-        m = c.numel()
-        pad = (-m) % block
-        blocks = absmax[i // block:(i + m + pad) // block, None]
-        vals = q[c]
-        bound = per_code[c]
-        if pad:
-            vals = torch.cat([vals, vals.new_zeros(pad)])
-            bound = torch.cat([bound, bound.new_zeros(pad)])
-        vals = (vals.view(-1, block) * blocks).view(-1)[:m]
-        bound = (bound.view(-1, block) * blocks).view(-1)[:m]
-        acc.add(vals)
-        b_ss += float(torch.dot(bound, bound))
-        b_max = max(b_max, float(bound.max()))
-        floor_count += int((c == floor_code).sum())
-        _release(codes, i, m, mapped)
-        if progress:
-            progress(m)
-    st = _finish(acc, st)
-    rms_b = math.sqrt(b_ss / max(n, 1))
-    st.quant = QuantError("8-bit blockwise", block, rms_b, b_max, rms_b / st.rms if st.rms > 0 else 0.0,
-                          floor_count / max(n, 1))
-    return st
+    scan(values(), acc, progress, threads=n > chunk)
+    return attach_quant_bound(_finish(acc, st), codes, scale, q, mapped=mapped)
 
 
 def _ratio_chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -273,20 +253,6 @@ def _ratio_chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     r.mul_(a.abs())
     r.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return float(r.sum()), (float(r.max()) if r.numel() else 0.0)
-
-
-def ratio_stats(m, v, chunk: int = CHUNK, mapped: bool = False) -> tuple[float, float]:
-    """Mean and max of |m| / sqrt(v) where v > 0: the effective per-element update scale of Adam-like rules."""
-    n = _numel(m)
-    s, count, mx = 0.0, 0, 0.0
-    for i in range(0, n, chunk):
-        k = min(chunk, n - i)
-        a, b = _part(m, i, k).float(), _part(v, i, k).float()
-        rs, rm = _ratio_chunk(a, b)
-        s, count, mx = s + rs, count + int(torch.count_nonzero(b > 0)), max(mx, rm)
-        _release(m, i, k, mapped)
-        _release(v, i, k, mapped)
-    return (s / count if count else 0.0), mx
 
 
 def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], None] | None = None,
@@ -358,9 +324,20 @@ def factored_second_moment(row: torch.Tensor, col: torch.Tensor, chunk: int = CH
     return _finish(acc, st)
 
 
+def attach_quant_bound(st: TensorStats, codes, absmax: torch.Tensor, qmap: torch.Tensor,
+                       mapped: bool = False) -> TensorStats:
+    """Give the statistics of a dequantized 8-bit tensor its error bound (relative to its RMS) and count the
+    block scales and the map in its bytes."""
+    st.quant = code_bound_only(codes, absmax, qmap, mapped=mapped)
+    st.quant.rel_rms_bound = st.quant.rms_bound / st.rms if st.rms > 0 else 0.0
+    st.bytes += (absmax.numel() + qmap.numel()) * 4
+    return st
+
+
 def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int = CHUNK,
                     mapped: bool = False) -> QuantError:
-    """The 8-bit error bound of a code tensor (no statistics of the values): see quantized_stats."""
+    """The 8-bit error bound of a code tensor: per element, half the larger gap from its code to the
+    neighbouring codes plus half a grid step, times the block's absmax (optimizers/_quant.py)."""
     from optimizers._quant import code_error_bound, infer_block
 
     n = _numel(codes)
