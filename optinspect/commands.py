@@ -92,10 +92,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         return _err("--steps must be at least 1")
     if args.save and os.path.exists(args.save) and not args.force:
         return _err(f"{args.save} exists; pass --force to overwrite it")
-    import tomlkit
-
-    with open(args.config, encoding="utf-8-sig") as fh:
-        config = tomlkit.parse(fh.read()).unwrap()
+    config = report.data or {}
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -58,6 +58,7 @@ class FileReport:
     path: str
     diagnostics: list[Diagnostic] = field(default_factory=list)
     source: str | None = None
+    data: dict | None = None  # the parsed document (plain Python), when it parsed
     optimizer_type: str | None = None
     suppressed: int = 0
     unreadable: bool = False

@@ -154,6 +154,7 @@ def validate_text(path: str, text: str, options: Options | None = None,
     smap = source.scan(text)
     found: list[Diagnostic] = []
     data = _parse(path, text, smap, found)
+    report.data = data
     if data is not None:
         found.extend(_check_config(path, data, smap, options, report))
     _finish(report, report.diagnostics + found, smap, options)
