@@ -46,6 +46,10 @@ def original_factory(name: str):
             return lambda ps: pytorch_optimizer.Prodigy(ps, weight_decay=0.05)
     except ImportError:
         return None
+    if name == "persona":
+        from reference_persona import SpecPersona
+
+        return lambda ps: SpecPersona(ps, lr=1e-4, weight_decay=0.01)
     return None
 
 
@@ -112,8 +116,12 @@ def main() -> None:
         factory = original_factory(name)
         if factory is not None:
             qs = make_params(args.small)
-            t_ours, t_orig = paired_times(optinspect.build_optimizer(ps, table), ps, factory(qs), qs, args.steps)
-            same_run = f"ours/original = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms)"
+            rs = make_params(args.small)
+            t_ours, t_orig = paired_times(optinspect.build_optimizer(rs, table), rs, factory(qs), qs, args.steps)
+            same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(rs, qs, strict=True))
+            same_run = (f"ours/original = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms)"
+                        f"{'' if same else ' RESULTS DIFFER'}")
+            del rs
             del qs
         print(f"{name:16s} {t * 1e3:9.1f} {t_ref * 1e3:9.1f} {ratio:8.2f} {orig if orig else '-':>11} {rel:>14s} "
               f"{state_bytes(opt) / n:8.2f}  {same_run}", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -82,3 +82,25 @@ def adopt_scalars(beta1: float, beta2: float, k: int) -> tuple[float, float, flo
     """The debiased second-moment decay (ADOPT-like, -0.0 at k = 1) and the two bias corrections."""
     slow_beta2 = (beta2**k - beta2) / (beta2**k - 1)
     return slow_beta2, 1 - beta1**k, (1 - slow_beta2**k) ** 0.5
+
+
+# Elements per slice for long elementwise chains on CPU: 2 MiB of fp32 per tensor, so a dozen passes over
+# p, grad, both moments and two scratch slices stay in cache instead of streaming ~60 MB tensors from memory
+# a dozen times. A multiple of 64 keeps every slice on whole vector widths, so each element is computed by
+# the same vectorised code as in a whole-tensor op. On accelerators one kernel per op is faster: no slicing.
+CPU_SLICE = 1 << 19
+
+
+def slice_length(t: torch.Tensor) -> int:
+    """How many elements an elementwise chain on `t` should take at once (the whole tensor off CPU)."""
+    n = t.numel()
+    return min(n, CPU_SLICE) if t.device.type == "cpu" else n
+
+
+def flat_slices(tensors: list[torch.Tensor | None], length: int) -> Iterator[list[torch.Tensor | None]]:
+    """The same [start, stop) window of each (contiguous) tensor, flattened; None passes through."""
+    flat = [None if t is None else t.view(-1) for t in tensors]
+    n = next(t for t in flat if t is not None).numel()
+    for start in range(0, n, length):
+        stop = min(start + length, n)
+        yield [None if t is None else t[start:stop] for t in flat]

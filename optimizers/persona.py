@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period
+from optimizers._common import A2, agreement_mask, flat_slices, orthograd_persona_, reset_period, slice_length
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["PersonaOptimizer"]
@@ -88,25 +88,21 @@ class PersonaOptimizer(PerParameterOptimizer):
 
         bias_correction = max(1 - beta1**k, eps)
         bias_correction_sqrt = max((1 - beta2**k) ** 0.5, eps)
-        ema.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = v.sqrt().add_(eps * bias_correction_sqrt)
-        # g + amp * (ema / bc), computed in one buffer (same roundings, fewer temporaries)
-        update = torch.div(ema, bias_correction).mul_(group["amp_factor"]).add_(g)
-        update.atan2_(denom).mul_(A2)
-        if egv is not None:
-            cur_var = (v - ema.pow(2)).clamp_(min=0)
-            egv.mul_(beta2).add_(cur_var, alpha=1 - beta2)
-            boost = (cur_var / (egv.sqrt() + group["focus_eps"])).clamp_(0, 5)
-            update.mul_(1 + group["focus_boost"] * boost)
         effective_wd = group["weight_decay"] * group["weight_decay_rate"] ** (k - 1)
-        if effective_wd > 0 and not group["constrain"]:
-            update.add_(p_w, alpha=effective_wd)
-        if group["cautious_min"] < 1:
-            update.mul_(agreement_mask(update, g, group["cautious_min"], eps, inclusive=True))
-        if group["constrain"]:
-            p_w.mul_(1 - group["lr"])
-        p_w.add_(update, alpha=-group["lr"])
+        scalars = (bias_correction, eps * bias_correction_sqrt, effective_wd)
+        tensors = [p_w, g, ema, v, egv]
+        # Elementwise from here on, except the cautious mask (a mean over the whole update): fp32 work runs
+        # slice by slice in cache, same ops per element, same results (see slice_length).
+        length = slice_length(p)
+        if length == p.numel() or low or group["cautious_min"] < 1 or not all(
+                t.is_contiguous() for t in tensors if t is not None):
+            self._update(*tensors, group, scalars, None)
+        else:
+            buffers = (torch.empty(length, dtype=p.dtype, device=p.device),
+                       torch.empty(length, dtype=p.dtype, device=p.device))
+            for window in flat_slices(tensors, length):
+                n = window[0].numel()
+                self._update(*window, group, scalars, (buffers[0][:n], buffers[1][:n]))
 
         if low:
             if egv is not None:
@@ -120,3 +116,32 @@ class PersonaOptimizer(PerParameterOptimizer):
                 p.copy_(p_w)
                 state["ema"].copy_(ema)
                 state["ema_squared"].copy_(v)
+
+    @staticmethod
+    def _update(p_w: torch.Tensor, g: torch.Tensor, ema: torch.Tensor, v: torch.Tensor, egv: torch.Tensor | None,
+                group: dict, scalars: tuple[float, float, float],
+                buffers: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Steps 7-13 of the update on fp32 tensors (whole parameters or matching slices of them)."""
+        beta1, beta2 = group["betas"]
+        bias_correction, denom_eps, effective_wd = scalars
+        denom_out, update_out = buffers if buffers is not None else (None, None)
+        ema.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = torch.sqrt(v, out=denom_out).add_(denom_eps)
+        # g + amp * (ema / bc), computed in one buffer (same roundings, fewer temporaries)
+        update = torch.div(ema, bias_correction, out=update_out)
+        if group["amp_factor"] != 1.0:  # x * 1.0 == x: skipping the pass changes no bit
+            update.mul_(group["amp_factor"])
+        update.add_(g).atan2_(denom).mul_(A2)
+        if egv is not None:
+            cur_var = (v - ema.pow(2)).clamp_(min=0)
+            egv.mul_(beta2).add_(cur_var, alpha=1 - beta2)
+            boost = (cur_var / (egv.sqrt() + group["focus_eps"])).clamp_(0, 5)
+            update.mul_(1 + group["focus_boost"] * boost)
+        if effective_wd > 0 and not group["constrain"]:
+            update.add_(p_w, alpha=effective_wd)
+        if group["cautious_min"] < 1:
+            update.mul_(agreement_mask(update, g, group["cautious_min"], group["eps"], inclusive=True))
+        if group["constrain"]:
+            p_w.mul_(1 - group["lr"])
+        p_w.add_(update, alpha=-group["lr"])

@@ -308,3 +308,26 @@ def test_step_evaluates_the_closure_with_gradients(name):
 
     loss = opt.step(closure)
     assert loss is not None and loss.requires_grad and all(p.grad is not None for p in ps)
+
+
+@pytest.mark.parametrize("extra", [{}, {"amp_factor": 2.5, "focus_boost": 0.1}, {"constrain": True},
+                                   {"reset_interval": 3, "reset_increment": 1, "weight_decay_rate": 0.9}])
+def test_persona_slices_change_no_bit(extra, monkeypatch):
+    """Persona's in-cache slices (CPU_SLICE) against one op per whole tensor, on tensors whose sizes are not
+    multiples of the slice."""
+    import optimizers._common
+
+    table = {**TABLES["persona"], **extra}
+    runs = []
+    for slice_elements in (1 << 30, 128):
+        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
+        params = model()
+        opt = optinspect.build_optimizer(params, table)
+        train(opt, params, 8)
+        runs.append((params, opt))
+    (whole, opt_w), (sliced, opt_s) = runs
+    for a, b in zip(whole, sliced, strict=True):
+        assert torch.equal(a, b)
+        for key, value in opt_w.state[a].items():
+            other = opt_s.state[b][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key

@@ -87,3 +87,13 @@ def test_check_parity_gate_passes():
                            "--no-bf16"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert " 0 fp32 cases pass" not in proc.stdout
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("persona")] or ["none"])
+def test_persona_in_cache_slices_is_bit_identical(case, monkeypatch):
+    """On CPU Persona runs its elementwise chain in slices (CPU_SLICE elements): with slices far smaller than
+    the golden tensors (and ends that are not multiples of the slice) it must still match every bit."""
+    import optimizers._common
+
+    monkeypatch.setattr(optimizers._common, "CPU_SLICE", 64)
+    test_trajectory_and_final_state_are_bit_identical(case)
