@@ -8,6 +8,7 @@ bin 0 zeros and subnormals, bin 255 inf/nan), read straight from the bits.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,7 +96,9 @@ def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
     if x.numel() == 0:
         return 0, 0.0, 0.0, math.inf, -math.inf, 0, 0, 0, torch.zeros(HIST_BINS, dtype=torch.int64)
     if hist is None:
-        expo = torch.bitwise_right_shift(x.view(torch.int32), 23).bitwise_and_(0xFF).to(torch.uint8)
+        n = x.numel()
+        expo = torch.bitwise_right_shift(x.view(torch.int32), 23, out=_scratch("e", n, torch.int32))
+        expo = _scratch("e8", n, torch.uint8).copy_(expo.bitwise_and_(0xFF))
         hist = torch.bincount(expo, minlength=HIST_BINS)  # uint8 input: ~40% faster than int32
     bad = int(hist[255])
     nan = inf = 0
@@ -106,26 +109,69 @@ def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
         if x.numel() == 0:
             return 0, 0.0, 0.0, math.inf, -math.inf, 0, nan, inf, hist
     lo, hi = torch.aminmax(x)
-    return (x.numel(), float(x.sum()), float(torch.dot(x, x)), float(lo), float(hi), int(hist[0]), nan, inf, hist)
+    lo, hi = float(lo), float(hi)
+    if max(-lo, hi) < 1e18:  # x*x and the chunk's sums stay far inside fp32
+        s, ss = float(x.sum()), float(torch.dot(x, x))
+    else:  # exploding values: accumulate in float64 rather than report an RMS of inf
+        s, ss = float(x.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
+    return x.numel(), s, ss, lo, hi, int(hist[0]), nan, inf, hist
 
 
 def _pair_hists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both exponent histograms from one bincount over (exp_b << 8 | exp_a): a quarter less time than two."""
-    ea = torch.bitwise_right_shift(a.view(torch.int32), 23).bitwise_and_(0xFF)
-    eb = torch.bitwise_right_shift(b.view(torch.int32), 15).bitwise_and_(0xFF00)
+    n = a.numel()
+    ea = torch.bitwise_right_shift(a.view(torch.int32), 23, out=_scratch("e", n, torch.int32)).bitwise_and_(0xFF)
+    eb = torch.bitwise_right_shift(b.view(torch.int32), 15, out=_scratch("e2", n, torch.int32)).bitwise_and_(0xFF00)
     joint = torch.bincount(ea.bitwise_or_(eb), minlength=HIST_BINS * HIST_BINS).view(HIST_BINS, HIST_BINS)
     return joint.sum(0), joint.sum(1)
 
 
+_LOCAL = threading.local()
+
+
+def _scratch(name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """A per-thread buffer for n elements, reused chunk after chunk: a fresh multi-MB temporary per op costs its
+    page faults every time (more than the op itself at these sizes). Buffers are bytes, so one name can serve
+    different dtypes in turn (the ratio reuses the exponent buffer once the histogram is counted), which keeps
+    each worker's chunk and scratch inside the shared cache."""
+    bufs = _LOCAL.__dict__.setdefault("bufs", {})
+    nbytes = n * dtype.itemsize
+    buf = bufs.get(name)
+    if buf is None or buf.numel() < nbytes:
+        buf = bufs[name] = torch.empty(max(nbytes, CHUNK * 4), dtype=torch.uint8)
+    return buf[:nbytes].view(dtype)
+
+
 _POOL = None
+_POOL_LOCK = threading.Lock()
 
 
 def _pool():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
+    """Two workers, each running its ops on one intra-op thread: two chunks in flight use both cores, where
+    two workers each asking OpenMP for two threads oversubscribe them (~25% slower here).
 
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="optinspect-stats")
+    torch.set_num_threads(1) in a worker also changes what threads started later get, so the workers set it
+    while the caller waits at a barrier, then the caller restores its own setting for everyone else."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            keep = torch.get_num_threads()
+            ready = threading.Barrier(3)
+
+            def one_thread_per_op() -> None:
+                torch.get_num_threads()  # runs torch's once-per-thread init now, so it cannot undo the next line
+                torch.set_num_threads(1)
+                ready.wait()
+
+            pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="optinspect-stats",
+                                      initializer=one_thread_per_op)
+            for _ in range(2):
+                pool.submit(int)
+            ready.wait()
+            torch.set_num_threads(keep)
+            _POOL = pool
     return _POOL
 
 
@@ -246,11 +292,21 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
     return attach_quant_bound(_finish(acc, st), codes, scale, q, mapped=mapped)
 
 
-def _ratio_chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+def _ratio_chunk(a: torch.Tensor, b: torch.Tensor, clean: bool = False) -> tuple[float, float]:
     """Sum and max of |a| / sqrt(b) over elements with b > 0: elements with b = 0 (inf) or b < 0 / NaN (nan)
-    become 0. No boolean masks: they cost more than the arithmetic here."""
-    r = torch.rsqrt(b)
-    r.mul_(a.abs())
+    become 0. No boolean masks: they cost more than the arithmetic here.
+
+    `clean`: a is finite and b > 0 and finite everywhere (known from their statistics), so no element needs
+    zeroing: two reductions over a*rsqrt(b) replace four passes (an overflow to inf falls back)."""
+    r = torch.rsqrt(b, out=_scratch("e", b.numel(), torch.float32))
+    r.mul_(a)
+    if clean and r.numel():
+        total = float(torch.linalg.vector_norm(r, 1))
+        if math.isfinite(total):
+            lo, hi = torch.aminmax(r)
+            return total, max(-float(lo), float(hi))
+        torch.rsqrt(b, out=r).mul_(a)
+    r.abs_()  # rsqrt(b) >= 0 or NaN: |a * r| == |a| * r
     r.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return float(r.sum()), (float(r.max()) if r.numel() else 0.0)
 
@@ -281,10 +337,12 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
             b = quant["q2"][b.long()] * quant["a2"][idx]
         a, b = a.float().reshape(-1), b.float().reshape(-1)
         ha, hb = _pair_hists(a, b)
-        pb = _chunk(b, hb)
-        rs, rm = _ratio_chunk(a, b)
+        pa, pb = _chunk(a, ha), _chunk(b, hb)
+        # pb: (finite count, sum, sum of squares, min, max, zeros, nan, inf, hist)
+        clean = pa[6] == pa[7] == pb[6] == pb[7] == 0 and pb[3] > 0 and pb[5] == 0
+        rs, rm = _ratio_chunk(a, b, clean)
         valid = pb[0] - pb[5]  # finite and not zero (second moments are >= 0)
-        out = (_chunk(a, ha), pb, (rs, valid, rm), nbytes)
+        out = (pa, pb, (rs, valid, rm), nbytes)
         _release(m, i, k, mapped)
         _release(v, i, k, mapped)
         return out
