@@ -137,7 +137,7 @@ def main() -> None:
         eng = median_run("engine", path, args.repeat)
         rows.append((path.suffix, "optinspect engine", size / eng["seconds"] / 1e9, eng["first"], eng["maxrss"] - base))
         if path.suffix == ".pt" and not args.skip_naive:
-            nv = child("naive", path)
+            nv = median_run("naive", path, args.repeat)
             rows.append((path.suffix, "naive torch.load + stats", size / nv["seconds"] / 1e9, nv["first"],
                          nv["maxrss"] - base))
     print(f"{'file':13s} {'path':26s} {'GB/s':>7s} {'first (s)':>10s} {'peak above torch':>17s}")
