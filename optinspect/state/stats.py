@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-CHUNK = 1 << 20  # elements per chunk (a multiple of the 256-element quantization block)
+CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)
 HIST_BINS = 256
 # Pages of a mapped file are given back every this many elements (in order, from the caller's thread): each
 # madvise interrupts the other core (TLB shootdown), so one call per 4 chunks instead of one per chunk.
