@@ -19,7 +19,13 @@ _GRID = 32767.5
 _LUTS: dict[tuple, torch.Tensor] = {}
 _MAPS: dict[bool, torch.Tensor] = {}
 
-__all__ = ["BLOCK", "dynamic_map", "quantize_blockwise", "dequantize_blockwise", "code_error_bound"]
+__all__ = ["BLOCK", "dynamic_map", "lookup", "quantize_blockwise", "dequantize_blockwise", "code_error_bound"]
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for uint8 codes or grid indices, flattened: index_select with an int32 index is ~3x faster
+    than advanced indexing with an int64 one (whose conversion alone allocates 8 bytes per element)."""
+    return torch.index_select(table, 0, index.reshape(-1).to(torch.int32))
 
 
 def dynamic_map(signed: bool = True, device: torch.device | str | None = None) -> torch.Tensor:
@@ -75,8 +81,8 @@ def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor, block: int = BLOCK,
     amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=1)
     y = blocks / amax.unsqueeze(1)
     k = torch.floor((y + 1) * _GRID + 0.5)
-    k = torch.nan_to_num(k, nan=0.0).clamp_(0, 65535).to(torch.int64)
-    codes = _lut(qmap.to(x.device))[k].view(-1)[:n].view(x.shape)
+    k = torch.nan_to_num(k, nan=0.0).clamp_(0, 65535)
+    codes = lookup(_lut(qmap.to(x.device)), k)[:n].view(x.shape)
     if out is not None:
         out.copy_(codes)
         codes = out
@@ -92,7 +98,7 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.
     n = codes.numel()
     if block is None:
         block = infer_block(n, absmax.numel())
-    vals = qmap.float()[codes.reshape(-1).long()]
+    vals = lookup(qmap.float(), codes)
     blocks, _ = _blocks(vals, block)
     return (blocks * absmax.float().view(-1, 1)).view(-1)[:n].view(codes.shape)
 
@@ -117,4 +123,4 @@ def code_error_bound(codes: torch.Tensor, qmap: torch.Tensor, grid_snap: bool = 
     gaps_down = torch.cat([qs.new_zeros(1), qs[1:] - qs[:-1]])
     half = torch.maximum(gaps_up, gaps_down) / 2
     per_code = half[rank] + (1 / 65535 if grid_snap else 0.0)
-    return per_code[codes.reshape(-1).long()].view(codes.shape)
+    return lookup(per_code, codes).view(codes.shape)

@@ -19,6 +19,8 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_range
+from optimizers._common import slice_length
+from optimizers._quant import BLOCK as _BLOCK
 from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
 __all__ = ["AdamW8bitKahan", "QUANT_STATE_KEY"]
@@ -99,7 +101,7 @@ class AdamW8bitKahan(PerParameterOptimizer):
             state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
             state["qmap1"] = dynamic_map(True, device=p.device)
             state["qmap2"] = dynamic_map(False, device=p.device)
-            n_blocks = math.ceil(p.numel() / 256)
+            n_blocks = math.ceil(p.numel() / _BLOCK)
             state["absmax1"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
             state["absmax2"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
         state["shift"] = torch.zeros_like(p)
@@ -128,20 +130,40 @@ class AdamW8bitKahan(PerParameterOptimizer):
         state = self.state[p]
         grad = p.grad.contiguous()
         state["step"] += 1
+        lr = self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
+        keys = ("state1", "state2", "absmax1", "absmax2", "shift")
+        n = p.numel()
+        # Everything below is elementwise or per 256-element block: on CPU it runs in block-aligned slices
+        # that stay in cache (same operations per element and per block, same bits; see slice_length).
+        length = slice_length(p) // _BLOCK * _BLOCK
+        if state["state1"].dtype != torch.uint8 or not 0 < length < n or not p.is_contiguous():
+            self._apply(p, grad, {k: state[k] for k in keys if k in state}, state, group, lr)
+            return
+        flat = {k: state[k].view(-1) for k in ("state1", "state2", "shift")}
+        p_flat, g_flat = p.view(-1), grad.view(-1)
+        for lo in range(0, n, length):
+            hi = min(lo + length, n)
+            blocks = slice(lo // _BLOCK, -(-hi // _BLOCK))
+            views = {**{k: t[lo:hi] for k, t in flat.items()},
+                     "absmax1": state["absmax1"][blocks], "absmax2": state["absmax2"][blocks]}
+            self._apply(p_flat[lo:hi], g_flat[lo:hi], views, state, group, lr)
+
+    @staticmethod
+    def _apply(p: torch.Tensor, grad: torch.Tensor, views: dict, state: dict, group: dict, lr: float) -> None:
+        """The update of p (a whole parameter or a block-aligned slice) with the matching views of its state."""
         step = state["step"]
         beta1, beta2 = group["betas"]
         eps, wd = group["eps"], group["weight_decay"]
-        lr = self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
-        shift = state["shift"]
+        shift = views["shift"]
         g = grad.float()
         correction1 = 1.0 - beta1**step
         correction2 = math.sqrt(1.0 - beta2**step)
-        eight_bit = state["state1"].dtype == torch.uint8
+        eight_bit = views["state1"].dtype == torch.uint8
         if eight_bit:
-            m = dequantize_blockwise(state["state1"], state["absmax1"], state["qmap1"], 256)
-            v = dequantize_blockwise(state["state2"], state["absmax2"], state["qmap2"], 256)
+            m = dequantize_blockwise(views["state1"], views["absmax1"], state["qmap1"], _BLOCK)
+            v = dequantize_blockwise(views["state2"], views["absmax2"], state["qmap2"], _BLOCK)
         else:
-            m, v = state["state1"], state["state2"]
+            m, v = views["state1"], views["state2"]
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         shift32 = shift.float()
@@ -156,8 +178,8 @@ class AdamW8bitKahan(PerParameterOptimizer):
             shift32.add_(m / (v.sqrt() + eps * correction2), alpha=(-lr * correction2 / correction1) * 1.0)
         shift.copy_(shift32)
         if eight_bit:
-            quantize_blockwise(m, state["qmap1"], 256, out=state["state1"], absmax=state["absmax1"])
-            quantize_blockwise(v, state["qmap2"], 256, out=state["state2"], absmax=state["absmax2"])
+            quantize_blockwise(m, state["qmap1"], _BLOCK, out=views["state1"], absmax=views["absmax1"])
+            quantize_blockwise(v, state["qmap2"], _BLOCK, out=views["state2"], absmax=views["absmax2"])
         # Kahan: add the buffer to the weights; keep what did not fit into their precision
         before = p.clone()
         p.add_(shift)

@@ -285,7 +285,7 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
     def values():
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
-            yield q[_part(codes, i, k).long()] * scale[torch.arange(i, i + k) // block], \
+            yield _dequant(q, _part(codes, i, k), scale, i, block), \
                 (lambda i=i, k=k: _release(codes, i, k, mapped))
 
     st = TensorStats(key, list(codes.shape), "uint8", n, n, dequantized=True)
@@ -333,9 +333,8 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
         a, b = _part(m, i, k), _part(v, i, k)
         nbytes = a.numel() * a.element_size() + b.numel() * b.element_size()
         if quant is not None:
-            idx = torch.arange(i, i + k) // block
-            a = quant["q1"][a.long()] * quant["a1"][idx]
-            b = quant["q2"][b.long()] * quant["a2"][idx]
+            a = _dequant(quant["q1"], a, quant["a1"], i, block)
+            b = _dequant(quant["q2"], b, quant["a2"], i, block)
         a, b = a.float().reshape(-1), b.float().reshape(-1)
         ha, hb = _pair_hists(a, b)
         pa, pb = _chunk(a, ha), _chunk(b, hb)
@@ -363,6 +362,20 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
         if progress:
             progress(nbytes)
     return _finish(am, sm), _finish(av, sv), (s / count if count else 0.0), mx
+
+
+def _dequant(table: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, start: int, block: int
+             ) -> torch.Tensor:
+    """table[code] * scale[block of the element] for the codes of elements start.. (start is block-aligned)."""
+    from optimizers._quant import lookup
+
+    out = lookup(table, codes)
+    k = out.numel()
+    first, full = start // block, k // block
+    out[:full * block].view(full, block).mul_(scale[first:first + full].unsqueeze(1))
+    if k % block:
+        out[full * block:].mul_(scale[first + full])
+    return out
 
 
 def _nbytes(t) -> int:
@@ -411,8 +424,8 @@ def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int 
     ss, mx, floor = 0.0, 0.0, 0
     for i in range(0, n, chunk):
         k = min(chunk, n - i)
-        c = _part(codes, i, k).long()
-        bound = per_code[c] * absmax.float()[torch.arange(i, i + k) // block]
+        c = _part(codes, i, k)
+        bound = _dequant(per_code, c, absmax.float().reshape(-1), i, block)
         ss += float(torch.dot(bound, bound))
         mx = max(mx, float(bound.max()))
         floor += int((c == floor_code).sum())

@@ -310,18 +310,26 @@ def test_step_evaluates_the_closure_with_gradients(name):
     assert loss is not None and loss.requires_grad and all(p.grad is not None for p in ps)
 
 
-@pytest.mark.parametrize("extra", [{}, {"amp_factor": 2.5, "focus_boost": 0.1}, {"constrain": True},
-                                   {"reset_interval": 3, "reset_increment": 1, "weight_decay_rate": 0.9}])
-def test_persona_slices_change_no_bit(extra, monkeypatch):
-    """Persona's in-cache slices (CPU_SLICE) against one op per whole tensor, on tensors whose sizes are not
-    multiples of the slice."""
+SLICED = [("persona", {}), ("persona", {"amp_factor": 2.5, "focus_boost": 0.1}), ("persona", {"constrain": True}),
+          ("persona", {"reset_interval": 3, "reset_increment": 1, "weight_decay_rate": 0.9}),
+          ("AdamW8bitKahan", {"weight_decay": 0.01}), ("AdamW8bitKahan", {"stabilize": True, "decay_weights": True}),
+          ("AdamW8bitKahan", {"stabilize": True, "fix_stabilize": True})]
+
+
+@pytest.mark.parametrize("slice_elements", [384, 640])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,extra", SLICED)
+def test_cpu_slices_change_no_bit(name, extra, dtype, slice_elements, monkeypatch):
+    """Persona's and AdamW8bitKahan's in-cache slices (CPU_SLICE; block-aligned for the 8-bit states) against
+    one op per whole tensor, on tensors whose sizes are not multiples of the slice or of the 256-element block."""
     import optimizers._common
 
-    table = {**TABLES["persona"], **extra}
+    table = {**TABLES[name], **extra}
     runs = []
-    for slice_elements in (1 << 30, 128):
-        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
-        params = model()
+    for elements in (1 << 30, slice_elements):
+        monkeypatch.setattr(optimizers._common, "CPU_SLICE", elements)
+        torch.manual_seed(0)
+        params = model(dtype)
         opt = optinspect.build_optimizer(params, table)
         train(opt, params, 8)
         runs.append((params, opt))
