@@ -129,10 +129,12 @@ class PersonaOptimizer(PerParameterOptimizer):
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = torch.sqrt(v, out=denom_out).add_(denom_eps)
         # g + amp * (ema / bc), computed in one buffer (same roundings, fewer temporaries)
-        update = torch.div(ema, bias_correction, out=update_out)
-        if group["amp_factor"] != 1.0:  # x * 1.0 == x: skipping the pass changes no bit
-            update.mul_(group["amp_factor"])
-        update.add_(g).atan2_(denom).mul_(A2)
+        if group["amp_factor"] == 1.0:
+            # g + (1 * ema) / bc: addcdiv rounds the quotient, then the sum, as div and add do (1 * x is exact)
+            update = torch.addcdiv(g, ema, ema.new_tensor(bias_correction), out=update_out)
+        else:
+            update = torch.div(ema, bias_correction, out=update_out).mul_(group["amp_factor"]).add_(g)
+        update.atan2_(denom).mul_(A2)
         if egv is not None:
             cur_var = (v - ema.pow(2)).clamp_(min=0)
             egv.mul_(beta2).add_(cur_var, alpha=1 - beta2)

@@ -339,3 +339,13 @@ def test_cpu_slices_change_no_bit(name, extra, dtype, slice_elements, monkeypatc
         for key, value in opt_w.state[a].items():
             other = opt_s.state[b][key]
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+@pytest.mark.parametrize("n", [1000, 70_001, 1 << 20])
+def test_addcdiv_with_value_one_rounds_like_div_then_add(n):
+    """Persona's g + ema / bc in one addcdiv relies on it: the quotient rounded, then the sum (any vector width,
+    scalar tails, both threads)."""
+    gen = torch.Generator().manual_seed(n)
+    g, ema = torch.randn(n, generator=gen) * 1e-3, torch.randn(n, generator=gen) * 1e-4
+    bc = 1 - 0.95**3
+    assert torch.equal(torch.addcdiv(g, ema, ema.new_tensor(bc)), torch.div(ema, bc).add_(g))
