@@ -165,13 +165,19 @@ def _pool():
             def one_thread_per_op() -> None:
                 torch.get_num_threads()  # runs torch's once-per-thread init now, so it cannot undo the next line
                 torch.set_num_threads(1)
-                ready.wait()
+                try:
+                    ready.wait(timeout=30)
+                except threading.BrokenBarrierError:  # the caller gave up waiting: it has restored its setting
+                    pass
 
             pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="optinspect-stats",
                                       initializer=one_thread_per_op)
             for _ in range(2):
                 pool.submit(int)
-            ready.wait()
+            try:
+                ready.wait(timeout=30)
+            except threading.BrokenBarrierError:  # a worker did not start in time: still correct, maybe slower
+                pass
             torch.set_num_threads(keep)
             _POOL = pool
     return _POOL
@@ -427,7 +433,7 @@ def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int 
         c = _part(codes, i, k)
         bound = _dequant(per_code, c, absmax.float().reshape(-1), i, block)
         ss += float(torch.dot(bound, bound))
-        mx = max(mx, float(bound.max()))
+        mx = max(mx, float(bound.amax()))
         floor += int((c == floor_code).sum())
         _release(codes, i, k, mapped)
     rms = math.sqrt(ss / max(n, 1))
