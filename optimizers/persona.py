@@ -128,10 +128,11 @@ class PersonaOptimizer(PerParameterOptimizer):
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = torch.sqrt(v, out=denom_out).add_(denom_eps)
-        # g + amp * (ema / bc), computed in one buffer (same roundings, fewer temporaries)
+        # g + amp * (ema / bc), in one buffer (same roundings, fewer temporaries)
         if group["amp_factor"] == 1.0:
-            # g + (1 * ema) / bc: addcdiv rounds the quotient, then the sum, as div and add do (1 * x is exact)
-            update = torch.addcdiv(g, ema, ema.new_tensor(bias_correction), out=update_out)
+            # g + (1 * ema) / bc: addcdiv rounds the quotient, then the sum, as div and add do (1 * x is exact).
+            # bc is a 0-d CPU tensor, which ops on any device take as a scalar (no host-to-device copy).
+            update = torch.addcdiv(g, ema, torch.tensor(bias_correction, dtype=ema.dtype), out=update_out)
         else:
             update = torch.div(ema, bias_correction, out=update_out).mul_(group["amp_factor"]).add_(g)
         update.atan2_(denom).mul_(A2)
