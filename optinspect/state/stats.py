@@ -84,7 +84,7 @@ class _Acc:
         self.zeros += zeros
         self.nan += nan
         self.inf += inf
-        self.hist += hist
+        self.hist += hist.cpu()  # counted where the data lives (CPU here; a no-op copy then)
 
 
 def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
@@ -99,9 +99,8 @@ def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
     if x.numel() == 0:
         return 0, 0.0, 0.0, math.inf, -math.inf, 0, 0, 0, torch.zeros(HIST_BINS, dtype=torch.int64)
     if hist is None:
-        n = x.numel()
-        expo = torch.bitwise_right_shift(x.view(torch.int32), 23, out=_scratch("e", n, torch.int32))
-        expo = _scratch("e8", n, torch.uint8).copy_(expo.bitwise_and_(0xFF))
+        expo = torch.bitwise_right_shift(x.view(torch.int32), 23, out=_scratch("e", x))
+        expo = _scratch("e8", x, torch.uint8).copy_(expo.bitwise_and_(0xFF))
         hist = torch.bincount(expo, minlength=HIST_BINS)  # uint8 input: ~40% faster than int32
     bad = int(hist[255])
     nan = inf = 0
@@ -121,9 +120,8 @@ def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
 
 def _pair_hists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both exponent histograms from one bincount over (exp_b << 8 | exp_a): a quarter less time than two."""
-    n = a.numel()
-    ea = torch.bitwise_right_shift(a.view(torch.int32), 23, out=_scratch("e", n, torch.int32)).bitwise_and_(0xFF)
-    eb = torch.bitwise_right_shift(b.view(torch.int32), 15, out=_scratch("e2", n, torch.int32)).bitwise_and_(0xFF00)
+    ea = torch.bitwise_right_shift(a.view(torch.int32), 23, out=_scratch("e", a)).bitwise_and_(0xFF)
+    eb = torch.bitwise_right_shift(b.view(torch.int32), 15, out=_scratch("e2", b)).bitwise_and_(0xFF00)
     joint = torch.bincount(ea.bitwise_or_(eb), minlength=HIST_BINS * HIST_BINS).view(HIST_BINS, HIST_BINS)
     return joint.sum(0), joint.sum(1)
 
@@ -131,16 +129,17 @@ def _pair_hists(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
 _LOCAL = threading.local()
 
 
-def _scratch(name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """A per-thread buffer for n elements, reused chunk after chunk: a fresh multi-MB temporary per op costs its
-    page faults every time (more than the op itself at these sizes). Buffers are bytes, so one name can serve
-    different dtypes in turn (the ratio reuses the exponent buffer once the histogram is counted), which keeps
-    each worker's chunk and scratch inside the shared cache."""
+def _scratch(name: str, like: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """A per-thread buffer for like.numel() elements of dtype on like's device, reused chunk after chunk: a fresh
+    multi-MB temporary per op costs its page faults every time (more than the op itself at these sizes).
+    Buffers are bytes, so one name can serve different dtypes in turn (the ratio reuses the exponent buffer once
+    the histogram is counted), which keeps each worker's chunk and scratch inside the shared cache."""
     bufs = _LOCAL.__dict__.setdefault("bufs", {})
-    nbytes = n * dtype.itemsize
-    buf = bufs.get(name)
+    nbytes = like.numel() * dtype.itemsize
+    key = (name, like.device)
+    buf = bufs.get(key)
     if buf is None or buf.numel() < nbytes:
-        buf = bufs[name] = torch.empty(max(nbytes, CHUNK * 4), dtype=torch.uint8)
+        buf = bufs[key] = torch.empty(max(nbytes, CHUNK * 4), dtype=torch.uint8, device=like.device)
     return buf[:nbytes].view(dtype)
 
 
@@ -308,7 +307,7 @@ def _ratio_chunk(a: torch.Tensor, b: torch.Tensor, clean: bool = False) -> tuple
     unless a*rsqrt(b) overflows, which the sum shows."""
     if not b.numel():
         return 0.0, 0.0
-    r = torch.rsqrt(b, out=_scratch("e", b.numel(), torch.float32))
+    r = torch.rsqrt(b, out=_scratch("e", b, torch.float32))
     r.mul_(a).abs_()  # rsqrt(b) >= 0 or NaN: |a * r| == |a| * r
     if clean:
         total = float(r.sum())
