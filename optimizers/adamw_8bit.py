@@ -136,7 +136,8 @@ class AdamW8bitKahan(PerParameterOptimizer):
         # Everything below is elementwise or per 256-element block: on CPU it runs in block-aligned slices
         # that stay in cache (same operations per element and per block, same bits; see slice_length).
         length = slice_length(p) // _BLOCK * _BLOCK
-        if state["state1"].dtype != torch.uint8 or not 0 < length < n or not p.is_contiguous():
+        if state["state1"].dtype != torch.uint8 or not 0 < length < n or not all(
+                t.is_contiguous() for t in (p, state["state1"], state["state2"], state["shift"])):
             self._apply(p, grad, {k: state[k] for k in keys if k in state}, state, group, lr)
             return
         flat = {k: state[k].view(-1) for k in ("state1", "state2", "shift")}

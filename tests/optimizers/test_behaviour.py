@@ -349,3 +349,21 @@ def test_addcdiv_with_value_one_rounds_like_div_then_add(n):
     g, ema = torch.randn(n, generator=gen) * 1e-3, torch.randn(n, generator=gen) * 1e-4
     bc = 1 - 0.95**3
     assert torch.equal(torch.addcdiv(g, ema, ema.new_tensor(bc)), torch.div(ema, bc).add_(g))
+
+
+def test_adamw8bitkahan_slices_skip_non_contiguous_state(monkeypatch):
+    """A resumed checkpoint may hold a state tensor with other strides: the sliced path must not be taken."""
+    import optimizers._common
+
+    monkeypatch.setattr(optimizers._common, "CPU_SLICE", 512)
+    runs = []
+    for transpose in (False, True):
+        params = model()
+        opt = optinspect.build_optimizer(params, TABLES["AdamW8bitKahan"])
+        train(opt, params, 2)
+        if transpose:
+            st = opt.state[params[0]]
+            st["shift"] = st["shift"].t().contiguous().t()  # same values, column-major
+        train(opt, params, 3, start=3)
+        runs.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
