@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from optimizers._quant import code_error_bound, infer_block, lookup
+from optinspect.state.pages import release_tensor
+
 CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)
 HIST_BINS = 256
 # Pages of a mapped file are given back every this many elements (in order, from the caller's thread): each
@@ -90,7 +93,8 @@ class _Acc:
 def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
     """Partial statistics of one chunk: (finite count, sum, sum of squares, min, max, zeros, nan, inf, hist).
 
-    Six passes over a cache-sized chunk; zeros are read off the exponent histogram (bin 0: zero or subnormal).
+    Four reductions over a cache-sized chunk (amin, amax, sum, dot); zeros are read off the exponent histogram
+    (bin 0: zero or subnormal).
     `hist` may be passed in when it was counted together with another tensor's (see `_pair_hists`).
     """
     x = x.reshape(-1)
@@ -247,15 +251,11 @@ def _release(obj, i: int, n: int, mapped: bool) -> None:
     if hasattr(obj, "chunks"):
         obj.release(i, n)
     elif mapped:
-        from optinspect.state.pages import release_tensor
-
         release_tensor(obj.reshape(-1)[i:i + n])
 
 
 def tensor_chunks(t: torch.Tensor, chunk: int = CHUNK, mapped: bool = False):
     """(chunk view, page release or None) over a tensor; `mapped` = the tensor lives in a file mapping."""
-    from optinspect.state.pages import release_tensor
-
     flat = t.reshape(-1)
     for i in range(0, flat.numel(), chunk):
         part = flat[i:i + chunk]
@@ -280,8 +280,6 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
                     progress: Callable[[int], None] | None = None, chunk: int = CHUNK, mapped: bool = False
                     ) -> TensorStats:
     """Statistics of an 8-bit block-wise tensor, dequantized chunk by chunk, with its quantization error bound."""
-    from optimizers._quant import infer_block
-
     n = _numel(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
@@ -328,8 +326,6 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
     sv = TensorStats(v_key, list(v.shape), getattr(v, "dtype_name", None) or _dtype_name(v),
                      _nbytes(v), n, dequantized=quant is not None)
     if quant is not None:
-        from optimizers._quant import infer_block
-
         block = infer_block(n, quant["a1"].numel())
         chunk = max(block, chunk - chunk % block)
 
@@ -372,8 +368,6 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
 def _dequant(table: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, start: int, block: int
              ) -> torch.Tensor:
     """table[code] * scale[block of the element] for the codes of elements start.. (start is block-aligned)."""
-    from optimizers._quant import lookup
-
     out = lookup(table, codes)
     k = out.numel()
     first, full = start // block, k // block
@@ -418,8 +412,6 @@ def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int 
                     mapped: bool = False) -> QuantError:
     """The 8-bit error bound of a code tensor: per element, half the larger gap from its code to the
     neighbouring codes plus half a grid step, times the block's absmax (optimizers/_quant.py)."""
-    from optimizers._quant import code_error_bound, infer_block
-
     n = _numel(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
