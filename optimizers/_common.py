@@ -97,10 +97,11 @@ def slice_length(t: torch.Tensor) -> int:
     return min(n, CPU_SLICE) if t.device.type == "cpu" else n
 
 
-def flat_slices(tensors: list[torch.Tensor | None], length: int) -> Iterator[list[torch.Tensor | None]]:
-    """The same [start, stop) window of each (contiguous) tensor, flattened; None passes through."""
+def flat_slices(tensors: list[torch.Tensor | None], length: int
+                ) -> Iterator[tuple[int, list[torch.Tensor | None]]]:
+    """(start, the same [start, start + length) window of each contiguous tensor, flattened); None passes."""
     flat = [None if t is None else t.view(-1) for t in tensors]
     n = next(t for t in flat if t is not None).numel()
     for start in range(0, n, length):
         stop = min(start + length, n)
-        yield [None if t is None else t[start:stop] for t in flat]
+        yield start, [None if t is None else t[start:stop] for t in flat]

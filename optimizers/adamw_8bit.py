@@ -19,7 +19,7 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_range
-from optimizers._common import slice_length
+from optimizers._common import flat_slices, slice_length
 from optimizers._quant import BLOCK as _BLOCK
 from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
@@ -132,22 +132,19 @@ class AdamW8bitKahan(PerParameterOptimizer):
         state["step"] += 1
         lr = self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
         keys = ("state1", "state2", "absmax1", "absmax2", "shift")
-        n = p.numel()
         # Everything below is elementwise or per 256-element block: on CPU it runs in block-aligned slices
         # that stay in cache (same operations per element and per block, same bits; see slice_length).
         length = slice_length(p) // _BLOCK * _BLOCK
-        if state["state1"].dtype != torch.uint8 or not 0 < length < n or not all(
-                t.is_contiguous() for t in (p, state["state1"], state["state2"], state["shift"])):
+        sliced = [p, grad, state["state1"], state["state2"], state["shift"]]
+        if state["state1"].dtype != torch.uint8 or not 0 < length < p.numel() or not all(
+                t.is_contiguous() for t in sliced):
             self._apply(p, grad, {k: state[k] for k in keys if k in state}, state, group, lr)
             return
-        flat = {k: state[k].view(-1) for k in ("state1", "state2", "shift")}
-        p_flat, g_flat = p.view(-1), grad.view(-1)
-        for lo in range(0, n, length):
-            hi = min(lo + length, n)
-            blocks = slice(lo // _BLOCK, -(-hi // _BLOCK))
-            views = {**{k: t[lo:hi] for k, t in flat.items()},
+        for lo, (p_part, g_part, codes1, codes2, shift) in flat_slices(sliced, length):
+            blocks = slice(lo // _BLOCK, -(-(lo + p_part.numel()) // _BLOCK))
+            views = {"state1": codes1, "state2": codes2, "shift": shift,
                      "absmax1": state["absmax1"][blocks], "absmax2": state["absmax2"][blocks]}
-            self._apply(p_flat[lo:hi], g_flat[lo:hi], views, state, group, lr)
+            self._apply(p_part, g_part, views, state, group, lr)
 
     @staticmethod
     def _apply(p: torch.Tensor, grad: torch.Tensor, views: dict, state: dict, group: dict, lr: float) -> None:

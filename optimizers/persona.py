@@ -100,7 +100,7 @@ class PersonaOptimizer(PerParameterOptimizer):
         else:
             buffers = (torch.empty(length, dtype=p.dtype, device=p.device),
                        torch.empty(length, dtype=p.dtype, device=p.device))
-            for window in flat_slices(tensors, length):
+            for _, window in flat_slices(tensors, length):
                 n = window[0].numel()
                 self._update(*window, group, scalars, (buffers[0][:n], buffers[1][:n]))
 
