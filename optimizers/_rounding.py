@@ -26,11 +26,32 @@ def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Gen
     bits.add_(source.view(dtype=torch.int32))
     bits.bitwise_and_(-65536)
     result = bits.view(dtype=torch.float32)
-    # A carry can turn a finite value above bf16's largest into inf, and a NaN with payload only in the low
-    # 16 bits into inf: keep those finite (largest bf16) and NaN. Elsewhere identical to the originals.
-    bad = torch.isinf(result) != torch.isinf(source)
-    result = torch.where(bad, source.clamp(-_BF16_MAX, _BF16_MAX), result)
+    if _may_carry_badly(source):
+        result = _keep_special(result, source)
     target.copy_(result)
+
+
+def _may_carry_badly(source: torch.Tensor) -> bool:
+    """Whether any element is NaN or beyond bf16's largest finite value: only those can carry badly.
+
+    On CPU one min/max pass answers it (a NaN makes both comparisons false) and saves the five passes of
+    the repair on the usual clean tensor; elsewhere the answer would cost a device sync, so repair always.
+    """
+    if source.device.type != "cpu":
+        return True
+    if source.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(source)
+    return not (lo >= -_BF16_MAX and hi <= _BF16_MAX)
+
+
+def _keep_special(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Where the carry went wrong: a finite value rounded up past bf16's largest becomes that largest value
+    instead of inf, and a NaN (whose low payload bits can carry into inf, zero or the sign) stays NaN.
+    Everywhere else `result` is unchanged, so the originals' numbers are kept."""
+    overflow = torch.isinf(result) & torch.isfinite(source)
+    result = torch.where(overflow, source.clamp(-_BF16_MAX, _BF16_MAX), result)
+    return torch.where(torch.isnan(source), source, result)
 
 
 def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:

@@ -13,6 +13,7 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_range
+from optimizers._common import flat_slices, slice_length
 from optimizers._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
@@ -118,32 +119,44 @@ class EnhancedAdafactor(PerParameterOptimizer):
         state["RMS"] = _rms(p32)
         lr = self._get_lr(group, state)
         beta2t = 1.0 - math.pow(state["step"], group["decay_rate"])
-        update = (grad**2) + group["eps"][0]
+        # One scratch tensor per step where the original makes four (grad**2, + eps, the factor product,
+        # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u).
+        update = torch.mul(grad, grad).add_(group["eps"][0])
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.mul_(beta2t).add_(update.mean(dim=-1), alpha=1.0 - beta2t)
             col.mul_(beta2t).add_(update.mean(dim=-2), alpha=1.0 - beta2t)
             r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
             c_factor = col.unsqueeze(-2).rsqrt()
-            update = torch.mul(r_factor, c_factor)
-            update.mul_(grad)
+            torch.mul(r_factor, c_factor, out=update).mul_(grad)
         else:
             v = state["exp_avg_sq"]
             v.mul_(beta2t).add_(update, alpha=1.0 - beta2t)
-            update = v.rsqrt().mul_(grad)
-        update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
-        update.mul_(lr)
-        if use_first_moment:
-            exp_avg = state["exp_avg"]
-            exp_avg.mul_(group["beta1"]).add_(update, alpha=1 - group["beta1"])
-            update = exp_avg
-        if group["weight_decay"] != 0:
-            p32.add_(p32, alpha=-group["weight_decay"] * lr)
-        p32.add_(-update)
+            torch.rsqrt(v, out=update).mul_(grad)
+        clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
+        tensors = [update, p32, state.get("exp_avg")]
+        length = slice_length(update)
+        if length == update.numel() or not all(t.is_contiguous() for t in tensors if t is not None):
+            self._finish(*tensors, clip, lr, group)
+        else:  # elementwise from here on: slice by slice in cache on CPU, same ops per element
+            for _, window in flat_slices(tensors, length):
+                self._finish(*window, clip, lr, group)
         if p.dtype == torch.bfloat16:
             copy_stochastic_(p, p32)
         elif p.dtype == torch.float16:
             p.copy_(p32)
+
+    @staticmethod
+    def _finish(update: torch.Tensor, p32: torch.Tensor, exp_avg: torch.Tensor | None, clip: torch.Tensor,
+                lr: float, group: dict) -> None:
+        """The clipped, scaled update and the weight change (whole tensors or matching slices of them)."""
+        update.div_(clip).mul_(lr)
+        if exp_avg is not None:
+            exp_avg.mul_(group["beta1"]).add_(update, alpha=1 - group["beta1"])
+            update = exp_avg
+        if group["weight_decay"] != 0:
+            p32.add_(p32, alpha=-group["weight_decay"] * lr)
+        p32.sub_(update)
 
 
 Adafactor = EnhancedAdafactor

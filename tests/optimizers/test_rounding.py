@@ -1,10 +1,11 @@
 """Stochastic rounding (optimizers/_rounding.py): unbiased, exact where representable, finite, seedable."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizers._rounding import copy_stochastic_
+from optimizers._rounding import _keep_special, copy_stochastic_
 
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 
@@ -76,6 +77,33 @@ def test_special_values():
     one = torch.empty(1, dtype=torch.bfloat16)
     copy_stochastic_(one, nan_low)
     assert torch.isnan(one).all()
+
+
+@pytest.mark.parametrize("pattern", [0x7FFFFFFF, -1, 0x7F80FFFF, 0x7FC0FFFF, -0x7F0001])  # NaN bit patterns
+def test_nan_with_low_payload_stays_nan(pattern):
+    # 0x7FFFFFFF plus 16 random bits carries into the sign (-0.0 after truncation) and 0xFFFFFFFF wraps to
+    # +0.0: a NaN must never come out as a number, whatever the draw
+    nan = torch.tensor([pattern] * 4096, dtype=torch.int32).view(torch.float32)
+    assert torch.isnan(nan).all()
+    out = torch.empty(4096, dtype=torch.bfloat16)
+    copy_stochastic_(out, nan, generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(out).all()
+
+
+def test_clean_tensors_skip_a_repair_that_would_change_nothing():
+    # On CPU a min/max check skips the repair for tensors within bf16's range; off CPU the repair always
+    # runs. Both must give the same bits: on in-range values (the largest finite ones included, and values
+    # just below the first overflow) the repair is the identity. Expected bits from spec 2.1, by hand.
+    big = torch.finfo(torch.bfloat16).max
+    g = torch.Generator().manual_seed(5)
+    src = torch.cat([torch.randn(10_000, generator=g) * 10.0 ** torch.randint(-30, 30, (10_000,), generator=g),
+                     torch.tensor([big, -big, 0.0, -0.0, 1e-45])])
+    draw = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, generator=torch.Generator().manual_seed(9))
+    truncated = ((src.view(torch.int32) + draw) & -65536).view(torch.float32)
+    assert torch.equal(_keep_special(truncated, src), truncated)
+    out = torch.empty(src.shape, dtype=torch.bfloat16)
+    copy_stochastic_(out, src, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(out.float(), truncated)
 
 
 def test_fp16_default_keeps_only_bf16_precision_and_the_fix_rounds_to_fp16():
