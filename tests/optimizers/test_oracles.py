@@ -53,9 +53,15 @@ ADAFACTOR_CASES = [
 ]
 
 
+@pytest.mark.parametrize("slice_elements", [None, 64])
 @pytest.mark.parametrize("kw", ADAFACTOR_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
-def test_adafactor_matches_transformers(kw):
+def test_adafactor_matches_transformers(kw, slice_elements, monkeypatch):
+    """Also with in-cache slices (CPU_SLICE) far smaller than the tensors: still bit-identical."""
     transformers = pytest.importorskip("transformers")
+    if slice_elements is not None:
+        import optimizers._common
+
+        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
     pa, pb = make_params(), make_params()
     ours = EnhancedAdafactor(pa, **kw)
     theirs = transformers.Adafactor(pb, **kw)
