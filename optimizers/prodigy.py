@@ -14,9 +14,19 @@ import math
 import torch
 
 from optimizers._base import check_range, closure_loss
+from optimizers._common import flat_slices, slice_length
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["Prodigy"]
+
+
+def _windows(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Matching in-cache slices of same-shaped tensors for an elementwise chain on CPU (see slice_length);
+    the whole tensors where slicing does not apply (off CPU, small or non-contiguous tensors)."""
+    length = slice_length(tensors[0])
+    if length == tensors[0].numel() or not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    return [window for _, window in flat_slices(tensors, length)]
 
 
 class Prodigy(torch.optim.Optimizer):
@@ -93,9 +103,10 @@ class Prodigy(torch.optim.Optimizer):
                 p32 = p.float() if low else p
                 s, p0, m, v = ((state[k].float() if low else state[k]) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
                 d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
-                m.mul_(beta1).add_(g, alpha=d * (1.0 - beta1))
-                v.mul_(beta2).addcmul_(g, g, value=d * d * (1.0 - beta2))
-                s.mul_(beta3).add_(g, alpha=(d / d0) * (d if group["safeguard_warmup"] else d_lr))
+                s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
+                alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
+                for window in _windows([g, m, v, s]):
+                    self._moments(*window, (beta1, beta2, beta3), alphas)
                 d_de_nom.add_(s.abs().sum())
                 work.append((p, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
 
@@ -122,21 +133,41 @@ class Prodigy(torch.optim.Optimizer):
                     continue
                 p32, tmp = by_param[id(p)]
                 wd = group["weight_decay"]
+                decay = None
                 if wd != 0.0:
                     if group["weight_decouple"]:
-                        p32.mul_(1.0 - wd * (1.0 if group["fixed_decay"] else d_lr))
+                        decay = 1.0 - wd * (1.0 if group["fixed_decay"] else d_lr)
                     elif wd > 0.0:
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
-                denom = tmp["exp_avg_sq"].sqrt()
-                if group["eps"] is not None:
-                    denom.add_(d * group["eps"])
-                    p32.addcdiv_(tmp["exp_avg"], denom, value=-d_lr)
-                else:
-                    p32.add_(tmp["exp_avg"].atan2(denom), alpha=-d_lr)
+                tensors = [p32, tmp["exp_avg"], tmp["exp_avg_sq"]]
+                scratch = torch.empty(min(p32.numel(), slice_length(p32)), dtype=p32.dtype, device=p32.device)
+                for window in _windows(tensors):
+                    out = scratch[:window[0].numel()].view(window[0].shape)
+                    self._apply(*window, out, decay, d, d_lr, group["eps"])
                 if p32 is not p:
                     copy_stochastic_(p, p32)
                 self._write_state(p, tmp)
         return loss
+
+    @staticmethod
+    def _moments(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
+                 betas: tuple[float, float, float], alphas: tuple[float, float, float]) -> None:
+        m.mul_(betas[0]).add_(g, alpha=alphas[0])
+        v.mul_(betas[1]).addcmul_(g, g, value=alphas[1])
+        s.mul_(betas[2]).add_(g, alpha=alphas[2])
+
+    @staticmethod
+    def _apply(p32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor, decay: float | None,
+               d: float, d_lr: float, eps: float | None) -> None:
+        """Decoupled decay and the Adam step (or its atan2 form when eps is None) on matching windows."""
+        if decay is not None:
+            p32.mul_(decay)
+        denom = torch.sqrt(v, out=scratch)
+        if eps is not None:
+            denom.add_(d * eps)
+            p32.addcdiv_(m, denom, value=-d_lr)
+        else:
+            p32.add_(m.atan2(denom), alpha=-d_lr)
 
     def _write_state(self, p: torch.Tensor, tmp: dict) -> None:
         state = self.state[p]

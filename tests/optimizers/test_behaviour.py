@@ -311,6 +311,7 @@ def test_step_evaluates_the_closure_with_gradients(name):
 
 
 SLICED = [("adafactor", {}), ("adafactor", {"beta1": None, "weight_decay": 0.0, "scale_parameter": True}),
+          ("Prodigy", {}), ("Prodigy", {"weight_decay": 0.1, "fixed_decay": True, "safeguard_warmup": False}),
           ("persona", {}), ("persona", {"amp_factor": 2.5, "focus_boost": 0.1}), ("persona", {"constrain": True}),
           ("persona", {"reset_interval": 3, "reset_increment": 1, "weight_decay_rate": 0.9}),
           ("AdamW8bitKahan", {"weight_decay": 0.01}), ("AdamW8bitKahan", {"stabilize": True, "decay_weights": True}),
@@ -321,7 +322,7 @@ SLICED = [("adafactor", {}), ("adafactor", {"beta1": None, "weight_decay": 0.0, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name,extra", SLICED)
 def test_cpu_slices_change_no_bit(name, extra, dtype, slice_elements, monkeypatch):
-    """Adafactor's, Persona's and AdamW8bitKahan's in-cache slices (CPU_SLICE; block-aligned for the 8-bit states) against
+    """Adafactor's, Prodigy's, Persona's and AdamW8bitKahan's in-cache slices (CPU_SLICE; block-aligned for the 8-bit states) against
     one op per whole tensor, on tensors whose sizes are not multiples of the slice or of the 256-element block."""
     import optimizers._common
 

@@ -102,9 +102,15 @@ PRODIGY_CASES = [
 ]
 
 
+@pytest.mark.parametrize("slice_elements", [None, 64])
 @pytest.mark.parametrize("kw", PRODIGY_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
-def test_prodigy_matches_pytorch_optimizer(kw):
+def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, monkeypatch):
+    """Also with in-cache slices (CPU_SLICE) far smaller than the tensors: still bit-identical."""
     po = pytest.importorskip("pytorch_optimizer")
+    if slice_elements is not None:
+        import optimizers._common
+
+        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
     pa, pb = make_params(), make_params()
     ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
     run_pair(ours, theirs, pa, pb, steps=30, scale=0.05)
