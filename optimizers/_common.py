@@ -105,3 +105,16 @@ def flat_slices(tensors: list[torch.Tensor | None], length: int
     for start in range(0, n, length):
         stop = min(start + length, n)
         yield start, [None if t is None else t[start:stop] for t in flat]
+
+
+def windows(tensors: list[torch.Tensor | None], multiple: int = 1
+            ) -> list[tuple[int, list[torch.Tensor | None]]]:
+    """The (start, windows) an elementwise chain over same-sized tensors should take, one by one: in-cache
+    slices on CPU (a multiple of `multiple` elements, e.g. whole quantization blocks), or a single window of
+    the tensors themselves where slicing does not apply: off CPU, no longer than a slice, or not contiguous
+    (a resumed checkpoint may carry other strides)."""
+    first = next(t for t in tensors if t is not None)
+    length = slice_length(first) // multiple * multiple
+    if not 0 < length < first.numel() or not all(t.is_contiguous() for t in tensors if t is not None):
+        return [(0, tensors)]
+    return list(flat_slices(tensors, length))

@@ -13,7 +13,7 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_range
-from optimizers._common import flat_slices, slice_length
+from optimizers._common import windows
 from optimizers._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
@@ -134,13 +134,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
             v.mul_(beta2t).add_(update, alpha=1.0 - beta2t)
             torch.rsqrt(v, out=update).mul_(grad)
         clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
-        tensors = [update, p32, state.get("exp_avg")]
-        length = slice_length(update)
-        if length == update.numel() or not all(t.is_contiguous() for t in tensors if t is not None):
-            self._finish(*tensors, clip, lr, group)
-        else:  # elementwise from here on: slice by slice in cache on CPU, same ops per element
-            for _, window in flat_slices(tensors, length):
-                self._finish(*window, clip, lr, group)
+        # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
+        for _, window in windows([update, p32, state.get("exp_avg")]):
+            self._finish(*window, clip, lr, group)
         if p.dtype == torch.bfloat16:
             copy_stochastic_(p, p32)
         elif p.dtype == torch.float16:

@@ -19,7 +19,7 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_range
-from optimizers._common import flat_slices, slice_length
+from optimizers._common import windows
 from optimizers._quant import BLOCK as _BLOCK
 from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
@@ -134,13 +134,12 @@ class AdamW8bitKahan(PerParameterOptimizer):
         keys = ("state1", "state2", "absmax1", "absmax2", "shift")
         # Everything below is elementwise or per 256-element block: on CPU it runs in block-aligned slices
         # that stay in cache (same operations per element and per block, same bits; see slice_length).
-        length = slice_length(p) // _BLOCK * _BLOCK
         sliced = [p, grad, state["state1"], state["state2"], state["shift"]]
-        if state["state1"].dtype != torch.uint8 or not 0 < length < p.numel() or not all(
-                t.is_contiguous() for t in sliced):
+        parts = windows(sliced, _BLOCK) if state["state1"].dtype == torch.uint8 else []
+        if len(parts) <= 1:
             self._apply(p, grad, {k: state[k] for k in keys if k in state}, state, group, lr)
             return
-        for lo, (p_part, g_part, codes1, codes2, shift) in flat_slices(sliced, length):
+        for lo, (p_part, g_part, codes1, codes2, shift) in parts:
             blocks = slice(lo // _BLOCK, -(-(lo + p_part.numel()) // _BLOCK))
             views = {"state1": codes1, "state2": codes2, "shift": shift,
                      "absmax1": state["absmax1"][blocks], "absmax2": state["absmax2"][blocks]}

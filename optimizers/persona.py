@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, flat_slices, orthograd_persona_, reset_period, slice_length
+from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period, windows
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["PersonaOptimizer"]
@@ -93,14 +93,14 @@ class PersonaOptimizer(PerParameterOptimizer):
         tensors = [p_w, g, ema, v, egv]
         # Elementwise from here on, except the cautious mask (a mean over the whole update): fp32 work runs
         # slice by slice in cache, same ops per element, same results (see slice_length).
-        length = slice_length(p)
-        if length == p.numel() or low or group["cautious_min"] < 1 or not all(
-                t.is_contiguous() for t in tensors if t is not None):
+        parts = [(0, tensors)] if low or group["cautious_min"] < 1 else windows(tensors)
+        if len(parts) == 1:
             self._update(*tensors, group, scalars, None)
         else:
+            length = parts[0][1][0].numel()
             buffers = (torch.empty(length, dtype=p.dtype, device=p.device),
                        torch.empty(length, dtype=p.dtype, device=p.device))
-            for _, window in flat_slices(tensors, length):
+            for _, window in parts:
                 n = window[0].numel()
                 self._update(*window, group, scalars, (buffers[0][:n], buffers[1][:n]))
 

@@ -14,19 +14,10 @@ import math
 import torch
 
 from optimizers._base import check_range, closure_loss
-from optimizers._common import flat_slices, slice_length
+from optimizers._common import slice_length, windows
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["Prodigy"]
-
-
-def _windows(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Matching in-cache slices of same-shaped tensors for an elementwise chain on CPU (see slice_length);
-    the whole tensors where slicing does not apply (off CPU, small or non-contiguous tensors)."""
-    length = slice_length(tensors[0])
-    if length == tensors[0].numel() or not all(t.is_contiguous() for t in tensors):
-        return [tensors]
-    return [window for _, window in flat_slices(tensors, length)]
 
 
 class Prodigy(torch.optim.Optimizer):
@@ -105,7 +96,7 @@ class Prodigy(torch.optim.Optimizer):
                 d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
                 s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
                 alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
-                for window in _windows([g, m, v, s]):
+                for _, window in windows([g, m, v, s]):
                     self._moments(*window, (beta1, beta2, beta3), alphas)
                 d_de_nom.add_(s.abs().sum())
                 work.append((p, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
@@ -141,7 +132,7 @@ class Prodigy(torch.optim.Optimizer):
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
                 tensors = [p32, tmp["exp_avg"], tmp["exp_avg_sq"]]
                 scratch = torch.empty(min(p32.numel(), slice_length(p32)), dtype=p32.dtype, device=p32.device)
-                for window in _windows(tensors):
+                for _, window in windows(tensors):
                     out = scratch[:window[0].numel()].view(window[0].shape)
                     self._apply(*window, out, decay, d, d_lr, group["eps"])
                 if p32 is not p:
