@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+DESCRIPTION = ("Check a diffusion trainer's [optimizer] table before the run, dry-run the optimizer it builds, "
+               "and look inside saved optimizer state.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +26,9 @@ def _console(stderr: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="optinspect", description=__doc__.split("\n")[0] if __doc__ else None)
+    p = _Parser(prog="optinspect", description=DESCRIPTION,
+                epilog="`optinspect COMMAND --help` for each command's options. Exit status: 0 fine; 1 when "
+                       "validate finds errors or a dry-run is not healthy; 2 usage error or unreadable input.")
     from optinspect import __version__
 
     p.add_argument("--version", action="version", version=f"optinspect {__version__}")

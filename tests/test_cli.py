@@ -25,6 +25,21 @@ def test_exit_codes(run_cli, tmp_path):
     assert run_cli("validate", "--format", "xml", GOOD)[0] == 2
 
 
+def test_top_level_help_is_for_users(run_cli):
+    """--help says what the tool does in whole sentences (it once printed half a line of a developer docstring),
+    lists every command and the exit codes."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli("--help")
+    assert exc.value.code == 0
+    from optinspect.cli import DESCRIPTION, build_parser
+
+    text = build_parser().format_help()
+    assert DESCRIPTION.endswith(".") and "imported lazily" not in text
+    for command in ("validate", "rules", "explain", "schema", "dry-run", "inspect", "tui", "diff"):
+        assert f"    {command} " in text
+    assert "Exit status" in text
+
+
 def test_text_output_shows_the_line_and_marker(run_cli):
     rc, out, _ = run_cli("validate", BROKEN, env={"NO_COLOR": "1"})
     assert rc == 1
