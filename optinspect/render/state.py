@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
+from optinspect.render.columns import STATE_COLUMNS
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
 
@@ -33,6 +34,33 @@ def fmt(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
 
 
+# Dropped first when the table is wider than the terminal (the name and the moments stay).
+_DROP_ORDER = ("dtype", "shape", "resets", "quant", "step", "update", "flags")
+
+
+def fit_columns(rows: list[ParamReport], width: int) -> tuple[list, list[str]]:
+    """The columns to show: none that says "-" on every row, then as many as fit `width` without cutting a
+    number (lower-priority ones go first). Returns (columns, titles hidden for width)."""
+    texts = {c.title: [c.text(r) for r in rows] for c in STATE_COLUMNS}
+    shown = [c for c in STATE_COLUMNS
+             if c.title == "name" or any(t not in ("-", "") for t in texts[c.title])]
+
+    def natural(cols: list) -> int:
+        widths = [max([len(c.title)] + [len(t) for t in texts[c.title]]) for c in cols]
+        if cols and cols[0].title == "name":
+            widths[0] = min(widths[0], 16)  # a long name folds onto more lines
+        return sum(widths) + 2 * (len(cols) - 1)
+
+    hidden = []
+    for title in _DROP_ORDER:
+        if natural(shown) <= width:
+            break
+        if any(c.title == title for c in shown):
+            shown = [c for c in shown if c.title != title]
+            hidden.append(title)
+    return shown, hidden
+
+
 def render(report: StateReport, console, rows: list[ParamReport]) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -50,17 +78,20 @@ def render(report: StateReport, console, rows: list[ParamReport]) -> None:
                                 f"{report.total_state_bytes / 2**20:.1f} MiB of state; names from {report.names_from}"))
     head.add_row("anomalies", Text(str(len(report.anomalies)), style="bold red" if report.anomalies else "green"))
     console.print(head)
-    t = Table("name", "shape", "dtype", "step", "resets", "m RMS", "v RMS", "update", "quant err", "flags",
-              box=None, pad_edge=False, header_style="bold")
+    columns, hidden = fit_columns(rows, console.width)
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for c in columns:  # numbers are never cut: the name and the flags wrap instead
+        wraps = c.title in ("name", "flags")
+        t.add_column(c.title, justify=c.align, no_wrap=not wraps, overflow="fold")
     for r in rows:
-        dtypes = sorted({x.dtype for x in r.tensors if x.key in ("exp_avg", "ema", "state1", "exp_avg_sq",
-                                                                 "ema_squared", "state2", "s")})
-        resets = " ".join(f"{k}={v}" for k, v in r.counters.items())
-        t.add_row(Text(r.name), "x".join(map(str, r.shape)) if r.shape else "-", "/".join(dtypes) or "-",
-                  fmt(r.step, "d") if r.step is not None else "-", resets or "-", fmt(r.first_rms), fmt(r.second_rms),
-                  fmt(r.update_scale_mean), fmt(r.quant_rel_error, ".2%") if r.quant_rel_error is not None else "-",
-                  Text("; ".join(r.flags), style="bold red") if r.flags else "")
+        cells = [Text(c.text(r)) for c in columns]
+        if r.flags and columns[-1].title == "flags":
+            cells[-1].stylize("bold red")
+        t.add_row(*cells)
     console.print(t)
+    if hidden:
+        console.print(Text(f"(hidden to fit {console.width} columns: {', '.join(hidden)}; a wider terminal or --json "
+                           "shows them)", style="dim"))
     for a in report.anomalies[:20]:
         console.print(Text(f"! {a}", style="red"))
     for w in report.warnings:

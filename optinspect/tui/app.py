@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
-from optinspect.tui.columns import DIFF_COLUMNS, STATE_COLUMNS
+from optinspect.render.columns import DIFF_COLUMNS, STATE_COLUMNS
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
 from optinspect.tui.widgets.table import ParamTable

@@ -15,7 +15,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from optinspect.tui.columns import Column
+from optinspect.render.columns import Column
 
 
 def _cell(text: str, width: int, align: str) -> str:

@@ -1,0 +1,75 @@
+"""The state table's columns (shared by `inspect` and the TUI) and how `inspect` fits them to a terminal."""
+
+import re
+
+import pytest
+import torch
+from rich.console import Console
+
+import optinspect
+from optinspect.render.columns import STATE_COLUMNS
+from optinspect.render.state import fit_columns, render
+from optinspect.state.load import load_state
+from optinspect.state.report import ParamReport, build_report
+
+COL = {c.title: c for c in STATE_COLUMNS}
+
+
+def _row(**kw) -> ParamReport:
+    base = dict(index=0, name="blocks.0.attn.qkv.weight", group=0, shape=[3072, 1024], family="SCORN", step=7,
+                counters={})
+    return ParamReport(**{**base, **kw})
+
+
+def test_missing_values_read_pending_while_computing_and_dash_once_computed():
+    pending = _row(family="…", step=None)
+    done = _row(step=None)
+    for title in ("step", "m RMS", "v RMS", "update", "quant", "resets", "dtype"):
+        assert COL[title].text(pending) == "…", title
+        assert COL[title].text(done) == "-", title
+
+
+@pytest.mark.parametrize("counters,shown", [({"times_zero": 2, "steps_since_reset": 37}, "2 +37"),
+                                            ({"times_reset": 0, "steps_since_reset": 4}, "0 +4"),
+                                            ({"steps_since_reset": 4}, "- +4"), ({}, "-")])
+def test_resets_column_says_resets_then_steps_since(counters, shown):
+    assert COL["resets"].text(_row(counters=counters)) == shown
+
+
+def _report(tmp_path, table):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 48))
+    opt = optinspect.build_optimizer(model.parameters(), table)
+    for _ in range(4):
+        model(torch.randn(4, 48)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    return build_report(load_state(str(tmp_path / "s.pt")))
+
+
+def test_columns_that_never_apply_are_left_out(tmp_path):
+    # Adafactor without beta1: no first moment, no update scale, no resets, no 8-bit error
+    rep = _report(tmp_path, {"type": "adafactor", "lr": 1e-3, "scale_parameter": False, "relative_step": False})
+    shown, hidden = fit_columns(rep.params, 200)
+    titles = [c.title for c in shown]
+    assert hidden == [] and titles[0] == "name" and "v RMS" in titles
+    assert not {"m RMS", "update", "resets", "quant", "flags"} & set(titles)
+    assert COL["dtype"].text(rep.params[0]) == "float32"  # factored rows too
+
+
+@pytest.mark.parametrize("width", [120, 72, 50, 36])
+def test_numbers_are_never_cut_on_a_narrow_terminal(tmp_path, width):
+    rep = _report(tmp_path, {"type": "persona", "lr": 1e-3, "reset_interval": 2})
+    console = Console(width=width, record=True, no_color=True)
+    render(rep, console, rep.params)
+    out = console.export_text()
+    shown, hidden = fit_columns(rep.params, width)
+    assert "…" not in out.split("anomalies")[-1]  # no ellipsis in the table
+    for r in rep.params:
+        for c in shown:
+            if c.title not in ("name", "flags"):
+                assert re.search(rf"(^|\s){re.escape(c.text(r))}(\s|$)", out, re.M), (c.title, c.text(r))
+    if hidden:
+        assert f"hidden to fit {width} columns: {', '.join(hidden)}" in " ".join(out.split())
+    assert (width >= 72) == (hidden == [])
