@@ -92,6 +92,12 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         return _err("--steps must be at least 1")
     if args.save and os.path.exists(args.save) and not args.force:
         return _err(f"{args.save} exists; pass --force to overwrite it")
+    warnings = [d for d in report.diagnostics if d.severity.value == "warning"]
+    if warnings and not args.json:  # the run goes ahead, but what validate would warn about is said first
+        from optinspect.diagnostics import FileReport
+        from optinspect.render.text import render
+
+        render([FileReport(report.path, warnings, report.source)], _console(stderr=True), show_source=False)
     config = report.data or {}
     try:
         import torch  # noqa: F401
@@ -131,6 +137,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     if args.json:
         out = rep.to_dict()
         out["saved_to"] = saved
+        out["validate"] = [d.to_dict() for d in warnings]  # validate's warnings on the same table
         print(json.dumps(out, indent=2, default=str))
     else:
         from optinspect.render.dryrun import render

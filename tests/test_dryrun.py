@@ -162,6 +162,19 @@ def test_config_and_input_errors_exit_2(run_cli, tmp_path):
     assert rc == 2 and "OPT004" in err
 
 
+def test_validator_warnings_are_shown_and_the_run_goes_ahead(run_cli, tmp_path):
+    # AdamW8bitKahan's class defaults: stabilize = true (OPT403) and weight decay on the Kahan buffer (OPT404)
+    cfg = write(tmp_path, "type = 'AdamW8bitKahan'\nlr = 1e-4")
+    rc, out, err = run_cli("dry-run", cfg, "--steps", "2", env={"NO_COLOR": "1"})
+    assert rc == 0 and "healthy" in out
+    assert "OPT403 [warning]" in err and "OPT404 [warning]" in err and "2 warnings" in err
+    rc, out, _ = run_cli("dry-run", cfg, "--steps", "2", "--json")
+    codes = [d["code"] for d in json.loads(out)["validate"]]
+    assert rc == 0 and codes == ["OPT403", "OPT404"]
+    rc, out, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--steps", "1", "--json")
+    assert json.loads(out)["validate"] == [] and "warning" not in err
+
+
 def test_text_report(run_cli):
     rc, out, _ = run_cli("dry-run", str(EXAMPLES / "chroma.toml"), "--steps", "2", env={"NO_COLOR": "1"})
     assert rc == 0 and "optimizers.scorn.SCORN" in out and "healthy" in out and "bytes" in out and "per parameter" in out
