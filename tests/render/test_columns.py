@@ -12,6 +12,8 @@ from optinspect.render.state import fit_columns, render
 from optinspect.state.load import load_state
 from optinspect.state.report import ParamReport, build_report
 
+from ..state.test_load import trained
+
 COL = {c.title: c for c in STATE_COLUMNS}
 
 
@@ -38,12 +40,7 @@ def test_resets_column_says_resets_then_steps_since(counters, shown):
 
 def _report(tmp_path, table):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 48))
-    opt = optinspect.build_optimizer(model.parameters(), table)
-    for _ in range(4):
-        model(torch.randn(4, 48)).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
+    _, opt = trained(lambda params: optinspect.build_optimizer(params, table), steps=4)
     torch.save(opt.state_dict(), tmp_path / "s.pt")
     return build_report(load_state(str(tmp_path / "s.pt")))
 
