@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -118,3 +119,21 @@ def windows(tensors: list[torch.Tensor | None], multiple: int = 1
     if not 0 < length < first.numel() or not all(t.is_contiguous() for t in tensors if t is not None):
         return [(0, tensors)]
     return list(flat_slices(tensors, length))
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
+    """A reused buffer shaped like `like` for a chain's temporaries on CPU, where a fresh multi-MB temporary
+    costs its page faults on every step; None (let the op allocate) for tensors longer than a slice, whose
+    buffer would be held for good, and off CPU, where the caching allocator already reuses memory.
+    Per thread, so optimizers stepped from different threads never share one."""
+    n = like.numel()
+    if like.device.type != "cpu" or n > CPU_SLICE:
+        return None
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get((slot, like.dtype))
+    if buf is None or buf.numel() < n:
+        buf = bufs[(slot, like.dtype)] = torch.empty(max(n, CPU_SLICE), dtype=like.dtype)
+    return buf[:n].view(like.shape)

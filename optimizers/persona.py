@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period, windows
+from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["PersonaOptimizer"]
@@ -94,15 +94,9 @@ class PersonaOptimizer(PerParameterOptimizer):
         # Elementwise from here on, except the cautious mask (a mean over the whole update): fp32 work runs
         # slice by slice in cache, same ops per element, same results (see slice_length).
         parts = [(0, tensors)] if low or group["cautious_min"] < 1 else windows(tensors)
-        if len(parts) == 1:
-            self._update(*tensors, group, scalars, None)
-        else:
-            length = parts[0][1][0].numel()
-            buffers = (torch.empty(length, dtype=p.dtype, device=p.device),
-                       torch.empty(length, dtype=p.dtype, device=p.device))
-            for _, window in parts:
-                n = window[0].numel()
-                self._update(*window, group, scalars, (buffers[0][:n], buffers[1][:n]))
+        for _, window in parts:
+            buffers = scratch(0, window[0]), scratch(1, window[0])
+            self._update(*window, group, scalars, None if buffers[0] is None else buffers)
 
         if low:
             if egv is not None:

@@ -14,7 +14,7 @@ import math
 import torch
 
 from optimizers._base import check_range, closure_loss
-from optimizers._common import slice_length, windows
+from optimizers._common import scratch, windows
 from optimizers._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["Prodigy"]
@@ -130,11 +130,8 @@ class Prodigy(torch.optim.Optimizer):
                         decay = 1.0 - wd * (1.0 if group["fixed_decay"] else d_lr)
                     elif wd > 0.0:
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
-                tensors = [p32, tmp["exp_avg"], tmp["exp_avg_sq"]]
-                scratch = torch.empty(min(p32.numel(), slice_length(p32)), dtype=p32.dtype, device=p32.device)
-                for _, window in windows(tensors):
-                    out = scratch[:window[0].numel()].view(window[0].shape)
-                    self._apply(*window, out, decay, d, d_lr, group["eps"])
+                for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
+                    self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
                 if p32 is not p:
                     copy_stochastic_(p, p32)
                 self._write_state(p, tmp)
@@ -148,12 +145,13 @@ class Prodigy(torch.optim.Optimizer):
         s.mul_(betas[2]).add_(g, alpha=alphas[2])
 
     @staticmethod
-    def _apply(p32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor, decay: float | None,
+    def _apply(p32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None, decay: float | None,
                d: float, d_lr: float, eps: float | None) -> None:
-        """Decoupled decay and the Adam step (or its atan2 form when eps is None) on matching windows."""
+        """Decoupled decay and the Adam step (or its atan2 form when eps is None) on matching windows; `out` is a
+        reused buffer for the denominator, or None for a fresh one."""
         if decay is not None:
             p32.mul_(decay)
-        denom = torch.sqrt(v, out=scratch)
+        denom = torch.sqrt(v) if out is None else torch.sqrt(v, out=out)
         if eps is not None:
             denom.add_(d * eps)
             p32.addcdiv_(m, denom, value=-d_lr)

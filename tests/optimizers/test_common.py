@@ -1,0 +1,45 @@
+"""optimizers/_common.py's slicing and scratch helpers (the numerics they serve are checked against the
+originals in test_golden, test_oracles and test_behaviour)."""
+
+import threading
+
+import pytest
+import torch
+
+import optimizers._common as common
+
+
+def test_windows_slice_contiguous_cpu_tensors_and_keep_the_rest_whole(monkeypatch):
+    monkeypatch.setattr(common, "CPU_SLICE", 128)
+    a, b = torch.arange(1000.0), torch.zeros(1000)
+    parts = common.windows([a, None, b])
+    assert [start for start, _ in parts] == list(range(0, 1000, 128))
+    assert all(w[1] is None and w[0].numel() == w[2].numel() for _, w in parts)
+    assert torch.equal(torch.cat([w[0] for _, w in parts]), a)  # every element once, in order
+    assert [s for s, _ in common.windows([a], multiple=100)] == list(range(0, 1000, 100))  # whole blocks
+    strided = torch.zeros(40, 25).t()
+    [(start, [whole])] = common.windows([strided])  # not contiguous: one window, the tensor itself
+    assert start == 0 and whole is strided
+    assert len(common.windows([torch.zeros(128)])) == 1  # no longer than a slice
+
+
+def test_scratch_is_reused_per_slot_and_thread_and_never_held_for_large_tensors(monkeypatch):
+    monkeypatch.setattr(common, "CPU_SLICE", 1024)
+    monkeypatch.setattr(common._SCRATCH, "bufs", {}, raising=False)
+    x = torch.zeros(16, 32)
+    a, b = common.scratch(0, x), common.scratch(1, x)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.data_ptr() != b.data_ptr()  # two slots never alias
+    assert common.scratch(0, torch.zeros(100)).data_ptr() == a.data_ptr()  # the same memory, step after step
+    assert common.scratch(0, torch.zeros(100, dtype=torch.float64)).data_ptr() != a.data_ptr()
+    assert common.scratch(0, torch.zeros(1025)) is None  # longer than a slice: the op allocates
+    other = []
+    t = threading.Thread(target=lambda: other.append(common.scratch(0, x).data_ptr()))
+    t.start()
+    t.join()
+    assert other[0] != a.data_ptr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_scratch_off_cpu_is_none():
+    assert common.scratch(0, torch.zeros(10, device="cuda")) is None
