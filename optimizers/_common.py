@@ -127,10 +127,11 @@ _SCRATCH = threading.local()
 def scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
     """A reused buffer shaped like `like` for a chain's temporaries on CPU, where a fresh multi-MB temporary
     costs its page faults on every step; None (let the op allocate) for tensors longer than a slice, whose
-    buffer would be held for good, and off CPU, where the caching allocator already reuses memory.
+    buffer would be held for good, off CPU, where the caching allocator already reuses memory, and for a
+    non-contiguous `like` (a fresh result would keep its strides, and a later reduction its order).
     Per thread, so optimizers stepped from different threads never share one."""
     n = like.numel()
-    if like.device.type != "cpu" or n > CPU_SLICE:
+    if like.device.type != "cpu" or n > CPU_SLICE or not like.is_contiguous():
         return None
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
     buf = bufs.get((slot, like.dtype))

@@ -13,7 +13,7 @@ import math
 import torch
 
 from optimizers._base import PerParameterOptimizer, check_range
-from optimizers._common import windows
+from optimizers._common import scratch, windows
 from optimizers._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
@@ -120,19 +120,24 @@ class EnhancedAdafactor(PerParameterOptimizer):
         lr = self._get_lr(group, state)
         beta2t = 1.0 - math.pow(state["step"], group["decay_rate"])
         # One scratch tensor per step where the original makes four (grad**2, + eps, the factor product,
-        # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u).
-        update = torch.mul(grad, grad).add_(group["eps"][0])
+        # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u). Reused across steps on CPU for
+        # tensors of up to one slice (see scratch).
+        buf = scratch(0, grad)
+        sq = (torch.mul(grad, grad) if buf is None else torch.mul(grad, grad, out=buf)).add_(group["eps"][0])
+        # The update reuses that tensor only where its layout is the one a fresh result would have: the RMS
+        # below reduces in memory order, so another layout could change the last bit.
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.mul_(beta2t).add_(update.mean(dim=-1), alpha=1.0 - beta2t)
-            col.mul_(beta2t).add_(update.mean(dim=-2), alpha=1.0 - beta2t)
+            row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
+            col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
             r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
             c_factor = col.unsqueeze(-2).rsqrt()
-            torch.mul(r_factor, c_factor, out=update).mul_(grad)
+            update = torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
         else:
             v = state["exp_avg_sq"]
-            v.mul_(beta2t).add_(update, alpha=1.0 - beta2t)
-            torch.rsqrt(v, out=update).mul_(grad)
+            v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
+            update = torch.rsqrt(v, out=sq) if sq.stride() == v.stride() else torch.rsqrt(v)
+        update.mul_(grad)
         clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
         # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
         for _, window in windows([update, p32, state.get("exp_avg")]):

@@ -95,7 +95,10 @@ class PersonaOptimizer(PerParameterOptimizer):
         # slice by slice in cache, same ops per element, same results (see slice_length).
         parts = [(0, tensors)] if low or group["cautious_min"] < 1 else windows(tensors)
         for _, window in parts:
-            buffers = scratch(0, window[0]), scratch(1, window[0])
+            # reused buffers only where fresh results would be laid out the same (the cautious mean reduces
+            # in memory order): every tensor contiguous
+            same_layout = all(t.is_contiguous() for t in window if t is not None)
+            buffers = (scratch(0, window[0]), scratch(1, window[0])) if same_layout else (None, None)
             self._update(*window, group, scalars, None if buffers[0] is None else buffers)
 
         if low:

@@ -33,6 +33,7 @@ def test_scratch_is_reused_per_slot_and_thread_and_never_held_for_large_tensors(
     assert common.scratch(0, torch.zeros(100)).data_ptr() == a.data_ptr()  # the same memory, step after step
     assert common.scratch(0, torch.zeros(100, dtype=torch.float64)).data_ptr() != a.data_ptr()
     assert common.scratch(0, torch.zeros(1025)) is None  # longer than a slice: the op allocates
+    assert common.scratch(0, torch.zeros(16, 32).t()) is None  # strides a fresh result would keep
     other = []
     t = threading.Thread(target=lambda: other.append(common.scratch(0, x).data_ptr()))
     t.start()

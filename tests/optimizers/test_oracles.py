@@ -32,11 +32,20 @@ def grads(params, step, scale=1.0):
     return out
 
 
-def run_pair(ours, theirs, pa, pb, steps=30, scale=1.0):
+def strided(g):
+    """The same values in another memory layout: column-major for matrices, every other element for vectors
+    (gradients of transposed or sliced weights arrive like this)."""
+    if g.dim() >= 2:
+        return g.transpose(-1, -2).contiguous().transpose(-1, -2)
+    out = g.new_zeros(2 * g.numel())[::2].view(g.shape)
+    return out.copy_(g)
+
+
+def run_pair(ours, theirs, pa, pb, steps=30, scale=1.0, layout=torch.Tensor.clone):
     for t in range(1, steps + 1):
         for p, q, g in zip(pa, pb, grads(pa, t, scale), strict=True):
-            p.grad = g.clone()
-            q.grad = g.clone()
+            p.grad = layout(g)
+            q.grad = layout(g)
         ours.step()
         theirs.step()
         for p, q in zip(pa, pb, strict=True):
@@ -68,6 +77,17 @@ def test_adafactor_matches_transformers(kw, slice_elements, monkeypatch):
     run_pair(ours, theirs, pa, pb)
     for p, q in zip(pa, pb, strict=True):
         assert torch.equal(p, q)  # same formulation: bit-identical, not merely close
+
+
+@pytest.mark.parametrize("kw", ADAFACTOR_CASES[:3], ids=["plain", "beta1-wd", "scaled"])
+def test_adafactor_matches_transformers_on_strided_gradients(kw):
+    """A reused buffer must not change the layout a reduction (the update's RMS, the factor means) walks."""
+    transformers = pytest.importorskip("transformers")
+    pa, pb = make_params(), make_params()
+    run_pair(EnhancedAdafactor(pa, **kw), transformers.Adafactor(pb, **kw), pa, pb, steps=8, layout=strided)
+    assert not pa[0].grad.is_contiguous()
+    for p, q in zip(pa, pb, strict=True):
+        assert torch.equal(p, q)
 
 
 def test_adafactor_checkpoints_move_both_ways():
@@ -118,6 +138,15 @@ def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, monkeypatch):
         assert torch.equal(p, q)
     assert ours.param_groups[0]["d"] == theirs.param_groups[0]["d"]
     assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or kw.get("eps", 1) is None
+
+
+def test_prodigy_matches_pytorch_optimizer_on_strided_gradients():
+    po = pytest.importorskip("pytorch_optimizer")
+    pa, pb = make_params(), make_params()
+    kw = dict(weight_decay=0.05)
+    run_pair(Prodigy(pa, **kw), po.Prodigy(pb, **kw), pa, pb, steps=8, scale=0.05, layout=strided)
+    for p, q in zip(pa, pb, strict=True):
+        assert torch.equal(p, q)
 
 
 def test_prodigy_two_groups_and_checkpoint_exchange():
