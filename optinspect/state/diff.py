@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from optinspect.state.load import LoadedState, materialize
+from optinspect.state.report import param_step
 
 
 @dataclass
@@ -41,13 +42,6 @@ class DiffReport:
         return d
 
 
-def _step(entries: dict, group: dict) -> int | None:
-    v = materialize(entries.get("step", group.get("step")))
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return int(v.item())
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def _dequant(e: dict, key: str) -> torch.Tensor:
     v = materialize(e[key])
     if v.dtype == torch.uint8 and key in ("state1", "state2"):
@@ -68,7 +62,7 @@ def diff_states(a: LoadedState, b: LoadedState) -> DiffReport:
             continue
         ga = a.groups[p.group] if p.group < len(a.groups) else {}
         gb = b.groups[q.group] if q.group < len(b.groups) else {}
-        row = ParamDiff(name, _step(p.entries, ga), _step(q.entries, gb))
+        row = ParamDiff(name, param_step(p.entries, ga), param_step(q.entries, gb))
         for key in sorted(set(p.entries) & set(q.entries)):
             if key.startswith(("qmap", "absmax")):
                 continue

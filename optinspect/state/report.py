@@ -132,6 +132,16 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
+def param_step(entries: dict, group: dict) -> int | None:
+    """The step a parameter has taken: its own counter, else the group's (optimi, SCORN/REMASTER), and the
+    group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on."""
+    step = _as_int(_small(entries.get("step")))
+    group_step = _as_int(group.get("step"))
+    if step is None or (step == 0 and "steps_since_reset" in entries and group_step):
+        return group_step
+    return step
+
+
 SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
 
 
@@ -148,11 +158,7 @@ def tensorish(x: Any) -> bool:
 def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, mapped: bool = False) -> ParamReport:
     e = {k: _small(v) for k, v in p.entries.items()}
     fam = family_of(e, group)
-    step = _as_int(e.get("step"))
-    if step is None:
-        step = _as_int(group.get("step"))  # optimi and SCORN/REMASTER keep a step in the group
-    if step == 0 and "steps_since_reset" in e and _as_int(group.get("step")):
-        step = _as_int(group.get("step"))  # SCORN/REMASTER keep state['step'] at 0 while resets are on
+    step = param_step(e, group)
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
                     {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
     m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)

@@ -55,3 +55,24 @@ def test_diff_after_resume(run_cli, tmp_path):
     assert any("lr 0.001 -> 0.0005" in c for c in d["group_changes"])
     rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "a.pt"), "--json")
     assert all(k["rel"] == 0 for p in json.loads(out)["params"] for k in p["drifts"])
+
+
+def test_diff_and_inspect_agree_on_steps_when_scorn_holds_its_counter_at_zero(run_cli, tmp_path):
+    """With resets on, SCORN keeps state['step'] at 0 and counts in the group: both commands must report the
+    group's count (diff once reported 0 -> 0)."""
+    import optinspect
+
+    m, opt = trained(lambda p: optinspect.build_optimizer(p, {"type": "scorn", "lr": 1e-4, "reset_interval": 3}),
+                     steps=4)
+    torch.save(opt.state_dict(), tmp_path / "a.pt")
+    for _ in range(3):
+        m(torch.randn(4, 16)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    torch.save(opt.state_dict(), tmp_path / "b.pt")
+    assert opt.state_dict()["state"][0]["step"] == 0
+    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--json")
+    assert rc == 0 and {(p["step_a"], p["step_b"]) for p in json.loads(out)["params"]} == {(4, 7)}
+    rc, out, _ = run_cli("inspect", str(tmp_path / "b.pt"), "--json")
+    assert rc == 0 and {p["step"] for p in json.loads(out)["params"]} == {7}
+
