@@ -51,8 +51,8 @@ def _dtype(r) -> str:
 
 
 def _resets(r) -> str:
-    """Resets so far, then steps since the last one: "2 +37" (SCORN/REMASTER `times_zero`, Persona `times_reset`,
-    both `steps_since_reset`)."""
+    """Resets so far, then the optimizer's own `steps_since_reset` counter as saved: "3 +2" (SCORN/REMASTER
+    `times_zero`, Persona `times_reset`)."""
     c = r.counters
     times = c.get("times_zero", c.get("times_reset"))
     since = c.get("steps_since_reset")

@@ -268,8 +268,11 @@ def _human(n: float) -> str:
 
 
 def _short(v: Any) -> str:
+    """A hyper-parameter as written: 0.9999 stays 0.9999 (three significant digits made it 1, an invalid
+    beta); only long computed values (Prodigy's d) are cut to six digits."""
     if isinstance(v, float):
-        return f"{v:.3g}"
+        text = repr(v).removesuffix(".0")
+        return text if len(text) <= 10 else f"{v:.6g}"
     if isinstance(v, (list, tuple)):
         return "(" + ", ".join(_short(x) for x in v) + ")"
     return str(v)

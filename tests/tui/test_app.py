@@ -128,3 +128,33 @@ def test_unreadable_state_exits_2(tmp_path, monkeypatch):
         return app.return_code
 
     assert asyncio.run(run()) == 2
+
+
+def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
+    """The summary shows hyper-parameters as written (beta2 = 0.9999 once read "1"), the table the reset
+    counters as "resets +since" and the group's step count (SCORN holds state['step'] at 0 under resets)."""
+    import torch
+
+    import optinspect
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(16, 8) * 0.1), torch.nn.Parameter(torch.randn(8) * 0.1)]
+    opt = optinspect.build_optimizer(params, {"type": "scorn", "lr": 1e-4, "reset_interval": 3})
+    for _ in range(7):  # resets on steps 3, 5 and 7 (spec 4.4); the saved counter is the next step's value, 2
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    torch.save(opt.state_dict(), "scorn.pt")
+
+    async def run():
+        app = make_app("scorn.pt")
+        async with app.run_test(size=(120, 24)) as pilot:
+            await _settle(app, pilot)
+            text = screen_text(app)
+            assert "betas=(0.95, 0.9999)" in text and "lr=0.0001" in text
+            rows = [line.split() for line in text.splitlines() if line.strip().startswith("0/")]
+            assert len(rows) == 2 and all(r[3:6] == ["7", "3", "+2"] for r in rows), rows
+            await pilot.press("q")
+
+    asyncio.run(run())
