@@ -92,7 +92,7 @@ class PersonaOptimizer(PerParameterOptimizer):
         scalars = (bias_correction, eps * bias_correction_sqrt, effective_wd)
         tensors = [p_w, g, ema, v, egv]
         # Elementwise from here on, except the cautious mask (a mean over the whole update): fp32 work runs
-        # slice by slice in cache, same ops per element, same results (see slice_length).
+        # slice by slice in cache, same ops per element, same results (see windows).
         parts = [(0, tensors)] if low or group["cautious_min"] < 1 else windows(tensors)
         for _, window in parts:
             # reused buffers only where fresh results would be laid out the same (the cautious mean reduces
