@@ -167,7 +167,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if error:
         return _err(error)
 
-    total = sum(_entry_bytes(v) for p in ls.params for v in p.entries.values())
+    total = ls.tensor_bytes
     console = _console(stderr=True)
     from optinspect.state.ptindex import CorruptData
 
@@ -195,14 +195,6 @@ def _inspect_report(ls, console, total: int, quiet: bool):
             task = bar.add_task("reading", total=total)
             return build_report(ls, progress=lambda n: bar.advance(task, n))
     return build_report(ls)
-
-
-def _entry_bytes(v) -> int:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return v.numel() * v.element_size()
-    return int(getattr(v, "nbytes", 0) or 0)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@ def _resets(r) -> str:
     return ("-" if times is None else str(times)) + ("" if since is None else f" +{since}")
 
 
-def _size(r) -> int:
+def size(r) -> int:
+    """Elements of the parameter (for sorting by size)."""
     n = 1
     for s in r.shape or []:
         n *= s
@@ -70,7 +71,7 @@ def _size(r) -> int:
 
 STATE_COLUMNS = [
     Column("name", 0, lambda r: r.name, lambda r: r.name),
-    Column("shape", 11, _shape, _size),
+    Column("shape", 11, _shape, size),
     Column("dtype", 9, _dtype, _dtype),
     Column("step", 6, lambda r: _g(r, r.step, "d"), lambda r: _num(r.step), "right"),
     Column("resets", 7, _resets, lambda r: tuple(r.counters.values())),

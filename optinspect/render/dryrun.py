@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from optinspect.dryrun import DryRunReport
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from optinspect.render import human_bytes
 
 
 def render(report: DryRunReport, console) -> None:
@@ -27,8 +20,9 @@ def render(report: DryRunReport, console) -> None:
                   Text(str(s.nonfinite), style="bold red" if s.nonfinite else ""), f"{s.seconds * 1e3:.2f}")
     console.print(t)
     match = "matches" if report.state_bytes_measured == report.state_bytes_predicted else "differs from"
-    console.print(Text(f"optimizer state: {_bytes(report.state_bytes_measured)} measured ({match} the layout's "
-                       f"{_bytes(report.state_bytes_predicted)}), {report.bytes_per_param:.2f} bytes per parameter"))
+    measured, predicted = human_bytes(report.state_bytes_measured), human_bytes(report.state_bytes_predicted)
+    console.print(Text(f"optimizer state: {measured} measured ({match} the layout's {predicted}), "
+                       f"{report.bytes_per_param:.2f} bytes per parameter"))
     fm = report.full_model
     if fm:
         what = f"LoRA rank {fm.lora_rank} on its 2-D weights" if fm.lora_rank else "every floating tensor"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from optinspect.render.columns import STATE_COLUMNS
+from optinspect.render.columns import STATE_COLUMNS, size
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
 
@@ -12,15 +12,8 @@ SORT_KEYS = {
     "name": lambda r: r.name, "index": lambda r: r.index, "step": lambda r: (r.step is None, r.step or 0),
     "first": lambda r: -(r.first_rms or 0.0), "second": lambda r: -(r.second_rms or 0.0),
     "scale": lambda r: -(r.update_scale_mean or 0.0), "quant": lambda r: -(r.quant_rel_error or 0.0),
-    "flags": lambda r: (-len(r.flags), r.index), "size": lambda r: -(_numel(r)),
+    "flags": lambda r: (-len(r.flags), r.index), "size": lambda r: -size(r),
 }
-
-
-def _numel(r: ParamReport) -> int:
-    n = 1
-    for s in r.shape or []:
-        n *= s
-    return n
 
 
 def select(report: StateReport, sort: str = "index", pattern: str | None = None, top: int | None = None
@@ -28,10 +21,6 @@ def select(report: StateReport, sort: str = "index", pattern: str | None = None,
     rows = [r for r in report.params if not pattern or fnmatch.fnmatch(r.name, pattern)]
     rows.sort(key=SORT_KEYS[sort])
     return rows[:top] if top else rows
-
-
-def fmt(v: float | None, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 # Dropped first when the table is wider than the terminal (the name and the moments stay).

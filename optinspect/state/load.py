@@ -91,6 +91,13 @@ class LoadedState:
     extra: dict[str, Any] = field(default_factory=dict)
     mapped: bool = False  # tensors are views of a read-only file mapping (their pages may be released)
 
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of every state tensor (mapped lazily or not): the total a progress bar counts towards."""
+        return sum(int(v.nbytes) if hasattr(v, "chunks") else v.numel() * v.element_size()
+                   for p in self.params for v in p.entries.values()
+                   if isinstance(v, torch.Tensor) or hasattr(v, "chunks"))
+
 
 # -- reading files -----------------------------------------------------------------------------------
 def safe_torch_load(path: str) -> tuple[Any, list[str]]:

@@ -13,6 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
+from optinspect.render import human_bytes
 from optinspect.render.columns import DIFF_COLUMNS, STATE_COLUMNS
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
@@ -96,7 +97,7 @@ class StateApp(App[int]):
             row.index_in_file = i
             rows.append(row)
         self.call_from_thread(self._loaded, ls, rows)
-        total = max(1, sum(_nbytes(v) for p in ls.params for v in p.entries.values()))
+        total = max(1, ls.tensor_bytes)
         done = [0]
 
         def progress(n: int) -> None:
@@ -171,7 +172,7 @@ class StateApp(App[int]):
         info = {"file": self.path, "layout": report.layout, "optimizer": report.family,
                 "step": ", ".join(map(str, report.steps)) or "-", "groups": " | ".join(groups) or "-",
                 "totals": f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
-                          f"{_human(report.total_state_bytes)} of state",
+                          f"{human_bytes(report.total_state_bytes)} of state",
                 "anomalies": str(len(report.anomalies))}
         self.query_one(SummaryBar).show(info)
         self.loading_done = True
@@ -259,14 +260,6 @@ class StateApp(App[int]):
         yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _short(v: Any) -> str:
     """A hyper-parameter as written: 0.9999 stays 0.9999 (three significant digits made it 1, an invalid
     beta); only long computed values (Prodigy's d) are cut to six digits."""
@@ -276,14 +269,6 @@ def _short(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "(" + ", ".join(_short(x) for x in v) + ")"
     return str(v)
-
-
-def _nbytes(v: Any) -> int:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return v.numel() * v.element_size()
-    return getattr(v, "nbytes", 0) or 0
 
 
 def make_app(path: str, other: str | None = None, model: str | None = None) -> StateApp:
