@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from optinspect.state.report import FIRST, SECOND
+
 
 @dataclass(frozen=True)
 class Column:
@@ -17,8 +19,8 @@ class Column:
     align: str = "left"
 
 
-MOMENTS = ("exp_avg", "ema", "state1", "momentum_buffer", "exp_avg_sq", "ema_squared", "state2", "s",
-           "exp_avg_sq_row", "exp_avg_sq_col")
+# the state tensors whose dtype the dtype column shows: the moments (as the engine names them) and Prodigy's s
+MOMENTS = FIRST + SECOND + ("s", "exp_avg_sq_row", "exp_avg_sq_col")
 
 
 def pending(r) -> bool:
@@ -91,10 +93,10 @@ def _drift(r, key_prefixes: tuple) -> float | None:
 DIFF_COLUMNS = [
     Column("name", 0, lambda r: r.name, lambda r: r.name),
     Column("step A→B", 12, lambda r: f"{r.step_a}→{r.step_b}", lambda r: (_num(r.step_a), _num(r.step_b))),
-    Column("Δm rel", 10, lambda r: _plain(_drift(r, ("exp_avg", "ema", "state1"))),
-           lambda r: _num(_drift(r, ("exp_avg", "ema", "state1"))), "right"),
-    Column("Δv rel", 10, lambda r: _plain(_drift(r, ("exp_avg_sq", "ema_squared", "state2"))),
-           lambda r: _num(_drift(r, ("exp_avg_sq", "ema_squared", "state2"))), "right"),
+    Column("Δm rel", 10, lambda r: _plain(_drift(r, FIRST)),
+           lambda r: _num(_drift(r, FIRST)), "right"),
+    Column("Δv rel", 10, lambda r: _plain(_drift(r, SECOND)),
+           lambda r: _num(_drift(r, SECOND)), "right"),
     Column("max Δ", 10, lambda r: _plain(max((d.max_abs for d in r.drifts), default=None)),
            lambda r: _num(max((d.max_abs for d in r.drifts), default=None)), "right"),
     Column("note", 16, lambda r: r.note, lambda r: r.note),
