@@ -98,9 +98,13 @@ def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.
     n = codes.numel()
     if block is None:
         block = infer_block(n, absmax.numel())
-    vals = lookup(qmap.float(), codes)
-    blocks, _ = _blocks(vals, block)
-    return (blocks * absmax.float().view(-1, 1)).view(-1)[:n].view(codes.shape)
+    out = lookup(qmap.float(), codes)  # a fresh flat fp32 tensor: scaled in place, block by block
+    scale = absmax.float().reshape(-1)
+    full = n // block
+    out[:full * block].view(full, block).mul_(scale[:full].unsqueeze(1))
+    if n % block:  # a last, partial block
+        out[full * block:].mul_(scale[full])
+    return out.view(codes.shape)
 
 
 def infer_block(n: int, n_absmax: int) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optimizers._quant import code_error_bound, infer_block, lookup
+from optimizers._quant import code_error_bound, dequantize_blockwise, infer_block
 from optinspect.state.pages import release_tensor
 
 CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)
@@ -368,13 +368,8 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
 def _dequant(table: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, start: int, block: int
              ) -> torch.Tensor:
     """table[code] * scale[block of the element] for the codes of elements start.. (start is block-aligned)."""
-    out = lookup(table, codes)
-    k = out.numel()
-    first, full = start // block, k // block
-    out[:full * block].view(full, block).mul_(scale[first:first + full].unsqueeze(1))
-    if k % block:
-        out[full * block:].mul_(scale[first + full])
-    return out
+    first = start // block
+    return dequantize_blockwise(codes, scale[first:first + -(-codes.numel() // block)], table, block)
 
 
 def _nbytes(t) -> int:
