@@ -9,12 +9,18 @@ Persona's fp32 step written out as the original does it in `reference_persona.py
 interleaved with ours, and its results are compared with ours: that column is the one to trust on a noisy
 machine.
 
-    python benchmarks/optimizers.py [--steps 3] [--only scorn,remaster] [--small]
+Where the original allocates fresh parameter-sized temporaries every step (Persona), its time depends on
+whether glibc hands back the freed blocks (no page faults) or maps fresh memory each time. Which one happens
+depends on the process's allocation history; `--recycle` pins the first case for the whole run (glibc's
+MALLOC_* tunables, set before the process starts), the cheaper case for the original.
+
+    python benchmarks/optimizers.py [--steps 3] [--only scorn,remaster] [--small] [--recycle]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -26,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optinspect  # noqa: E402
 
+# glibc keeps freed blocks of any size in its heap instead of unmapping them
+RECYCLE = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
+           "MALLOC_TOP_PAD_": str(1 << 28)}
 ORIGINAL_VS_ADAMW = {"persona": 1.0, "remaster": 11.0, "scorn": 170.0, "adafactor": 0.5}
 TABLES = {
     "adafactor": {"type": "adafactor", "lr": 1e-4, "scale_parameter": False, "relative_step": False},
@@ -103,11 +112,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--only", default="")
     ap.add_argument("--small", action="store_true", help="1/16 of the parameters (quick look)")
+    ap.add_argument("--recycle", action="store_true",
+                    help="run with glibc recycling freed blocks (no page faults for the originals' temporaries)")
     args = ap.parse_args()
+    if args.recycle and RECYCLE.keys() - os.environ.keys():
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **RECYCLE})
     ref_params = make_params(args.small)
     n = sum(p.numel() for p in ref_params)
     ref = torch.optim.AdamW(ref_params, lr=1e-4, foreach=True)
-    print(f"{n / 1e6:.1f}M fp32 parameters, {torch.get_num_threads()} threads; reference AdamW(foreach), "
+    print(f"{n / 1e6:.1f}M fp32 parameters, {torch.get_num_threads()} threads"
+          f"{', freed memory recycled' if args.recycle else ''}; reference AdamW(foreach), "
           f"{state_bytes(ref) / n if ref.state else 8.0:.1f} B/param")
     print(f"{'optimizer':16s} {'ms/step':>9s} {'AdamW ms':>9s} {'x AdamW':>8s} {'original x':>11s} "
           f"{'implied ours/orig':>18s} {'B/param':>8s}  measured in the same run")
