@@ -54,10 +54,10 @@ def _quiet_torch_import() -> None:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 
-def _console(stderr: bool = False):
+def _console(stderr: bool = False, tables: bool = False):
     from optinspect.render import make_console
 
-    return make_console(stderr)
+    return make_console(stderr, tables=tables)
 
 
 def _err(msg: str) -> int:
@@ -142,7 +142,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     else:
         from optinspect.render.dryrun import render
 
-        render(rep, _console())
+        render(rep, _console(tables=True))
         if saved:
             _console().print(f"saved optimizer state to {saved}", markup=False)
     return EXIT_OK if rep.status == "healthy" else EXIT_FOUND
@@ -180,7 +180,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     from optinspect.render.state import render, select
 
-    render(report, _console(), select(report, args.sort, args.filter, args.top))
+    render(report, _console(tables=True), select(report, args.sort, args.filter, args.top))
     return EXIT_OK
 
 
@@ -212,7 +212,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return EXIT_OK
     from optinspect.render.state import render_diff
 
-    render_diff(d, _console())
+    render_diff(d, _console(tables=True))
     return EXIT_OK
 
 

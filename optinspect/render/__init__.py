@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import os
+import sys
+
+# Width for tables written to a pipe or a file: wide enough that no row of a real state folds, so that
+# `| grep name` finds whole rows and names (rich would otherwise assume 80 columns)
+PIPE_WIDTH = 1000
 
 
-def make_console(stderr: bool = False):
-    """The one rich Console setup: no highlighting of our own text, NO_COLOR honoured (rich is imported here)."""
+def make_console(stderr: bool = False, *, tables: bool = False):
+    """The one rich Console setup: no highlighting of our own text, NO_COLOR honoured (rich is imported here).
+    `tables`: output that is mostly tables is not folded to 80 columns when it goes to a pipe or file
+    (COLUMNS still wins)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    no_color = bool(os.environ.get("NO_COLOR")) or None
+    console = Console(stderr=stderr, highlight=False, no_color=no_color)
+    if tables and not console.is_terminal and not os.environ.get("COLUMNS"):
+        stream = sys.stderr if stderr else sys.stdout
+        console = Console(file=_TrimmedLines(stream), width=PIPE_WIDTH, highlight=False, no_color=no_color)
+    return console
+
+
+class _TrimmedLines:
+    """A text stream that drops the blanks rich pads table cells with at the end of each line (a 1000-column
+    table would otherwise end every row in hundreds of spaces)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        if lines:
+            self._stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def human_bytes(n: float) -> str:

@@ -76,3 +76,22 @@ def test_diff_and_inspect_agree_on_steps_when_scorn_holds_its_counter_at_zero(ru
     rc, out, _ = run_cli("inspect", str(tmp_path / "b.pt"), "--json")
     assert rc == 0 and {p["step"] for p in json.loads(out)["params"]} == {7}
 
+
+
+def test_inspect_to_a_pipe_keeps_each_row_on_one_line(run_cli, tmp_path):
+    """`optinspect inspect state.pt | grep NAME` must find whole rows: no folding at rich's 80 columns and no
+    padding blanks at line ends; an explicit COLUMNS still folds."""
+    from tests.conftest import EXAMPLES
+
+    target = tmp_path / "s.pt"
+    assert run_cli("dry-run", str(EXAMPLES / "chroma.toml"), "--steps", "2", "--save", str(target))[0] == 0
+    names = [p["name"] for p in json.loads(run_cli("inspect", str(target), "--json")[1])["params"]]
+    longest = max(names, key=len)
+    assert len(longest) > 30
+    rc, out, _ = run_cli("inspect", str(target), env={"NO_COLOR": "1"})
+    lines = out.splitlines()
+    assert rc == 0 and all(line == line.rstrip() for line in lines)
+    rows = [line for line in lines if line.startswith(longest + " ")]
+    assert len(rows) == 1 and rows[0].split()[-1] not in longest  # the figures follow on the same line
+    rc, out, _ = run_cli("inspect", str(target), env={"NO_COLOR": "1", "COLUMNS": "60"})
+    assert rc == 0 and not any(line.startswith(longest) for line in out.splitlines())
