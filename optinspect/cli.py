@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     v = sub.add_parser("validate", help="check the [optimizer] table of trainer configs")
-    v.add_argument("files", nargs="+", metavar="FILE")
-    v.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text")
+    v.add_argument("files", nargs="+", metavar="FILE", help="trainer configs (.toml)")
+    v.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text",
+                   help="text for people; json, GitHub annotations or SARIF for tools (default: text)")
     v.add_argument("--strict", action="store_true", help="warnings also fail (exit 1)")
     v.add_argument("--ignore", action="append", default=[], metavar="CODE", help="skip a rule (repeatable, "
                    "or comma-separated)")
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("rules", help="list every rule code")
     e = sub.add_parser("explain", help="the long form of one rule")
-    e.add_argument("code")
+    e.add_argument("code", help="a rule code such as OPT301 (`optinspect rules` lists them)")
 
     s = sub.add_parser("schema", help="print a JSON Schema (the whole-config one without TYPE)")
-    s.add_argument("type", nargs="?")
+    s.add_argument("type", nargs="?", help="an optimizer type as written in the config, e.g. adafactor")
     s.add_argument("--path", action="store_true", help="print the schema file's path instead")
     s.add_argument("--list", action="store_true", help="list the optimizer types that have a schema")
 

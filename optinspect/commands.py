@@ -10,17 +10,29 @@ import sys
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
+def _positive(text: str) -> int:
+    """argparse type for counts: a clear usage error for 0, negatives and non-numbers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the torch-backed subcommands (argument parsing only; nothing heavy is imported here)."""
     d = sub.add_parser("dry-run", help="build the optimizer from a config and take real steps")
-    d.add_argument("config")
-    d.add_argument("--steps", type=int, default=10)
+    d.add_argument("config", help="trainer config (.toml) with an [optimizer] table")
+    d.add_argument("--steps", type=_positive, default=10, help="optimizer steps to take (default: 10)")
     d.add_argument("--shapes-from", metavar="MODEL.safetensors", help="real parameter shapes (header only)")
-    d.add_argument("--max-params", type=int, default=4_000_000, help="elements to step on with --shapes-from")
+    d.add_argument("--max-params", type=_positive, default=4_000_000, metavar="N",
+                   help="elements to step on with --shapes-from (default: 4,000,000)")
     d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="parameter dtype (default: [adapter] or [model] dtype of the config)")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu", help="torch device to step on: cpu, cuda, cuda:1, ... (default: cpu)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the model, its data and stochastic rounding")
     d.add_argument("--compare-fp32", action="store_true", help="also run a float32 shadow and report the drift")
     d.add_argument("--save", metavar="PATH", help="write the optimizer state (.pt or .safetensors)")
     d.add_argument("--force", action="store_true", help="overwrite --save's file")
@@ -30,21 +42,23 @@ def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("state", metavar="STATE", help=".pt/.bin/.safetensors file or checkpoint folder")
     i.add_argument("--json", action="store_true", help="the full report as JSON")
     i.add_argument("--sort", default="index", choices=["index", "name", "step", "first", "second", "scale", "quant",
-                                                        "flags", "size"])
-    i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches")
-    i.add_argument("--top", type=int, metavar="N")
+                                                        "flags", "size"],
+                   help="row order: checkpoint order, name, or largest first (moments, update scale, "
+                        "quantization error, flags, size)")
+    i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches, e.g. '*attn*'")
+    i.add_argument("--top", type=_positive, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
 
     t = sub.add_parser("tui", help="interactive view of a saved optimizer state (two: their deltas)")
-    t.add_argument("state", metavar="STATE")
+    t.add_argument("state", metavar="STATE", help=".pt/.bin/.safetensors file or checkpoint folder")
     t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")
-    t.add_argument("--model", metavar="FILE")
+    t.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
 
     f = sub.add_parser("diff", help="compare two states of the same run (after a resume, say)")
-    f.add_argument("a", metavar="A")
-    f.add_argument("b", metavar="B")
-    f.add_argument("--json", action="store_true")
-    f.add_argument("--model", metavar="FILE")
+    f.add_argument("a", metavar="A", help="the earlier state (file or checkpoint folder)")
+    f.add_argument("b", metavar="B", help="the later state")
+    f.add_argument("--json", action="store_true", help="the comparison as JSON")
+    f.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
 
 
 def _quiet_torch_import() -> None:
@@ -88,8 +102,6 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
         render([report], _console(stderr=True))
         return EXIT_USAGE
-    if args.steps < 1:
-        return _err("--steps must be at least 1")
     if args.save and os.path.exists(args.save) and not args.force:
         return _err(f"{args.save} exists; pass --force to overwrite it")
     warnings = [d for d in report.diagnostics if d.severity.value == "warning"]

@@ -139,7 +139,9 @@ def shapes_from(path: str, rank: int | None, max_params: int) -> tuple[list[Para
 
     try:
         header = read_header(path)
-    except (OSError, HeaderError) as e:
+    except OSError as e:
+        raise DryRunError(f"cannot read --shapes-from {path}: {e.strerror or e}") from None
+    except HeaderError as e:
         raise DryRunError(str(e)) from None
     floats = [t for t in header.tensors if t.dtype in ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2")]
     if not floats:

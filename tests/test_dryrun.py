@@ -151,7 +151,10 @@ def test_config_and_input_errors_exit_2(run_cli, tmp_path):
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--device", "nosuchdevice")
     assert rc == 2 and "device" in err
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--shapes-from", str(tmp_path / "missing"))
-    assert rc == 2
+    assert rc == 2 and "cannot read --shapes-from" in err and "No such file" in err and "Errno" not in err
+    for flag, value in (("--steps", "0"), ("--steps", "-3"), ("--max-params", "0"), ("--steps", "ten")):
+        rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), flag, value)
+        assert rc == 2 and f"argument {flag}" in err and "Traceback" not in err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\xff" * 8 + b"{}")
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--shapes-from", str(junk))

@@ -67,6 +67,9 @@ def render(report: StateReport, console, rows: list[ParamReport]) -> None:
                                 f"{report.total_state_bytes / 2**20:.1f} MiB of state; names from {report.names_from}"))
     head.add_row("anomalies", Text(str(len(report.anomalies)), style="bold red" if report.anomalies else "green"))
     console.print(head)
+    if not rows:
+        console.print(Text(f"no parameter selected (of {len(report.params)}); names look like: "
+                           + ", ".join(r.name for r in report.params[:3]), style="yellow"))
     columns, hidden = fit_columns(rows, console.width)
     t = Table(box=None, pad_edge=False, header_style="bold")
     for c in columns:  # numbers are never cut: the name and the flags wrap instead
@@ -77,7 +80,8 @@ def render(report: StateReport, console, rows: list[ParamReport]) -> None:
         if r.flags and columns[-1].title == "flags":
             cells[-1].stylize("bold red")
         t.add_row(*cells)
-    console.print(t)
+    if rows:
+        console.print(t)
     if hidden:
         console.print(Text(f"(hidden to fit {console.width} columns: {', '.join(hidden)}; a wider terminal or --json "
                            "shows them)", style="dim"))

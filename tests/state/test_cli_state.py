@@ -16,6 +16,12 @@ def test_inspect_json_sort_filter_top(run_cli, tmp_path):
     assert rc == 0 and "Adam/AdamW" in out and "training checkpoint" in out
     rc, out, _ = run_cli("inspect", str(tmp_path / "c.pt"), "--filter", "0/*", env={"NO_COLOR": "1"})
     assert rc == 0 and "0/0" in out
+    rc, out, _ = run_cli("inspect", str(tmp_path / "c.pt"), "--filter", "nothing*", env={"NO_COLOR": "1"})
+    assert rc == 0 and "no parameter selected (of 6)" in out and "0/0" in out  # names shown as a hint
+    assert "m RMS" not in out  # no empty table
+    for top in ("0", "-1"):  # a slice [:-1] would silently drop the last row
+        rc, _, err = run_cli("inspect", str(tmp_path / "c.pt"), "--top", top)
+        assert rc == 2 and "argument --top" in err
 
 
 def test_inspect_dry_run_output_round_trip(run_cli, tmp_path):
