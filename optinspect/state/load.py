@@ -110,6 +110,9 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     if not magic:
         raise StateLoadError(f"{path}: empty file")
     is_zip = magic == b"PK\x03\x04"
+    if not is_zip and magic[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a pickle of protocol >= 2
+        raise StateLoadError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle) and not "
+                             f"safetensors; it starts with {magic!r}")
     if is_zip:
         try:
             return load_index(path, HARMLESS_GLOBALS)
@@ -147,6 +150,17 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
 
 def _has_mapped(ls: LoadedState) -> bool:
     return any(isinstance(v, MappedTensor) for p in ls.params for v in p.entries.values())
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """A safetensors file under another name: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False  # the torch path reports the error
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
 
 
 def _is_zip(path: str) -> bool:
@@ -430,7 +444,7 @@ def resolve_path(path: str) -> tuple[str, str]:
 def load_state(path: str, model: str | None = None) -> LoadedState:
     """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape."""
     file, how = resolve_path(path)
-    if file.endswith(".safetensors"):
+    if file.endswith(".safetensors") or _looks_like_safetensors(file):
         ls = load_safetensors(file)
     else:
         obj, skipped = safe_torch_load(file)

@@ -175,6 +175,27 @@ def test_truncated_corrupt_and_empty_files(tmp_path):
             load_state(str(tmp_path / name))
 
 
+def test_files_that_are_not_checkpoints_are_named_as_such(tmp_path):
+    """A config or a log handed to inspect by mistake: say what the file is not, not a pickle opcode."""
+    (tmp_path / "config.toml").write_text("[optimizer]\ntype = 'adamw'\n")
+    with pytest.raises(StateLoadError, match="not a PyTorch checkpoint.*starts with b'\\[opt'"):
+        load_state(str(tmp_path / "config.toml"))
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    torch.save(opt.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert load_state(str(tmp_path / "legacy.pt")).layout == "torch optimizer.state_dict()"
+
+
+def test_safetensors_under_another_name_is_read_as_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
+    flat = {f"state.{NAMES[i]}.{k}": v.reshape(v.shape or ()) for i, st in opt.state_dict()["state"].items()
+            for k, v in st.items()}
+    save_file(flat, str(tmp_path / "optimizer.bin"))
+    ls = load_state(str(tmp_path / "optimizer.bin"))
+    assert ls.layout.startswith("flattened") and {p.name for p in ls.params} == set(NAMES)
+
+
 def test_safetensors_header_claiming_a_terabyte(tmp_path):
     import struct
 
