@@ -101,3 +101,9 @@ DIFF_COLUMNS = [
            lambda r: _num(max((d.max_abs for d in r.drifts), default=None)), "right"),
     Column("note", 16, lambda r: r.note, lambda r: r.note),
 ]
+
+
+def applicable(columns: list[Column], rows: list) -> list[Column]:
+    """The columns worth a place: the name, and every column that says something other than "-" on some row
+    (no resets column for AdamW, no quant column without 8-bit or bf16 state). Shared by `inspect` and the TUI."""
+    return [c for c in columns if c.title == "name" or any(c.text(r) not in ("-", "") for r in rows)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from optinspect.render.columns import STATE_COLUMNS, size
+from optinspect.render.columns import STATE_COLUMNS, applicable, size
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
 
@@ -30,9 +30,8 @@ _DROP_ORDER = ("dtype", "shape", "resets", "quant", "step", "update", "flags")
 def fit_columns(rows: list[ParamReport], width: int) -> tuple[list, list[str]]:
     """The columns to show: none that says "-" on every row, then as many as fit `width` without cutting a
     number (lower-priority ones go first). Returns (columns, titles hidden for width)."""
-    texts = {c.title: [c.text(r) for r in rows] for c in STATE_COLUMNS}
-    shown = [c for c in STATE_COLUMNS
-             if c.title == "name" or any(t not in ("-", "") for t in texts[c.title])]
+    shown = applicable(STATE_COLUMNS, rows)
+    texts = {c.title: [c.text(r) for r in rows] for c in shown}
 
     def natural(cols: list) -> int:
         widths = [max([len(c.title)] + [len(t) for t in texts[c.title]]) for c in cols]

@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
 from optinspect.render import human_bytes
-from optinspect.render.columns import DIFF_COLUMNS, STATE_COLUMNS
+from optinspect.render.columns import DIFF_COLUMNS, STATE_COLUMNS, applicable
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
 from optinspect.tui.widgets.table import ParamTable
@@ -122,7 +122,8 @@ class StateApp(App[int]):
             self.call_from_thread(self._failed, str(e))
             return
         batch, self._pending = self._pending, {}
-        self.call_from_thread(self._finished, report, batch)
+        # which columns apply is settled here, off the UI thread (a scan of every row for the absent ones)
+        self.call_from_thread(self._finished, report, batch, applicable(STATE_COLUMNS, report.params))
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def compare(self) -> None:
@@ -158,10 +159,11 @@ class StateApp(App[int]):
         self.query_one(ParamTable).update_rows(batch)
         self.query_one(ProgressBar).update(progress=100 * fraction)
 
-    def _finished(self, report: Any, batch: dict[int, Any]) -> None:
+    def _finished(self, report: Any, batch: dict[int, Any], columns: list) -> None:
         self.report = report
         table = self.query_one(ParamTable)
         table.update_rows(batch)
+        table.set_columns(columns)
         self.query_one(ProgressBar).update(progress=100)
         self.query_one("#progress").add_class("done")
         groups = []

@@ -26,6 +26,10 @@ def test_open_sort_filter_select_detail_quit(state_dir, size):
             table = app.query_one(ParamTable)
             assert len(table.view) == 3 and app.report.family == "AdamW8bitKahan"
             assert [r.name for r in table.rows] == ["0/0", "0/1", "0/2"]
+            titles = [c.title for c in table.columns]  # the columns that apply to an AdamW8bitKahan state
+            assert "resets" not in titles and "quant" in titles and titles[:2] == ["name", "shape"]
+            if size[0] >= 160:  # the last column takes the room the short names leave: the flag reads whole
+                assert "nan/inf in state1" in screen_text(app)
             await pilot.press("s", "s")  # sort by shape (size)
             assert table.sort_column == 1
             assert [table.rows[i].name for i in table.view] == ["0/1", "0/2", "0/0"]  # 32 < 288 < 2048 elements
@@ -155,6 +159,8 @@ def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
             assert "betas=(0.95, 0.9999)" in text and "lr=0.0001" in text
             rows = [line.split() for line in text.splitlines() if line.strip().startswith("0/")]
             assert len(rows) == 2 and all(r[3:6] == ["7", "3", "+2"] for r in rows), rows
+            titles = [c.title for c in app.query_one(ParamTable).columns]
+            assert "resets" in titles and "quant" not in titles  # fp32 SCORN: no quantized state
             await pilot.press("q")
 
     asyncio.run(run())

@@ -63,11 +63,20 @@ class ParamTable(ScrollView, can_focus=True):
         self.sort_column = -1
         self.sort_reverse = False
         self.pattern = ""
+        self._longest_name = 0
 
     # -- data -------------------------------------------------------------------------------------
     def set_rows(self, rows: list[Any]) -> None:
         self.rows = list(rows)
+        self._longest_name = max((len(r.name) for r in self.rows), default=0)
         self._rebuild()
+
+    def set_columns(self, columns: list[Column]) -> None:
+        """Show other columns (those that apply, once statistics are in); the sort stays on its column."""
+        sorted_by = self.columns[self.sort_column].title if self.sort_column >= 0 else None
+        self.columns = columns
+        self.sort_column = next((i for i, c in enumerate(columns) if c.title == sorted_by), -1)
+        self._rebuild(keep_cursor=True)
 
     def update_rows(self, updates: dict[int, Any]) -> None:
         """Replace rows by position (statistics arriving); re-sort only if sorted by a data column."""
@@ -113,9 +122,15 @@ class ParamTable(ScrollView, can_focus=True):
 
     # -- layout -----------------------------------------------------------------------------------
     def _widths(self) -> list[int]:
+        """Fixed widths, the name column as wide as the longest name (at least 16, at most what is left), and
+        whatever is left after that to the last column (flags, notes), so a wide screen shows them whole."""
         fixed = sum(c.width for c in self.columns if c.width) + len(self.columns)
-        flex = max(16, self.size.width - fixed)
-        return [c.width or flex for c in self.columns]
+        room = self.size.width - fixed
+        flex = max(16, min(self._longest_name, room))
+        widths = [c.width or flex for c in self.columns]
+        if len(widths) > 1 and self.columns[-1].width:
+            widths[-1] += max(0, room - flex)
+        return widths
 
     def _total_width(self) -> int:
         return sum(self._widths()) + len(self.columns)
@@ -138,7 +153,8 @@ class ParamTable(ScrollView, can_focus=True):
         if k >= len(self.view):
             return Strip.blank(width, self.rich_style)
         row = self.rows[self.view[k]]
-        base = self.get_component_rich_style("paramtable--cursor") if k == self.cursor else Style()
+        # every row on the widget's own colours (the theme's), the cursor row with its highlight on top
+        base = self.rich_style + (self.get_component_rich_style("paramtable--cursor") if k == self.cursor else Style())
         flag_style = self.get_component_rich_style("paramtable--flag")
         segs = []
         for c, w in zip(self.columns, widths, strict=True):
