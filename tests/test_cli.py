@@ -113,6 +113,17 @@ def test_validate_imports_no_torch_textual_or_safetensors():
     assert not imported & {"torch", "textual", "safetensors", "numpy"}, imported & {"torch", "textual", "safetensors"}
 
 
+def test_tui_paints_before_torch_is_imported():
+    """`optinspect tui` paints its first frame before the loading worker imports torch (~1 s): nothing the
+    app imports at start may pull torch in (the columns once did, through the report module)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = ("import sys; from optinspect.cli import build_parser; from optinspect.tui.app import make_app; "
+            "print(sorted(m for m in ('torch', 'safetensors', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def test_python_dash_m_entry_point():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "optinspect", "--version"], capture_output=True, text=True, env=env)

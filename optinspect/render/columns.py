@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from optinspect.state.report import FIRST, SECOND
+from optinspect.state.keys import FIRST, SECOND
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 from optinspect.state import stats as S
+from optinspect.state.keys import COUNTERS, FIRST, SECOND
 from optinspect.state.load import LoadedState, ParamState, materialize
 
-FIRST = ("exp_avg", "ema", "state1", "momentum_buffer")
-SECOND = ("exp_avg_sq", "ema_squared", "state2")
-COUNTERS = ("times_zero", "steps_since_reset", "times_reset")
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
 BF16_HALF_ULP_REL = 2.0**-8
 
