@@ -90,9 +90,18 @@ def _drift(r, key_prefixes: tuple) -> float | None:
     return max(vals) if vals else None
 
 
+def step_change(r) -> str:
+    """" (+3)", " (+3, 1 reset)", or " (2 resets)" where the step counter restarted at a reset."""
+    parts = [] if r.step_delta is None else [f"+{r.step_delta}"]
+    if r.resets:
+        parts.append(f"{r.resets} reset" + ("s" if r.resets != 1 else ""))
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 DIFF_COLUMNS = [
     Column("name", 0, lambda r: r.name, lambda r: r.name),
-    Column("step A→B", 12, lambda r: f"{r.step_a}→{r.step_b}", lambda r: (_num(r.step_a), _num(r.step_b))),
+    Column("step A→B", 12, lambda r: f"{r.step_a}→{r.step_b}" + (f" ↻{r.resets}" if r.resets else ""),
+           lambda r: (_num(r.step_a), _num(r.step_b))),
     Column("Δm rel", 10, lambda r: _plain(_drift(r, FIRST)),
            lambda r: _num(_drift(r, FIRST)), "right"),
     Column("Δv rel", 10, lambda r: _plain(_drift(r, SECOND)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from optinspect.render.columns import STATE_COLUMNS, applicable, size
+from optinspect.render.columns import STATE_COLUMNS, applicable, size, step_change
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
 
@@ -97,8 +97,7 @@ def render_diff(d: DiffReport, console) -> None:
     console.print(Text.assemble((d.a, "bold"), " -> ", (d.b, "bold")))
     t = Table("name", "step", "key", "rel. drift", "max |diff|", box=None, pad_edge=False, header_style="bold")
     for p in d.params:
-        step = f"{p.step_a} -> {p.step_b}" + (f" (+{p.step_b - p.step_a})" if p.step_a is not None and
-                                              p.step_b is not None else "")
+        step = f"{p.step_a} -> {p.step_b}" + step_change(p)
         for i, k in enumerate(p.drifts or [None]):
             if k is None:
                 t.add_row(Text(p.name), step, "-", "-", "-")

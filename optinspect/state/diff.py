@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from optinspect.state.load import LoadedState, materialize
-from optinspect.state.report import param_step
+from optinspect.state.report import param_step, reset_count
 
 
 @dataclass
@@ -25,6 +25,8 @@ class ParamDiff:
     step_b: int | None
     drifts: list[KeyDrift] = field(default_factory=list)
     note: str = ""
+    resets: int | None = None  # resets between A and B, where the state counts them
+    step_delta: int | None = None  # steps from A to B; None where the counter restarted at a reset (Persona)
 
 
 @dataclass
@@ -63,6 +65,13 @@ def diff_states(a: LoadedState, b: LoadedState) -> DiffReport:
         ga = a.groups[p.group] if p.group < len(a.groups) else {}
         gb = b.groups[q.group] if q.group < len(b.groups) else {}
         row = ParamDiff(name, param_step(p.entries, ga), param_step(q.entries, gb))
+        ra, rb = reset_count(p.entries), reset_count(q.entries)
+        if ra is not None and rb is not None:
+            row.resets = rb - ra
+        # Persona's own `step` starts again at 1 on every reset: across a reset its difference means nothing
+        restarted = bool(row.resets) and "times_reset" in q.entries
+        if row.step_a is not None and row.step_b is not None and not restarted:
+            row.step_delta = row.step_b - row.step_a
         for key in sorted(set(p.entries) & set(q.entries)):
             if key.startswith(("qmap", "absmax")):
                 continue

@@ -140,6 +140,11 @@ def param_step(entries: dict, group: dict) -> int | None:
     return step
 
 
+def reset_count(entries: dict) -> int | None:
+    """Resets so far (SCORN/REMASTER `times_zero`, Persona `times_reset`); None where the state keeps none."""
+    return next((_as_int(_small(entries[k])) for k in ("times_zero", "times_reset") if k in entries), None)
+
+
 SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
 
 

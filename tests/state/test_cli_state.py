@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from .test_load import trained
@@ -82,6 +83,31 @@ def test_diff_and_inspect_agree_on_steps_when_scorn_holds_its_counter_at_zero(ru
     rc, out, _ = run_cli("inspect", str(tmp_path / "b.pt"), "--json")
     assert rc == 0 and {p["step"] for p in json.loads(out)["params"]} == {7}
 
+
+# reset_interval = 3, saved after 4 steps and after 7. SCORN (spec 4.4) resets on steps 3, 5, 7 and counts
+# steps in the group: 4 -> 7, 2 resets between. Persona (spec 6.2) resets on steps 3, 5, 7 too, but its own
+# `step` restarts at 1 on each reset: 2 after step 4, 1 after step 7, so no step difference can be given.
+@pytest.mark.parametrize("kind, steps, resets, delta, text", [
+    ("scorn", (4, 7), 2, 3, "4 -> 7 (+3, 2 resets)"),
+    ("persona", (2, 1), 2, None, "2 -> 1 (2 resets)"),
+])
+def test_diff_counts_resets_between_states(run_cli, tmp_path, kind, steps, resets, delta, text):
+    import optinspect
+
+    m, opt = trained(lambda p: optinspect.build_optimizer(p, {"type": kind, "lr": 1e-4, "reset_interval": 3}),
+                     steps=4)
+    torch.save(opt.state_dict(), tmp_path / "a.pt")
+    for _ in range(3):
+        m(torch.randn(4, 16)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    torch.save(opt.state_dict(), tmp_path / "b.pt")
+    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--json")
+    rows = json.loads(out)["params"]
+    assert rc == 0 and {(p["step_a"], p["step_b"], p["resets"], p["step_delta"]) for p in rows} == \
+        {(*steps, resets, delta)}
+    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), env={"NO_COLOR": "1"})
+    assert rc == 0 and text in out
 
 
 def test_inspect_to_a_pipe_keeps_each_row_on_one_line(run_cli, tmp_path):
