@@ -241,12 +241,18 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
     families = sorted({r.family for r in rows if r.family != "no state"})
     steps = sorted({r.step for r in rows if r.step is not None})
     anomalies = finalize(rows, steps)
+    notes = list(ls.warnings)
+    restarted = [r for r in rows if r.counters.get("times_reset")]
+    if restarted:  # Persona: `step` starts again at 1 on each reset (spec 6.2), unlike SCORN/REMASTER's group count
+        most = max(r.counters["times_reset"] for r in restarted)
+        notes.append(f"PersonaOptimizer starts its step counter again at every reset: `step` counts from the last "
+                     f"reset ({most} so far), not from the start of the run")
     groups = []
     for g in ls.groups:
         groups.append({k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in g.items()})
     return StateReport(path=ls.path, source_file=ls.source_file, layout=ls.layout, key_used=ls.key_used,
                        names_from=ls.names_from, family=", ".join(families) or "no state", steps=steps, groups=groups,
-                       params=rows, anomalies=anomalies, warnings=list(ls.warnings), skipped=list(ls.skipped),
+                       params=rows, anomalies=anomalies, warnings=notes, skipped=list(ls.skipped),
                        total_numel=sum(math.prod(r.shape) for r in rows if r.shape),
                        total_state_bytes=sum(t.bytes for r in rows for t in r.tensors),
                        definitions=DEFINITIONS)

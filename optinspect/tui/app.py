@@ -176,6 +176,8 @@ class StateApp(App[int]):
                 "totals": f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
                           f"{human_bytes(report.total_state_bytes)} of state",
                 "anomalies": str(len(report.anomalies))}
+        if report.warnings:  # what inspect prints as "note:" (skipped objects, Persona's restarting step)
+            info["notes"] = "\n".join(report.warnings)
         self.query_one(SummaryBar).show(info)
         self.loading_done = True
         if table.current_row is not None:

@@ -108,6 +108,11 @@ def test_diff_counts_resets_between_states(run_cli, tmp_path, kind, steps, reset
         {(*steps, resets, delta)}
     rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), env={"NO_COLOR": "1"})
     assert rc == 0 and text in out
+    # inspect says when `step` is Persona's count since its last reset (3 resets by step 7), and only then
+    warnings = json.loads(run_cli("inspect", str(tmp_path / "b.pt"), "--json")[1])["warnings"]
+    restarts = [w for w in warnings if "starts its step counter again" in w]
+    assert restarts == (["PersonaOptimizer starts its step counter again at every reset: `step` counts from the "
+                         "last reset (3 so far), not from the start of the run"] if kind == "persona" else [])
 
 
 def test_inspect_to_a_pipe_keeps_each_row_on_one_line(run_cli, tmp_path):

@@ -164,3 +164,30 @@ def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
             await pilot.press("q")
 
     asyncio.run(run())
+
+
+def test_report_notes_reach_the_summary(tmp_path, monkeypatch):
+    """What inspect prints as notes shows in the summary too: here Persona's step counter restarting at resets
+    (reset_interval = 3: resets on steps 3 and 5, so 2 after 5 steps, spec 6.2)."""
+    import torch
+
+    import optinspect
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(16, 8) * 0.1)]
+    opt = optinspect.build_optimizer(params, {"type": "persona", "lr": 1e-4, "reset_interval": 3})
+    for _ in range(5):
+        params[0].grad = torch.randn(16, 8)
+        opt.step()
+    torch.save(opt.state_dict(), "persona.pt")
+
+    async def run():
+        app = make_app("persona.pt")
+        async with app.run_test(size=(160, 30)) as pilot:
+            await _settle(app, pilot)
+            text = " ".join(screen_text(app).split())
+            assert "notes PersonaOptimizer starts its step counter again" in text and "(2 so far)" in text
+            await pilot.press("q")
+
+    asyncio.run(run())

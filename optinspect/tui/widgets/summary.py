@@ -1,4 +1,4 @@
-"""The summary bar: file, layout, optimizer, steps, groups, totals, anomaly count."""
+"""The summary bar: file, layout, optimizer, steps, groups, totals, anomaly count, and the report's notes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 class SummaryBar(Static):
     DEFAULT_CSS = """
-    SummaryBar { height: auto; max-height: 8; padding: 0 1; background: $boost; }
+    SummaryBar { height: auto; max-height: 10; padding: 0 1; background: $boost; }
     """
 
     def show_loading(self, path: str, note: str = "") -> None:
@@ -23,6 +23,6 @@ class SummaryBar(Static):
         g.add_column(style="bold")
         g.add_column()
         for k, v in info.items():
-            style = "bold red" if k == "anomalies" and v not in ("0", "…") else ""
+            style = "bold red" if k == "anomalies" and v not in ("0", "…") else "yellow" if k == "notes" else ""
             g.add_row(k, Text(str(v), style=style))
         self.update(g)
