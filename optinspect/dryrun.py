@@ -48,6 +48,20 @@ class TensorDrift:
     max_abs: float
 
 
+def _drift_notes(drift: list[TensorDrift], dtype: str) -> list[str]:
+    """Tensors whose low-precision run strayed from the float32 run by at least as far as that run moved: a
+    tensor that did not move at all scores exactly 1, so there the updates were lost to rounding."""
+    lost = [d for d in drift if d.drift_rel >= 1.0]
+    if not lost:
+        return []
+    worst = max(lost, key=lambda d: d.drift_rel)
+    still = sum(1 for d in lost if d.drift_rel == 1.0)
+    return [f"{len(lost)} of {len(drift)} tensors strayed from the float32 run by at least as much as they moved "
+            f"(worst {worst.name}: {worst.drift_rel:.3g}x; {still} did not move at all): at this step size their "
+            f"updates are mostly below {dtype}'s resolution (stochastic rounding keeps them only on average, "
+            "float32 master weights keep them)"]
+
+
 @dataclass
 class FullModel:
     path: str
@@ -77,6 +91,7 @@ class DryRunReport:
     drift: list[TensorDrift] | None = None
     status: str = "healthy"  # healthy | non-finite | diverged | crashed
     message: str = ""
+    notes: list[str] = field(default_factory=list)  # findings that do not fail the run (e.g. lost updates)
 
     @property
     def bytes_per_param(self) -> float:
@@ -326,4 +341,6 @@ def run(config_path: str, config: dict, *, steps: int = 10, dtype: str | None = 
             diff = p.detach().float() - q.detach()
             report.drift.append(TensorDrift(s.name, list(s.shape), float(diff.norm()) / moved if moved > 0 else 0.0,
                                             float(diff.abs().max())))
+        if report.status == "healthy":  # a run that failed says so in its status
+            report.notes += _drift_notes(report.drift, dtype)
     return report, opt, [s.name for s in specs]

@@ -106,6 +106,24 @@ def test_compare_fp32_reports_drift_for_bf16_and_none_for_fp32(run_cli, tmp_path
     assert any(d["drift_rel"] > 0 for d in json.loads(out)["drift"])  # the measured cost of 8-bit moments
 
 
+def test_compare_fp32_says_when_low_precision_loses_the_updates(run_cli, tmp_path):
+    """SGD at lr 1e-4 moves each weight by lr * grad, far below half a float16 ulp of weights of size ~0.02-1
+    (7.6e-6 at 0.02): in float16 nothing moves, so each tensor's drift is exactly its float32 movement (1.0)."""
+    rc, out, _ = run_cli("dry-run", write(tmp_path, "type = 'sgd'\nlr = 1e-4", "float16"), "--steps", "3",
+                         "--compare-fp32", "--json")
+    rep = json.loads(out)
+    n = len(rep["drift"])
+    assert rc == 0 and rep["status"] == "healthy" and all(d["drift_rel"] == 1.0 for d in rep["drift"])
+    assert len(rep["notes"]) == 1 and rep["notes"][0].startswith(f"{n} of {n} tensors strayed")
+    assert f"{n} did not move at all" in rep["notes"][0] and "float16" in rep["notes"][0]
+    rc, out, _ = run_cli("dry-run", write(tmp_path, "type = 'sgd'\nlr = 1e-4", "float16"), "--steps", "3",
+                         "--compare-fp32", env={"NO_COLOR": "1"})
+    assert rc == 0 and f"note: {n} of {n} tensors strayed" in out
+    rc, out, _ = run_cli("dry-run", write(tmp_path, "type = 'sgd'\nlr = 1e-4", "float32"), "--steps", "3",
+                         "--compare-fp32", "--json")
+    assert json.loads(out)["notes"] == []  # same math in float32: no drift, nothing to say
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_save_round_trip_and_no_overwrite(run_cli, tmp_path, suffix):
     target = tmp_path / f"state{suffix}"

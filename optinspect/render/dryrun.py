@@ -34,5 +34,7 @@ def render(report: DryRunReport, console) -> None:
         for x in report.drift:
             d.add_row(Text(x.name), str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
         console.print(d)
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
     style = "bold green" if report.status == "healthy" else "bold red"
     console.print(Text(f"{report.status}" + (f": {report.message}" if report.message else ""), style=style))
