@@ -64,34 +64,15 @@ def test_diff_after_resume(run_cli, tmp_path):
     assert all(k["rel"] == 0 for p in json.loads(out)["params"] for k in p["drifts"])
 
 
-def test_diff_and_inspect_agree_on_steps_when_scorn_holds_its_counter_at_zero(run_cli, tmp_path):
-    """With resets on, SCORN keeps state['step'] at 0 and counts in the group: both commands must report the
-    group's count (diff once reported 0 -> 0)."""
-    import optinspect
-
-    m, opt = trained(lambda p: optinspect.build_optimizer(p, {"type": "scorn", "lr": 1e-4, "reset_interval": 3}),
-                     steps=4)
-    torch.save(opt.state_dict(), tmp_path / "a.pt")
-    for _ in range(3):
-        m(torch.randn(4, 16)).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
-    torch.save(opt.state_dict(), tmp_path / "b.pt")
-    assert opt.state_dict()["state"][0]["step"] == 0
-    rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--json")
-    assert rc == 0 and {(p["step_a"], p["step_b"]) for p in json.loads(out)["params"]} == {(4, 7)}
-    rc, out, _ = run_cli("inspect", str(tmp_path / "b.pt"), "--json")
-    assert rc == 0 and {p["step"] for p in json.loads(out)["params"]} == {7}
-
-
-# reset_interval = 3, saved after 4 steps and after 7. SCORN (spec 4.4) resets on steps 3, 5, 7 and counts
-# steps in the group: 4 -> 7, 2 resets between. Persona (spec 6.2) resets on steps 3, 5, 7 too, but its own
+# reset_interval = 3, saved after 4 steps and after 7. SCORN (spec 4.4) resets on steps 3, 5, 7, holds
+# state['step'] at 0 and counts steps in the group: diff and inspect must both give the group's count, 4 -> 7
+# (diff once said 0 -> 0), with 2 resets between. Persona (spec 6.2) resets on steps 3, 5, 7 too, but its own
 # `step` restarts at 1 on each reset: 2 after step 4, 1 after step 7, so no step difference can be given.
 @pytest.mark.parametrize("kind, steps, resets, delta, text", [
     ("scorn", (4, 7), 2, 3, "4 -> 7 (+3, 2 resets)"),
     ("persona", (2, 1), 2, None, "2 -> 1 (2 resets)"),
 ])
-def test_diff_counts_resets_between_states(run_cli, tmp_path, kind, steps, resets, delta, text):
+def test_diff_and_inspect_count_steps_and_resets(run_cli, tmp_path, kind, steps, resets, delta, text):
     import optinspect
 
     m, opt = trained(lambda p: optinspect.build_optimizer(p, {"type": kind, "lr": 1e-4, "reset_interval": 3}),
@@ -108,8 +89,12 @@ def test_diff_counts_resets_between_states(run_cli, tmp_path, kind, steps, reset
         {(*steps, resets, delta)}
     rc, out, _ = run_cli("diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), env={"NO_COLOR": "1"})
     assert rc == 0 and text in out
-    # inspect says when `step` is Persona's count since its last reset (3 resets by step 7), and only then
-    warnings = json.loads(run_cli("inspect", str(tmp_path / "b.pt"), "--json")[1])["warnings"]
+    # inspect gives the same step, and says when it is Persona's count since its last reset (3 resets by step 7)
+    rep = json.loads(run_cli("inspect", str(tmp_path / "b.pt"), "--json")[1])
+    assert {p["step"] for p in rep["params"]} == {steps[1]}
+    if kind == "scorn":
+        assert opt.state_dict()["state"][0]["step"] == 0
+    warnings = rep["warnings"]
     restarts = [w for w in warnings if "starts its step counter again" in w]
     assert restarts == (["PersonaOptimizer starts its step counter again at every reset: `step` counts from the "
                          "last reset (3 so far), not from the start of the run"] if kind == "persona" else [])
