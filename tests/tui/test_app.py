@@ -134,22 +134,28 @@ def test_unreadable_state_exits_2(tmp_path, monkeypatch):
     assert asyncio.run(run()) == 2
 
 
-def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
-    """The summary shows hyper-parameters as written (beta2 = 0.9999 once read "1"), the table the reset
-    counters as "resets +since" and the group's step count (SCORN holds state['step'] at 0 under resets)."""
+def _stepped_state(path: str, table: dict, steps: int) -> None:
+    """The state of a bundled optimizer built from `table` after `steps` steps on a matrix and a vector."""
     import torch
 
     import optinspect
 
-    monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(16, 8) * 0.1), torch.nn.Parameter(torch.randn(8) * 0.1)]
-    opt = optinspect.build_optimizer(params, {"type": "scorn", "lr": 1e-4, "reset_interval": 3})
-    for _ in range(7):  # resets on steps 3, 5 and 7 (spec 4.4); the saved counter is the next step's value, 2
+    opt = optinspect.build_optimizer(params, table)
+    for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape)
         opt.step()
-    torch.save(opt.state_dict(), "scorn.pt")
+    torch.save(opt.state_dict(), path)
+
+
+def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
+    """The summary shows hyper-parameters as written (beta2 = 0.9999 once read "1"), the table the reset
+    counters as "resets +since" and the group's step count (SCORN holds state['step'] at 0 under resets)."""
+    monkeypatch.chdir(tmp_path)
+    # resets on steps 3, 5 and 7 (spec 4.4); the saved counter is the next step's value, 2
+    _stepped_state("scorn.pt", {"type": "scorn", "lr": 1e-4, "reset_interval": 3}, steps=7)
 
     async def run():
         app = make_app("scorn.pt")
@@ -169,18 +175,8 @@ def test_summary_and_rows_of_a_scorn_state_with_resets(tmp_path, monkeypatch):
 def test_report_notes_reach_the_summary(tmp_path, monkeypatch):
     """What inspect prints as notes shows in the summary too: here Persona's step counter restarting at resets
     (reset_interval = 3: resets on steps 3 and 5, so 2 after 5 steps, spec 6.2)."""
-    import torch
-
-    import optinspect
-
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(16, 8) * 0.1)]
-    opt = optinspect.build_optimizer(params, {"type": "persona", "lr": 1e-4, "reset_interval": 3})
-    for _ in range(5):
-        params[0].grad = torch.randn(16, 8)
-        opt.step()
-    torch.save(opt.state_dict(), "persona.pt")
+    _stepped_state("persona.pt", {"type": "persona", "lr": 1e-4, "reset_interval": 3}, steps=5)
 
     async def run():
         app = make_app("persona.pt")
