@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from optinspect.render import make_console
+
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = ("Check a diffusion trainer's [optimizer] table before the run, dry-run the optimizer it builds, "
                "and look inside saved optimizer state.")
@@ -18,11 +20,6 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"optinspect: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
 
-
-def _console(stderr: bool = False):
-    from optinspect.render import make_console
-
-    return make_console(stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if any(r.diagnostics for r in reports):
             from optinspect.render.text import render
 
-            render(reports, _console())
+            render(reports, make_console())
         elif not args.quiet:
             print(f"{len(reports)} file{'s' * (len(reports) != 1)} checked: no problems found")
     if any(r.unreadable for r in reports):
@@ -136,7 +133,7 @@ def cmd_rules() -> int:
     table = Table("code", "name", "severity", "summary", box=None, pad_edge=False)
     for code, r in sorted(_all_rules().items()):  # Text: summaries hold TOML like [optimizer], not markup
         table.add_row(code, r.name, r.severity.value, Text(r.summary))
-    _console().print(table)
+    make_console().print(table)
     return EXIT_OK
 
 
@@ -163,7 +160,7 @@ def cmd_explain(code: str) -> int:
         md += ["## Fix", r.fix, ""]
     md += ["## Suppress", f"`# optinspect: ignore[{r.code}]` at the end of the key's line, or "
            f"`--ignore {r.code}`."]
-    _console().print(Markdown("\n".join(md)))
+    make_console().print(Markdown("\n".join(md)))
     return EXIT_OK
 
 

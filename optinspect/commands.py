@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from optinspect.render import make_console
+
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
@@ -68,11 +70,6 @@ def _quiet_torch_import() -> None:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 
-def _console(stderr: bool = False, tables: bool = False):
-    from optinspect.render import make_console
-
-    return make_console(stderr, tables=tables)
-
 
 def _err(msg: str) -> int:
     sys.stderr.write(f"optinspect: error: {msg}\n")
@@ -100,7 +97,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     if errors or report.unreadable:
         from optinspect.render.text import render
 
-        render([report], _console(stderr=True))
+        render([report], make_console(stderr=True))
         return EXIT_USAGE
     if args.save and os.path.exists(args.save) and not args.force:
         return _err(f"{args.save} exists; pass --force to overwrite it")
@@ -109,7 +106,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         from optinspect.diagnostics import FileReport
         from optinspect.render.text import render
 
-        render([FileReport(report.path, warnings, report.source)], _console(stderr=True), show_source=False)
+        render([FileReport(report.path, warnings, report.source)], make_console(stderr=True), show_source=False)
     config = report.data or {}
     try:
         import torch  # noqa: F401
@@ -118,7 +115,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     from optinspect import dryrun
     from optinspect.build import NotBundled, ShadowedPackage
 
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     try:
         if args.json or not console.is_terminal:
             rep, opt, names = dryrun.run(args.config, config, steps=args.steps, dtype=args.dtype, device=args.device,
@@ -154,9 +151,9 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     else:
         from optinspect.render.dryrun import render
 
-        render(rep, _console(tables=True))
+        render(rep, make_console(tables=True))
         if saved:
-            _console().print(f"saved optimizer state to {saved}", markup=False)
+            make_console().print(f"saved optimizer state to {saved}", markup=False)
     return EXIT_OK if rep.status == "healthy" else EXIT_FOUND
 
 
@@ -180,7 +177,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return _err(error)
 
     total = ls.tensor_bytes
-    console = _console(stderr=True)
+    console = make_console(stderr=True)
     from optinspect.state.ptindex import CorruptData
 
     try:
@@ -192,7 +189,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     from optinspect.render.state import render, select
 
-    render(report, _console(tables=True), select(report, args.sort, args.filter, args.top))
+    render(report, make_console(tables=True), select(report, args.sort, args.filter, args.top))
     return EXIT_OK
 
 
@@ -224,7 +221,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return EXIT_OK
     from optinspect.render.state import render_diff
 
-    render_diff(d, _console(tables=True))
+    render_diff(d, make_console(tables=True))
     return EXIT_OK
 
 
