@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from optinspect.state.keys import FIRST, SECOND
+from optinspect.state.keys import FIRST, RESETS, SECOND
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _resets(r) -> str:
     """Resets so far, then the optimizer's own `steps_since_reset` counter as saved: "3 +2" (SCORN/REMASTER
     `times_zero`, Persona `times_reset`)."""
     c = r.counters
-    times = c.get("times_zero", c.get("times_reset"))
+    times = next((c[k] for k in RESETS if k in c), None)
     since = c.get("steps_since_reset")
     if times is None and since is None:
         return "…" if pending(r) else "-"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from optinspect.state import stats as S
-from optinspect.state.keys import COUNTERS, FIRST, SECOND
+from optinspect.state.keys import COUNTERS, FIRST, RESETS, SECOND
 from optinspect.state.load import LoadedState, ParamState, materialize
 
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
@@ -142,7 +142,7 @@ def param_step(entries: dict, group: dict) -> int | None:
 
 def reset_count(entries: dict) -> int | None:
     """Resets so far (SCORN/REMASTER `times_zero`, Persona `times_reset`); None where the state keeps none."""
-    return next((_as_int(_small(entries[k])) for k in ("times_zero", "times_reset") if k in entries), None)
+    return next((_as_int(_small(entries[k])) for k in RESETS if k in entries), None)
 
 
 SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
