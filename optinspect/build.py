@@ -27,30 +27,14 @@ class NotBundled(LookupError):
     """A valid type that optinspect does not ship an implementation of."""
 
 
-class ShadowedPackage(ImportError):
-    """The `optimizers` package on sys.path is not optinspect's."""
-
-
-def bundled_optimizers_module():
-    """Import `optimizers` and make sure it is ours, not a trainer's folder earlier on sys.path."""
-    mod = importlib.import_module("optimizers")
-    if not getattr(mod, "OPTINSPECT_BUNDLED", False):
-        where = getattr(mod, "__file__", None) or list(getattr(mod, "__path__", []))
-        raise ShadowedPackage(
-            f"the `optimizers` package imported from {where} is not optinspect's: a trainer's own optimizers/ "
-            "folder is earlier on sys.path. Run from outside the trainer checkout, or put optinspect's "
-            "install first on PYTHONPATH.")
-    return mod
-
-
 def resolve_class(type_name: str) -> type:
     res = catalog.resolve_type(type_name)
     key = (res.schema or "").lower()
     if res.source != "unknown":
-        mod = bundled_optimizers_module()
-        if key in mod.CLASSES:
-            module, cls = mod.CLASSES[key]
-            return getattr(importlib.import_module(module), cls)
+        from optinspect import optimizers
+
+        if key in optimizers.CLASSES:
+            return optimizers.load_class(key)
         if key in TORCH_CLASSES:
             module, cls = TORCH_CLASSES[key]
             return getattr(importlib.import_module(module), cls)
@@ -69,7 +53,7 @@ def build_optimizer(params: Iterable, table: dict, config: dict | None = None, *
     """Validate `table` with the schemas and rules, then construct the optimizer as the trainer would.
 
     Raises InvalidConfig listing every error (and every warning with strict=True), NotBundled for valid
-    types without an implementation here, ShadowedPackage when a trainer's `optimizers/` shadows ours.
+    types without an implementation here.
     """
     if not isinstance(table, dict):
         raise TypeError(f"table must be a dict (the [optimizer] table), got {type(table).__name__}")

@@ -113,7 +113,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
     except ImportError:
         return _err("dry-run needs torch: pip install 'optinspect[torch]'")
     from optinspect import dryrun
-    from optinspect.build import NotBundled, ShadowedPackage
+    from optinspect.build import NotBundled
 
     console = make_console(stderr=True)
     try:
@@ -130,7 +130,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
                                              device=args.device, seed=args.seed, shapes=args.shapes_from,
                                              max_params=args.max_params, compare_fp32=args.compare_fp32,
                                              progress=lambda i, n: bar.update(task, completed=i))
-    except (dryrun.DryRunError, NotBundled, ShadowedPackage) as e:
+    except (dryrun.DryRunError, NotBundled) as e:
         return _err(str(e))
     except (TypeError, ValueError) as e:  # a constructor's own argument check
         return _err(f"the optimizer rejected the table: {e}")

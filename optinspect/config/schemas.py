@@ -1,4 +1,4 @@
-"""Find and load the JSON Schemas in `schemas/`, from a checkout or from an installed wheel."""
+"""Find and load the JSON Schemas shipped in `optinspect/_schemas/` (the repository's `schemas/` links there)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ class SchemaNotFound(LookupError):
 
 @lru_cache(maxsize=1)
 def schema_dir() -> Path:
-    """`optinspect/_schemas` inside a wheel, else `schemas/` beside the package in a checkout."""
-    for cand in (_HERE / "_schemas", _HERE.parent / "schemas"):
-        if (cand / f"{BUNDLE}.schema.json").is_file():
-            return cand
-    raise SchemaNotFound(f"no schemas found next to {_HERE} (looked in _schemas/ and ../schemas/)")
+    """The one place schemas live, in a checkout, an editable install and a wheel alike."""
+    cand = _HERE / "_schemas"
+    if (cand / f"{BUNDLE}.schema.json").is_file():
+        return cand
+    raise SchemaNotFound(f"no schemas found in {cand}: the installation is incomplete")
 
 
 def schema_path(name: str) -> Path:

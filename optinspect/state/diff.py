@@ -47,7 +47,7 @@ class DiffReport:
 def _dequant(e: dict, key: str) -> torch.Tensor:
     v = materialize(e[key])
     if v.dtype == torch.uint8 and key in ("state1", "state2"):
-        from optimizers._quant import dequantize_blockwise
+        from optinspect.optimizers._quant import dequantize_blockwise
 
         n = key[-1]
         return dequantize_blockwise(v, materialize(e[f"absmax{n}"]), materialize(e[f"qmap{n}"]))

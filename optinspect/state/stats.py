@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optimizers._quant import code_error_bound, dequantize_blockwise, infer_block
+from optinspect.optimizers._quant import code_error_bound, dequantize_blockwise, infer_block
 from optinspect.state.pages import release_tensor
 
 CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)

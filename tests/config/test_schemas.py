@@ -74,10 +74,9 @@ def _same(a, b):
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_schema_defaults_equal_constructor_defaults(name):
-    import optimizers
+    from optinspect import optimizers
 
-    module, cls = optimizers.CLASSES[name]
-    klass = getattr(__import__(module, fromlist=[cls]), cls)
+    klass = optimizers.load_class(name)
     ctor = _ctor_defaults(klass)
     schema_defaults = schemas.defaults(name)
     props = set(schemas.load(name)["properties"]) - {"type", "gradient_release", "beta2_half_life"}

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import optinspect
-from optimizers._common import orthograd_
-from optimizers.adafactor import EnhancedAdafactor
-from optimizers.adamw_8bit import AdamW8bitKahan
-from optimizers.persona import PersonaOptimizer
-from optimizers.remaster import REMASTER
-from optimizers.scorn import SCORN
+from optinspect.optimizers._common import orthograd_
+from optinspect.optimizers.adafactor import EnhancedAdafactor
+from optinspect.optimizers.adamw_8bit import AdamW8bitKahan
+from optinspect.optimizers.persona import PersonaOptimizer
+from optinspect.optimizers.remaster import REMASTER
+from optinspect.optimizers.scorn import SCORN
 
 TABLES = {
     "adafactor": {"type": "adafactor", "lr": 1e-3, "scale_parameter": False, "relative_step": False, "beta1": 0.9,
@@ -82,10 +82,9 @@ BAD_ARGS = {
 
 @pytest.mark.parametrize("name,kw,needle", [(n, kw, s) for n, cases in BAD_ARGS.items() for kw, s in cases])
 def test_constructor_errors_name_the_argument(name, kw, needle):
-    import optimizers
+    from optinspect import optimizers
 
-    module, cls = optimizers.CLASSES[name.lower()]
-    klass = getattr(__import__(module, fromlist=[cls]), cls)
+    klass = optimizers.load_class(name.lower())
     with pytest.raises(ValueError, match=None) as e:
         klass(model(), **kw)
     assert needle in str(e.value)
@@ -243,29 +242,21 @@ def test_build_optimizer_rejects_invalid_tables_with_located_messages():
     assert isinstance(opt, torch.optim.AdamW)
 
 
-def test_shadowed_optimizers_package_is_reported(tmp_path, monkeypatch):
+def test_a_trainers_optimizers_folder_first_on_sys_path_changes_nothing(tmp_path, monkeypatch):
+    """Run from inside a trainer checkout: its `optimizers` folder is importable, and ours are still the ones built."""
     import sys
-
-    from optinspect.build import ShadowedPackage, bundled_optimizers_module
 
     fake = tmp_path / "optimizers"
     fake.mkdir()
-    (fake / "__init__.py").write_text("")
-    saved = {k: v for k, v in sys.modules.items() if k == "optimizers" or k.startswith("optimizers.")}
-    for k in saved:
-        del sys.modules[k]
+    (fake / "scorn.py").write_text("raise RuntimeError('the trainer module was imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        with pytest.raises(ShadowedPackage, match=str(fake)):
-            bundled_optimizers_module()
-    finally:
-        for k in [k for k in sys.modules if k == "optimizers" or k.startswith("optimizers.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+    monkeypatch.delitem(sys.modules, "optimizers", raising=False)
+    opt = optinspect.build_optimizer(model(), {"type": "scorn", "lr": 1e-4})
+    assert type(opt) is SCORN and type(opt).__module__ == "optinspect.optimizers.scorn"
 
 
 def test_adafactor_is_the_trainer_class_name():
-    from optimizers import adafactor
+    from optinspect.optimizers import adafactor
 
     assert adafactor.EnhancedAdafactor is EnhancedAdafactor
 
@@ -324,12 +315,12 @@ SLICED = [("adafactor", {}), ("adafactor", {"beta1": None, "weight_decay": 0.0, 
 def test_cpu_slices_change_no_bit(name, extra, dtype, slice_elements, monkeypatch):
     """Adafactor's, Prodigy's, Persona's and AdamW8bitKahan's in-cache slices (CPU_SLICE; block-aligned for the 8-bit states) against
     one op per whole tensor, on tensors whose sizes are not multiples of the slice or of the 256-element block."""
-    import optimizers._common
+    import optinspect.optimizers._common
 
     table = {k: v for k, v in {**TABLES[name], **extra}.items() if v is not None}  # None: key left out
     runs = []
     for elements in (1 << 30, slice_elements):
-        monkeypatch.setattr(optimizers._common, "CPU_SLICE", elements)
+        monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", elements)
         torch.manual_seed(0)
         params = model(dtype)
         opt = optinspect.build_optimizer(params, table)
@@ -355,9 +346,9 @@ def test_addcdiv_with_value_one_rounds_like_div_then_add(n):
 
 def test_adamw8bitkahan_slices_skip_non_contiguous_state(monkeypatch):
     """A resumed checkpoint may hold a state tensor with other strides: the sliced path must not be taken."""
-    import optimizers._common
+    import optinspect.optimizers._common
 
-    monkeypatch.setattr(optimizers._common, "CPU_SLICE", 512)
+    monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", 512)
     runs = []
     for transpose in (False, True):
         params = model()

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-import optimizers._common as common
+import optinspect.optimizers._common as common
 
 
 def test_windows_slice_contiguous_cpu_tensors_and_keep_the_rest_whole(monkeypatch):

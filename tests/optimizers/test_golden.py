@@ -93,7 +93,7 @@ def test_check_parity_gate_passes():
 def test_persona_in_cache_slices_is_bit_identical(case, monkeypatch):
     """On CPU Persona runs its elementwise chain in slices (CPU_SLICE elements): with slices far smaller than
     the golden tensors (and ends that are not multiples of the slice) it must still match every bit."""
-    import optimizers._common
+    import optinspect.optimizers._common
 
-    monkeypatch.setattr(optimizers._common, "CPU_SLICE", 64)
+    monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", 64)
     test_trajectory_and_final_state_are_bit_identical(case)

@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
-from optimizers.adafactor import EnhancedAdafactor
-from optimizers.adamw_8bit import QUANT_STATE_KEY, AdamW8bitKahan
-from optimizers.prodigy import Prodigy
+from optinspect.optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
+from optinspect.optimizers.adafactor import EnhancedAdafactor
+from optinspect.optimizers.adamw_8bit import QUANT_STATE_KEY, AdamW8bitKahan
+from optinspect.optimizers.prodigy import Prodigy
 
 pytestmark = pytest.mark.oracle
 SHAPES = [(24, 16), (16,), (4, 3, 3, 3), (1,), (7, 5), (2, 3, 4)]
@@ -68,9 +68,9 @@ def test_adafactor_matches_transformers(kw, slice_elements, monkeypatch):
     """Also with in-cache slices (CPU_SLICE) far smaller than the tensors: still bit-identical."""
     transformers = pytest.importorskip("transformers")
     if slice_elements is not None:
-        import optimizers._common
+        import optinspect.optimizers._common
 
-        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
+        monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", slice_elements)
     pa, pb = make_params(), make_params()
     ours = EnhancedAdafactor(pa, **kw)
     theirs = transformers.Adafactor(pb, **kw)
@@ -128,9 +128,9 @@ def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, monkeypatch):
     """Also with in-cache slices (CPU_SLICE) far smaller than the tensors: still bit-identical."""
     po = pytest.importorskip("pytorch_optimizer")
     if slice_elements is not None:
-        import optimizers._common
+        import optinspect.optimizers._common
 
-        monkeypatch.setattr(optimizers._common, "CPU_SLICE", slice_elements)
+        monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", slice_elements)
     pa, pb = make_params(), make_params()
     ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
     run_pair(ours, theirs, pa, pb, steps=30, scale=0.05)

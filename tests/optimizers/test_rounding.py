@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizers._rounding import _keep_special, copy_stochastic_
+from optinspect.optimizers._rounding import _keep_special, copy_stochastic_
 
 finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 

@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from optimizers._base import check_range, closure_loss
-from optimizers._common import scratch, windows
-from optimizers._rounding import copy_stochastic_, is_low_precision
+from ._base import check_range, closure_loss
+from ._common import scratch, windows
+from ._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["Prodigy"]
 

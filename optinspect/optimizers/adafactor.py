@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from optimizers._base import PerParameterOptimizer, check_range
-from optimizers._common import scratch, windows
-from optimizers._rounding import copy_stochastic_
+from ._base import PerParameterOptimizer, check_range
+from ._common import scratch, windows
+from ._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 

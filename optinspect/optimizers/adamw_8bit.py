@@ -18,10 +18,10 @@ import math
 
 import torch
 
-from optimizers._base import PerParameterOptimizer, check_betas, check_range
-from optimizers._common import windows
-from optimizers._quant import BLOCK as _BLOCK
-from optimizers._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
+from ._base import PerParameterOptimizer, check_betas, check_range
+from ._common import windows
+from ._quant import BLOCK as _BLOCK
+from ._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
 __all__ = ["AdamW8bitKahan", "QUANT_STATE_KEY"]
 

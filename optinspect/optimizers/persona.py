@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
-from optimizers._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
-from optimizers._rounding import copy_stochastic_, is_low_precision
+from ._base import PerParameterOptimizer, check_betas, check_int, check_range
+from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
+from ._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["PersonaOptimizer"]
 

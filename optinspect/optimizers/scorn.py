@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from optimizers._base import PerParameterOptimizer, check_betas, check_int, check_range
-from optimizers._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
-from optimizers._rounding import copy_stochastic_, is_low_precision
+from ._base import PerParameterOptimizer, check_betas, check_int, check_range
+from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
+from ._rounding import copy_stochastic_, is_low_precision
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 
