@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-GOLDEN = SHARED / "golden"
 EXAMPLES = ROOT / "examples"
 
 if str(ROOT) not in sys.path:

@@ -16,3 +16,15 @@ def test_ruff_clean():
         pytest.skip("ruff not installed")
     proc = subprocess.run([exe, "check", "--output-format", "concise", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_the_suite_reads_nothing_outside_the_repository():
+    """A clone has no ../shared: no test may need it (the golden data travels in tests/optimizers/golden_data)."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        if path.name == "golden_pack.py" or path == Path(__file__).resolve():  # the packer reads the handed-out copy
+            continue
+        text = path.read_text()
+        if '"shared"' in text or "'shared'" in text or "../shared" in text or "parent.parent.parent" in text:
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -6,7 +6,7 @@ import pytest
 
 from optinspect.config.validate import Options, validate_file
 
-from ..conftest import EXAMPLES, SHARED
+from ..conftest import EXAMPLES
 from .helpers import codes, diags, find
 
 README_EXAMPLES = sorted((EXAMPLES / "readme").glob("*.toml"))
@@ -22,13 +22,6 @@ def test_bundled_chroma_example_is_clean():
     report = validate_file(str(EXAMPLES / "chroma.toml"))
     assert report.diagnostics == []
     assert report.optimizer_type == "scorn"
-
-
-def test_seed_config_is_clean_when_shared_is_present():
-    seed = SHARED / "seed" / "chroma.toml"
-    if not seed.exists():
-        pytest.skip("../shared not present")
-    assert validate_file(str(seed)).errors == 0
 
 
 def test_unknown_key_did_you_mean_and_location():
