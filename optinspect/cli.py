@@ -21,6 +21,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: a clear usage error for 0, negatives and non-numbers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="optinspect", description=DESCRIPTION,
@@ -32,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     v = sub.add_parser("validate", help="check the [optimizer] table of trainer configs")
-    v.add_argument("files", nargs="+", metavar="FILE", help="trainer configs (.toml)")
+    v.add_argument("files", nargs="+", metavar="PATH", help="trainer configs (.toml), or folders to search for them")
     v.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text",
                    help="text for people; json, GitHub annotations or SARIF for tools (default: text)")
     v.add_argument("--strict", action="store_true", help="warnings also fail (exit 1)")
     v.add_argument("--ignore", action="append", default=[], metavar="CODE", help="skip a rule (repeatable, "
                    "or comma-separated)")
     v.add_argument("--require-optimizer", action="store_true", help="a file without [optimizer] is an error")
-    v.add_argument("--world-size", type=int, default=None, help="number of GPUs the run will use (OPT601)")
+    v.add_argument("--world-size", type=positive_int, default=None, help="number of GPUs the run will use (OPT601)")
     v.add_argument("--quiet", "-q", action="store_true", help="no summary line when nothing was found")
 
     sub.add_parser("rules", help="list every rule code")
@@ -54,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     from optinspect import commands
 
     commands.add_heavy_parsers(sub)
+    p.set_defaults(_commands=sub.choices)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's parser, so the usage shown is that command's
+            (args._commands.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         return int(e.code or 0)
     if args.command is None:
@@ -85,11 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from optinspect.config.discover import expand
     from optinspect.config.validate import Options, validate_file
 
     ignore = frozenset(c.strip().upper() for item in args.ignore for c in item.split(",") if c.strip())
+    unknown = sorted(ignore - set(_all_rules()))
+    if unknown:
+        return _unknown_codes(unknown, "--ignore")
     opts = Options(require_optimizer=args.require_optimizer, ignore=ignore, world_size=args.world_size)
-    reports = [validate_file(f, opts) for f in args.files]
+    reports = [validate_file(f, opts) for f in expand(args.files)]
     if args.format == "json":
         from optinspect.render.machine import to_json
 
@@ -126,6 +143,18 @@ def _all_rules() -> dict:
     return RULES
 
 
+def _unknown_codes(codes: list[str], where: str) -> int:
+    import difflib
+
+    hints = []
+    for code in codes:
+        close = difflib.get_close_matches(code, list(_all_rules()), n=3)
+        hints.append(code + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    sys.stderr.write(f"optinspect: error: {where}: unknown rule code{'s' * (len(codes) > 1)} {'; '.join(hints)}; "
+                     "`optinspect rules` lists them\n")
+    return EXIT_USAGE
+
+
 def cmd_rules() -> int:
     from rich.table import Table
     from rich.text import Text
@@ -133,7 +162,7 @@ def cmd_rules() -> int:
     table = Table("code", "name", "severity", "summary", box=None, pad_edge=False)
     for code, r in sorted(_all_rules().items()):  # Text: summaries hold TOML like [optimizer], not markup
         table.add_row(code, r.name, r.severity.value, Text(r.summary))
-    make_console().print(table)
+    make_console(tables=True).print(table)
     return EXIT_OK
 
 
@@ -141,12 +170,7 @@ def cmd_explain(code: str) -> int:
     rules = _all_rules()
     r = rules.get(code.upper())
     if r is None:
-        import difflib
-
-        close = difflib.get_close_matches(code.upper(), list(rules), n=3)
-        sys.stderr.write(f"optinspect: unknown rule code {code!r}"
-                         + (f"; did you mean {', '.join(close)}?" if close else "") + "\n")
-        return EXIT_USAGE
+        return _unknown_codes([code.upper()], "explain")
     from rich.markdown import Markdown
 
     applies = ", ".join(r.types) if r.types else "every optimizer type"

@@ -12,24 +12,15 @@ from optinspect.render import make_console
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
-def _positive(text: str) -> int:
-    """argparse type for counts: a clear usage error for 0, negatives and non-numbers."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the torch-backed subcommands (argument parsing only; nothing heavy is imported here)."""
+    from optinspect.cli import positive_int
+
     d = sub.add_parser("dry-run", help="build the optimizer from a config and take real steps")
     d.add_argument("config", help="trainer config (.toml) with an [optimizer] table")
-    d.add_argument("--steps", type=_positive, default=10, help="optimizer steps to take (default: 10)")
+    d.add_argument("--steps", type=positive_int, default=10, help="optimizer steps to take (default: 10)")
     d.add_argument("--shapes-from", metavar="MODEL.safetensors", help="real parameter shapes (header only)")
-    d.add_argument("--max-params", type=_positive, default=4_000_000, metavar="N",
+    d.add_argument("--max-params", type=positive_int, default=4_000_000, metavar="N",
                    help="elements to step on with --shapes-from (default: 4,000,000)")
     d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="parameter dtype (default: [adapter] or [model] dtype of the config)")
@@ -48,7 +39,7 @@ def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
                    help="row order: checkpoint order, name, or largest first (moments, update scale, "
                         "quantization error, flags, size)")
     i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches, e.g. '*attn*'")
-    i.add_argument("--top", type=_positive, metavar="N", help="only the first N rows after sorting")
+    i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help="model .safetensors to name parameters by order and shape")
 
     t = sub.add_parser("tui", help="interactive view of a saved optimizer state (two: their deltas)")
@@ -76,7 +67,26 @@ def _err(msg: str) -> int:
     return EXIT_USAGE
 
 
+# What each command needs beyond the light core, and the extra that installs it (said before any work starts)
+NEEDS = {"dry-run": (("torch",), "torch"), "inspect": (("torch",), "torch"), "diff": (("torch",), "torch"),
+         "tui": (("textual", "torch"), "tui")}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
+    modules, extra = NEEDS.get(args.command, ((), ""))
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+        return _err(f"{args.command} needs {' and '.join(modules)} ({', '.join(missing)} not installed): "
+                    f"pip install 'optinspect[{extra}]'")
     _quiet_torch_import()
     if args.command == "dry-run":
         return cmd_dry_run(args)
@@ -108,10 +118,6 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
 
         render([FileReport(report.path, warnings, report.source)], make_console(stderr=True), show_source=False)
     config = report.data or {}
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return _err("dry-run needs torch: pip install 'optinspect[torch]'")
     from optinspect import dryrun
     from optinspect.build import NotBundled
 
@@ -168,10 +174,6 @@ def _load(path: str, model: str | None):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return _err("inspect needs torch: pip install 'optinspect[torch]'")
     ls, error = _load(args.state, args.model)
     if error:
         return _err(error)
@@ -226,13 +228,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("textual") is None or importlib.util.find_spec("torch") is None:
-        return _err("the TUI needs textual and torch: pip install 'optinspect[tui]'")
     for p in [args.state] + ([args.other] if args.other else []):
         if not os.path.exists(p):
             return _err(f"{p}: no such file or folder")
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):  # else it draws escape codes into a pipe and never ends
+        return _err("the TUI needs a terminal (standard input and output are not one); "
+                    "`optinspect inspect` prints the same report as text, or as JSON with --json")
     # torch is imported by the loading worker, after the first paint
     from optinspect.tui.app import make_app
 

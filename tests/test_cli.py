@@ -155,3 +155,82 @@ def test_every_code_has_an_explanation(run_cli):
     for code in RULES:
         rc, out, _ = run_cli("explain", code, env={"NO_COLOR": "1"})
         assert rc == 0 and code in out
+
+
+def _cli(*args: str, timeout: float = 60, code_before: str = "") -> subprocess.CompletedProcess:
+    """The CLI in a child process with its stdio on pipes (as in a script or CI), so that a hang, a traceback or
+    escape codes would show."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env["PYTHONPATH"] = str(ROOT)
+    code = f"{code_before}\nimport sys\nfrom optinspect.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+
+def test_unknown_option_shows_the_commands_usage(run_cli):
+    rc, _, err = run_cli("validate", "--frob", GOOD)
+    assert rc == 2 and "usage: optinspect validate" in err and "unrecognized arguments: --frob" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--ignore", "OPT999"), "unknown rule code OPT999"),
+    (("--ignore", "OPT201,opt31"), "unknown rule code OPT31 (did you mean OPT301"),
+    (("--world-size", "0"), "--world-size: must be at least 1, got 0"),
+    (("--world-size", "-2"), "must be at least 1"),
+])
+def test_validate_options_are_checked(run_cli, args, needle):
+    rc, out, err = run_cli("validate", *args, GOOD)
+    assert rc == 2 and needle in err and "no problems found" not in out
+
+
+def test_validate_walks_a_folder_for_toml_files(run_cli, tmp_path):
+    (tmp_path / "configs" / "lora").mkdir(parents=True)
+    (tmp_path / "configs" / "lora" / "bad.toml").write_text((EXAMPLES / "broken.toml").read_text())
+    (tmp_path / "configs" / "good.toml").write_text((EXAMPLES / "chroma.toml").read_text())
+    (tmp_path / "configs" / "notes.txt").write_text("[optimizer]\ntype = 'nosuch'\n")
+    for skipped in (".git", ".venv", "node_modules"):
+        (tmp_path / "configs" / skipped).mkdir()
+        (tmp_path / "configs" / skipped / "x.toml").write_text("[optimizer]\ntype = 'nosuch'\n")
+    rc, out, _ = run_cli("validate", "--format", "json", str(tmp_path / "configs"))
+    paths = {d["path"] for d in json.loads(out)}
+    assert rc == 1 and paths == {str(tmp_path / "configs" / "lora" / "bad.toml")}
+    rc, out, _ = run_cli("validate", str(tmp_path / "configs"), env={"NO_COLOR": "1"})
+    assert f"no problems found in 1 file: {tmp_path / 'configs' / 'good.toml'}" in out
+    (tmp_path / "empty").mkdir()
+    rc, out, _ = run_cli("validate", str(tmp_path / "empty"), env={"NO_COLOR": "1"})
+    assert rc == 2 and "a folder without any .toml file" in out
+
+
+def test_clean_files_are_named_beside_the_findings(run_cli):
+    rc, out, _ = run_cli("validate", GOOD, BROKEN, env={"NO_COLOR": "1"})
+    assert rc == 1 and out.rstrip().endswith(f"no problems found in 1 file: {GOOD}")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    proc = _cli("validate", str(fifo), str(tmp_path / "zero.toml"), timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a regular file (a FIFO)" in proc.stdout and "not a regular file (a character device)" in proc.stdout
+
+
+def test_piped_rule_catalogue_keeps_each_rule_on_one_line():
+    proc = _cli("rules")
+    assert proc.returncode == 0
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("OPT001"))
+    assert row.endswith("The file is not valid TOML (syntax error or duplicate key).")
+
+
+@pytest.mark.parametrize("args,extra", [(("dry-run", GOOD), "torch"), (("inspect", "x.pt"), "torch"),
+                                        (("diff", "a.pt", "b.pt"), "torch"), (("tui", GOOD), "tui")])
+def test_heavy_commands_without_their_dependencies_say_what_to_install(args, extra):
+    proc = _cli(*args, code_before="import sys\nsys.modules['torch'] = sys.modules['textual'] = None")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"pip install 'optinspect[{extra}]'" in proc.stderr and proc.stdout == ""
+
+
+def test_tui_refuses_to_draw_into_a_pipe():
+    proc = _cli("tui", GOOD, timeout=30)
+    assert proc.returncode == 2 and "needs a terminal" in proc.stderr
+    assert proc.stdout == ""

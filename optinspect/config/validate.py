@@ -10,6 +10,7 @@ import difflib
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,23 +87,44 @@ class RuleContext:
 
 
 def read_file(path: str) -> tuple[str | None, list[Diagnostic], bool]:
-    """Return (text, diagnostics, unreadable)."""
+    """Return (text, diagnostics, unreadable). Only regular files are read, and never more than the limit:
+    a FIFO would block forever and a device (a link to /dev/zero) would never end."""
+    def unreadable(message: str, hint: str = "") -> tuple[None, list[Diagnostic], bool]:
+        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", message, hint)], True
+
     try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            return None, [_diag(path, Span(1, 1, 1, 1), "OPT002",
-                                f"file is {size / 1e6:.1f} MB; a trainer config is a few kB (limit "
-                                f"{MAX_BYTES // (1024 * 1024)} MiB), so this is not read",
-                                "pass the TOML config itself, not a data or model file")], True
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        if os.path.isdir(path):
+            return unreadable("a folder without any .toml file",
+                              "pass trainer configs (.toml) or a folder holding them")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", "no such file", "check the path")], True
-    except IsADirectoryError:
-        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", "is a directory, not a file", "")], True
+        return unreadable("no such file", "check the path")
     except OSError as e:
-        return None, [_diag(path, Span(1, 1, 1, 1), "OPT002", f"cannot read: {e.strerror or e}", "")], True
+        return unreadable(f"cannot read: {e.strerror or e}")
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return unreadable(f"not a regular file ({_file_kind(st.st_mode)}), so it is not read",
+                              "pass the TOML config itself")
+        if st.st_size > MAX_BYTES:
+            return unreadable(f"file is {st.st_size / 1e6:.1f} MB; a trainer config is a few kB (limit "
+                              f"{MAX_BYTES // (1024 * 1024)} MiB), so this is not read",
+                              "pass the TOML config itself, not a data or model file")
+        try:
+            raw = fh.read(MAX_BYTES + 1)
+        except OSError as e:
+            return unreadable(f"cannot read: {e.strerror or e}")
+    if len(raw) > MAX_BYTES:  # it grew while we looked
+        return unreadable(f"file is over {MAX_BYTES // (1024 * 1024)} MiB, so it is not read")
     return decode(path, raw)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def decode(path: str, raw: bytes) -> tuple[str | None, list[Diagnostic], bool]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from optinspect.diagnostics import FileReport
 
+CLEAN_NAMED = 5  # clean files named in the summary; more are counted
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold cyan"}
 _SECRET_LINE = re.compile(r"""^(\s*["']?[\w.-]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)"""
                           r"""[\w.-]*["']?\s*=\s*)(.*)$""", re.I)
@@ -23,8 +24,11 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
     from rich.text import Text
 
     n_err = n_warn = n_info = n_files = 0
+    clean: list[str] = []
     for r in reports:
         n_files += 1
+        if not r.diagnostics:
+            clean.append(r.path)
         lines = r.source.splitlines() if (show_source and r.source) else []
         for d in r.diagnostics:
             sev = d.severity.value
@@ -53,3 +57,8 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
         summary = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}, {n_info} info in " \
                   f"{n_files} file{'s' * (n_files != 1)}"
         console.print(Text(summary, style="bold red" if n_err else "bold yellow"), highlight=False)
+        if clean:  # said, so that a clean file among others is not taken for one that was skipped
+            more = len(clean) - CLEAN_NAMED
+            shown = ", ".join(clean[:CLEAN_NAMED]) + (f" and {more} more" if more > 0 else "")
+            console.print(Text(f"no problems found in {len(clean)} file{'s' * (len(clean) != 1)}: {shown}",
+                               style="green"), highlight=False, soft_wrap=True)
