@@ -8,6 +8,7 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent.parent  # optinspect/
 DRAFT4 = "http://json-schema.org/draft-04/schema#"
+DRAFT7 = "http://json-schema.org/draft-07/schema#"
 BUNDLE = "config"
 
 
@@ -43,14 +44,16 @@ def load(name: str) -> dict:
 
 
 def bundle() -> dict:
-    """The dispatching schema for a whole trainer config, self-contained for editors (taplo, VS Code)."""
-    defs: dict[str, dict] = {}
-    for name in available():
-        s = load(name)
-        defs[name] = {k: v for k, v in s.items() if k not in ("$schema", "id")}
+    """The whole-config schema for editors (taplo / Even Better TOML, VS Code), self-contained.
+
+    Draft-07, unlike the per-type schemas (Draft 4, what the validator runs): each type's branch is an `if` on the
+    `type` key with its schema as `then`, so an editor reports a mistake at its own key ("None" is not a number
+    at `beta1`) instead of one "not valid under any of the schemas in anyOf" over the whole table."""
+    defs = {name: _draft7({k: v for k, v in load(name).items() if k not in ("$schema", "id")}) for name in available()}
+    types = ", ".join(meta(name).get("type", name) for name in defs)
     return {
-        "$schema": DRAFT4,
-        "id": "https://optinspect.dev/schemas/config.schema.json",
+        "$schema": DRAFT7,
+        "$id": "https://optinspect.dev/schemas/config.schema.json",
         "title": "diffusion-pipe trainer config ([optimizer] table checked)",
         "description": "Checks the [optimizer] table of a diffusion-pipe family config; other tables are "
         "accepted as they are. Generated from the per-type schemas beside it (tests keep it in sync).",
@@ -61,11 +64,33 @@ def bundle() -> dict:
                 "type": "object",
                 "description": "The [optimizer] table, passed to the optimizer constructor.",
                 "required": ["type"],
-                "anyOf": [{"$ref": f"#/definitions/{k}"} for k in defs],
+                "properties": {"type": {"type": "string", "description": f"Optimizer type: {types}, or any "
+                                        "pytorch_optimizer class name (the trainer's fallback)."}},
+                "allOf": [{"if": {"properties": {"type": _selector(d["properties"]["type"])}, "required": ["type"]},
+                           "then": {"$ref": f"#/definitions/{name}"}} for name, d in defs.items()],
             },
             **defs,
         },
     }
+
+
+def _selector(type_schema: dict) -> dict:
+    """The part of a type's `type` property that decides whether a table is of that type."""
+    return {k: v for k, v in type_schema.items() if k in ("enum", "pattern")}
+
+
+def _draft7(node):
+    """A Draft 4 schema rewritten as Draft-07: boolean exclusive bounds become the numbers they qualify."""
+    if isinstance(node, list):
+        return [_draft7(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _draft7(v) for k, v in node.items()}
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(flag), bool):
+            if out.pop(flag) and bound in out:
+                out[flag] = out.pop(bound)
+    return out
 
 
 def defaults(name: str) -> dict:

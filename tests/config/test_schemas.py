@@ -1,4 +1,5 @@
-"""The schemas: Draft 4 only (taplo), in sync, and their defaults equal the constructors' defaults."""
+"""The schemas: per type Draft 4 (what the validator runs), the editors' whole-config schema Draft-07 with one
+if/then branch per type (taplo), in sync, and their defaults equal the constructors' defaults."""
 
 import inspect
 import json
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from jsonschema import Draft4Validator
+from jsonschema import Draft4Validator, Draft7Validator
 
 from optinspect.config import schemas
 
@@ -28,7 +29,7 @@ def _walk(node, path=()):
             yield from _walk(v, path + (i,))
 
 
-@pytest.mark.parametrize("name", schemas.available() + ["config"])
+@pytest.mark.parametrize("name", schemas.available())
 def test_schema_is_valid_draft4_without_newer_keywords(name):
     s = schemas.load(name)
     Draft4Validator.check_schema(s)
@@ -42,9 +43,39 @@ def test_schema_is_valid_draft4_without_newer_keywords(name):
                 assert isinstance(node[k], bool), f"{name} {path}: Draft 4 wants a boolean {k}"
 
 
+def test_editor_schema_is_draft7_with_one_branch_per_type():
+    s = schemas.load("config")
+    assert s["$schema"] == "http://json-schema.org/draft-07/schema#"
+    Draft7Validator.check_schema(s)
+    branches = s["definitions"]["optimizer"]["allOf"]
+    assert [b["then"]["$ref"] for b in branches] == [f"#/definitions/{n}" for n in schemas.available()]
+    for path, node in _walk(s):  # Draft 4's boolean bounds would silently mean nothing in Draft-07
+        if "properties" not in path[-1:]:
+            assert not isinstance(node.get("exclusiveMinimum", 0), bool), path
+            assert not isinstance(node.get("exclusiveMaximum", 0), bool), path
+
+
+@pytest.mark.parametrize("table,valid", [
+    ({"type": "scorn", "lr": 1e-4}, True), ({"type": "SCORN", "betas": [0.9, 0.99]}, True),
+    ({"type": "scorn", "lr": "1e-4"}, False), ({"type": "scorn", "weight_decay_rat": 1}, False),
+    ({"type": "adafactor", "beta1": 1.0}, False), ({"type": "adafactor", "beta1": 0.9}, True),
+    ({"type": "Prodigy", "lr": 1.0}, True), ({"type": "prodigy", "anything": 1}, True),  # no branch: validate says
+    ({"type": "AdamW8bitKahan", "eps": 0.0}, True), ({"lr": 1e-4}, False),
+])
+def test_editor_schema_judges_tables_as_the_per_type_schema_does(table, valid):
+    """The Draft-07 branch of each type accepts exactly what its Draft 4 schema accepts."""
+    v = Draft7Validator(schemas.load("config"))
+    assert v.is_valid({"optimizer": table}) is valid
+    name = {"scorn": "scorn", "adafactor": "adafactor", "prodigy": "prodigy", "adamw8bitkahan": "adamw8bitkahan"}
+    key = str(table.get("type", "")).lower()
+    if key in name and (key != "prodigy" or table["type"] == "Prodigy"):
+        assert Draft4Validator(schemas.load(name[key])).is_valid(table) is valid
+
+
 def test_bundle_file_is_in_sync_with_the_per_type_schemas():
     on_disk = json.loads((ROOT / "schemas" / "config.schema.json").read_text())
-    assert on_disk == schemas.bundle(), "regenerate: python -c 'from optinspect.config import schemas; ...'"
+    assert on_disk == schemas.bundle(), ("regenerate: python -c 'import json; from optinspect.config import schemas; "
+                                         "print(json.dumps(schemas.bundle(), indent=2))' > schemas/config.schema.json")
 
 
 @pytest.mark.parametrize("name", schemas.available())
@@ -139,3 +170,30 @@ def test_taplo_reads_the_schema_and_agrees(tmp_path):
     ko = subprocess.run([exe, "check", str(bad)], capture_output=True, text=True, cwd=tmp_path)
     out = ko.stdout + ko.stderr
     assert ko.returncode != 0 and ("weight_decay_rat" in out or "schema validation failed" in out), out[-2000:]
+
+
+def test_taplo_reports_each_mistake_of_broken_toml_at_its_own_key(tmp_path):
+    """What a user sees in the editor: every mistake in examples/broken.toml on the line of its key."""
+    exe = _taplo()
+    if not exe:
+        pytest.skip("taplo not installed (pip install taplo)")
+    text = (EXAMPLES / "broken.toml").read_text()
+    config = tmp_path / "broken.toml"
+    config.write_text(f"#:schema {(ROOT / 'schemas' / 'config.schema.json').as_uri()}\n" + text)
+    line_of = {key: 2 + next(i for i, line in enumerate(text.splitlines()) if line.startswith(key + " "))
+               for key in ("beta1", "eps", "weight_decay_rat", "warmup_steps")}
+    proc = subprocess.run([exe, "check", str(config)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"NO_COLOR": "1", "PATH": ""})
+    assert proc.returncode != 0
+    found: dict[int, list[str]] = {}
+    message = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("error: "):
+            message = line[len("error: "):]
+        elif "\u250c\u2500" in line and message:  # taplo's location line: "┌─ path:line:col"
+            found.setdefault(int(line.rsplit(":", 2)[-2]), []).append(message)
+    assert any('"None" is not of type "number"' in m for m in found.get(line_of["beta1"], [])), found
+    assert any("1e-30 is not of type \"array\"" in m for m in found.get(line_of["eps"], [])), found
+    for key in ("weight_decay_rat", "warmup_steps"):
+        assert any(f"'{key}'" in m for m in found.get(line_of[key], [])), (key, found)
+    assert not any("anyOf" in m for ms in found.values() for m in ms)
