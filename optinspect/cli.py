@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from optinspect import __version__
 
     p.add_argument("--version", action="version", version=f"optinspect {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     v = sub.add_parser("validate", help="check the [optimizer] table of trainer configs")
@@ -80,21 +81,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        if args.command == "validate":
-            return cmd_validate(args)
-        if args.command == "rules":
-            return cmd_rules()
-        if args.command == "explain":
-            return cmd_explain(args.code)
-        if args.command == "schema":
-            return cmd_schema(args)
-        from optinspect import commands
-
-        return commands.run(args)
+        return _dispatch(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except (MemoryError, RecursionError, Exception) as e:  # noqa: BLE001 - the last resort: one line, exit 2
+        if args.debug:
+            raise
+        from optinspect.render import term
+
+        sys.stderr.write(f"optinspect: error: unexpected {type(e).__name__}: {term(str(e))[:300]} (the input is "
+                         "probably malformed; --debug shows the traceback)\n")
+        return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        return cmd_validate(args)
+    if args.command == "rules":
+        return cmd_rules()
+    if args.command == "explain":
+        return cmd_explain(args.code)
+    if args.command == "schema":
+        return cmd_schema(args)
+    from optinspect import commands
+
+    return commands.run(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class FileReport:
     optimizer_type: str | None = None
     suppressed: int = 0
     unreadable: bool = False
+    secrets: set[str] = field(default_factory=set)  # values under secret-looking keys: never shown
 
     @property
     def errors(self) -> int:

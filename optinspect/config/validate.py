@@ -11,7 +11,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from optinspect.config import catalog, schemas, source
@@ -486,6 +486,12 @@ def _rule_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> li
 
 
 def _finish(report: FileReport, diags: list[Diagnostic], smap: source.SourceMap, options: Options) -> None:
+    from optinspect.config.secrets import redact, secret_values
+
+    report.secrets = secret_values(report.data) if report.data else set()
+    if report.secrets:  # a message or hint may quote a value: redacted here, so every format is covered
+        diags = [replace(d, message=redact(d.message, report.secrets), hint=redact(d.hint, report.secrets))
+                 for d in diags]
     kept = []
     seen = set()
     for d in diags:

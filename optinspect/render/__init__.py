@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 # Width for tables written to a pipe or a file: wide enough that no row of a real state folds, so that
@@ -47,6 +48,21 @@ class _TrimmedLines:
 
     def isatty(self) -> bool:
         return False
+
+
+# C0 and C1 control characters, DEL, and the Unicode bidi controls that reorder what a terminal shows
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_LINES = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def term(text: str, *, one_line: bool = True) -> str:
+    """A string from a file, made safe for a terminal: control characters (ESC sequences, bells, carriage
+    returns, and newlines in one-line fields) and bidi overrides become visible escapes such as `\\x1b`."""
+    pattern = _UNSAFE_LINES if one_line else _UNSAFE
+    if not pattern.search(text):
+        return text
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
 
 
 def human_bytes(n: float) -> str:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from optinspect.dryrun import DryRunReport
-from optinspect.render import human_bytes
+from optinspect.render import human_bytes, term
 
 
 def render(report: DryRunReport, console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(Text.assemble(("dry-run ", "bold"), (report.config, "bold cyan"), f": {report.optimizer_type} -> ",
+    console.print(Text.assemble(("dry-run ", "bold"), (term(report.config), "bold cyan"),
+                                term(f": {report.optimizer_type} -> "),
                                 (report.optimizer_class, "green"), f" on {report.parameters:,} {report.dtype} "
                                 f"parameters ({len(report.tensors)} tensors, {report.device}, seed {report.seed})"))
-    console.print(Text(f"  class from {report.optimizer_file}", style="dim"))
+    console.print(Text(term(f"  class from {report.optimizer_file}"), style="dim"))
     t = Table("step", "loss", "update RMS", "max |update|", "non-finite", "ms", box=None, pad_edge=False)
     for s in report.steps:
         t.add_row(str(s.step), f"{s.loss:.6g}", f"{s.update_rms:.3e}", f"{s.update_max:.3e}",
@@ -26,15 +27,16 @@ def render(report: DryRunReport, console) -> None:
     fm = report.full_model
     if fm:
         what = f"LoRA rank {fm.lora_rank} on its 2-D weights" if fm.lora_rank else "every floating tensor"
-        console.print(Text(f"full model {fm.path}: {fm.parameters:,} parameters in {fm.tensors} tensors; training "
+        console.print(Text(f"full model {term(fm.path)}: {fm.parameters:,} parameters in {fm.tensors} tensors; "
+                           "training "
                            f"{what}: {fm.trained_parameters:,} parameters -> optimizer state "
                            f"{fm.predicted_gib:.3f} GiB (AdamW fp32: {fm.adamw_fp32_gib:.3f} GiB)"))
     if report.drift is not None:
         d = Table("tensor", "shape", "drift vs fp32 (rel. to movement)", "max |diff|", box=None, pad_edge=False)
         for x in report.drift:
-            d.add_row(Text(x.name), str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
+            d.add_row(Text(term(x.name)), str(x.shape), f"{x.drift_rel:.3e}", f"{x.max_abs:.3e}")
         console.print(d)
     for note in report.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        console.print(Text(term(f"note: {note}"), style="yellow"))
     style = "bold green" if report.status == "healthy" else "bold red"
-    console.print(Text(f"{report.status}" + (f": {report.message}" if report.message else ""), style=style))
+    console.print(Text(term(f"{report.status}" + (f": {report.message}" if report.message else "")), style=style))

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 
 from optinspect.diagnostics import Diagnostic, FileReport
+from optinspect.render import term
 
 
 def to_json(reports: Iterable[FileReport]) -> str:
@@ -13,7 +14,9 @@ def to_json(reports: Iterable[FileReport]) -> str:
 
 
 def _gh_escape(s: str, prop: bool = False) -> str:
-    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Workflow-command escaping (so a value cannot end the annotation or start another), then terminal escaping
+    of what is left: the runner's log shows these lines."""
+    s = term(s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
     if prop:
         s = s.replace(":", "%3A").replace(",", "%2C")
     return s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
+from optinspect.render import term
 from optinspect.render.columns import STATE_COLUMNS, applicable, size, step_change
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
@@ -49,25 +50,31 @@ def fit_columns(rows: list[ParamReport], width: int) -> tuple[list, list[str]]:
     return shown, hidden
 
 
-def render(report: StateReport, console, rows: list[ParamReport]) -> None:
-    from rich.table import Table
+def _text(value, style: str = ""):
+    """Rich Text (never markup) of a string from a file, with its control characters escaped."""
     from rich.text import Text
 
+    return Text(term(str(value)), style=style)
+
+
+def render(report: StateReport, console, rows: list[ParamReport]) -> None:
+    from rich.table import Table
+
     head = Table.grid(padding=(0, 2))  # every value is Text: paths and names may hold [brackets]
-    head.add_row("file", Text(report.path + ("" if report.source_file == report.path
+    head.add_row("file", _text(report.path + ("" if report.source_file == report.path
                                              else f"  ({report.source_file})")))
-    head.add_row("layout", Text(report.layout + (f"  [key: {report.key_used}]" if report.key_used else "")))
-    head.add_row("optimizer", Text(report.family))
-    head.add_row("step", Text(", ".join(map(str, report.steps)) or "-"))
+    head.add_row("layout", _text(report.layout + (f"  [key: {report.key_used}]" if report.key_used else "")))
+    head.add_row("optimizer", _text(report.family))
+    head.add_row("step", _text(", ".join(map(str, report.steps)) or "-"))
     for i, g in enumerate(report.groups):
         hp = ", ".join(f"{k}={v}" for k, v in g.items() if not isinstance(v, (list, dict)) or k == "betas")
-        head.add_row(f"group {i}", Text(hp[:300]))
-    head.add_row("totals", Text(f"{len(report.params)} parameters, {report.total_numel:,} elements, "
+        head.add_row(f"group {i}", _text(hp[:300]))
+    head.add_row("totals", _text(f"{len(report.params)} parameters, {report.total_numel:,} elements, "
                                 f"{report.total_state_bytes / 2**20:.1f} MiB of state; names from {report.names_from}"))
-    head.add_row("anomalies", Text(str(len(report.anomalies)), style="bold red" if report.anomalies else "green"))
+    head.add_row("anomalies", _text(str(len(report.anomalies)), style="bold red" if report.anomalies else "green"))
     console.print(head)
     if not rows:
-        console.print(Text(f"no parameter selected (of {len(report.params)}); names look like: "
+        console.print(_text(f"no parameter selected (of {len(report.params)}); names look like: "
                            + ", ".join(r.name for r in report.params[:3]), style="yellow"))
     columns, hidden = fit_columns(rows, console.width)
     t = Table(box=None, pad_edge=False, header_style="bold")
@@ -75,41 +82,41 @@ def render(report: StateReport, console, rows: list[ParamReport]) -> None:
         wraps = c.title in ("name", "flags")
         t.add_column(c.title, justify=c.align, no_wrap=not wraps, overflow="fold")
     for r in rows:
-        cells = [Text(c.text(r)) for c in columns]
+        cells = [_text(c.text(r)) for c in columns]
         if r.flags and columns[-1].title == "flags":
             cells[-1].stylize("bold red")
         t.add_row(*cells)
     if rows:
         console.print(t)
     if hidden:
-        console.print(Text(f"(hidden to fit {console.width} columns: {', '.join(hidden)}; a wider terminal or --json "
+        console.print(_text(f"(hidden to fit {console.width} columns: {', '.join(hidden)}; a wider terminal or --json "
                            "shows them)", style="dim"))
     for a in report.anomalies[:20]:
-        console.print(Text(f"! {a}", style="red"))
+        console.print(_text(f"! {a}", style="red"))
     for w in report.warnings:
-        console.print(Text(f"note: {w}", style="yellow"))
+        console.print(_text(f"note: {w}", style="yellow"))
 
 
 def render_diff(d: DiffReport, console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(Text.assemble((d.a, "bold"), " -> ", (d.b, "bold")))
+    console.print(Text.assemble((term(d.a), "bold"), " -> ", (term(d.b), "bold")))
     t = Table("name", "step", "key", "rel. drift", "max |diff|", box=None, pad_edge=False, header_style="bold")
     for p in d.params:
         step = f"{p.step_a} -> {p.step_b}" + step_change(p)
         for i, k in enumerate(p.drifts or [None]):
             if k is None:
-                t.add_row(Text(p.name), step, "-", "-", "-")
+                t.add_row(_text(p.name), _text(step), "-", "-", "-")
             else:
-                t.add_row(Text(p.name if i == 0 else ""), step if i == 0 else "", Text(k.key), f"{k.rel:.3e}",
+                t.add_row(_text(p.name if i == 0 else ""), _text(step if i == 0 else ""), _text(k.key), f"{k.rel:.3e}",
                           f"{k.max_abs:.3e}")
         if p.note:
-            t.add_row("", "", Text(p.note), "", "")
+            t.add_row("", "", _text(p.note), "", "")
     console.print(t)
     for c in d.group_changes:
-        console.print(Text.assemble(("changed ", "yellow"), c))
+        console.print(Text.assemble(("changed ", "yellow"), term(c)))
     if d.only_a:
-        console.print(Text(f"only in A: {', '.join(d.only_a[:20])}"))
+        console.print(_text(f"only in A: {', '.join(d.only_a[:20])}"))
     if d.only_b:
-        console.print(Text(f"only in B: {', '.join(d.only_b[:20])}"))
+        console.print(_text(f"only in B: {', '.join(d.only_b[:20])}"))

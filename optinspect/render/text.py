@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
+from optinspect.config.secrets import mask_line, redact
 from optinspect.diagnostics import FileReport
+from optinspect.render import term
 
 CLEAN_NAMED = 5  # clean files named in the summary; more are counted
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold cyan"}
-_SECRET_LINE = re.compile(r"""^(\s*["']?[\w.-]*(?:api[_-]?key|token|secret|passw(?:or)?d|credential|auth)"""
-                          r"""[\w.-]*["']?\s*=\s*)(.*)$""", re.I)
-
-
-def mask_line(line: str) -> str:
-    """Hide the value of a `key = value` line whose key looks like a secret."""
-    m = _SECRET_LINE.match(line)
-    return f"{m.group(1)}'***'" if m else line
-
-
 def render(reports: Iterable[FileReport], console, *, show_source: bool = True) -> None:
     from rich.markup import escape
     from rich.text import Text
@@ -36,13 +27,13 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
             n_warn += sev == "warning"
             n_info += sev == "info"
             head = Text()
-            head.append(f"{d.path}:{d.line}:{d.column}: ", style="bold")
+            head.append(f"{term(d.path)}:{d.line}:{d.column}: ", style="bold")
             head.append(f"{d.code} ", style=_STYLE[sev])
             head.append(f"[{sev}] ", style=_STYLE[sev])
-            head.append(d.message)
+            head.append(term(d.message))
             console.print(head, highlight=False, soft_wrap=True)
             if 0 < d.line <= len(lines):
-                src = mask_line(lines[d.line - 1].rstrip("\r"))
+                src = term(redact(mask_line(lines[d.line - 1].rstrip("\r")), r.secrets), one_line=False)
                 gutter = f"{d.line:>4} | "
                 console.print(Text(gutter, style="blue") + Text(src), highlight=False, soft_wrap=True)
                 width = max(1, (d.end_column - d.column) if d.end_line == d.line else len(src) - d.column + 1)
@@ -51,7 +42,7 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
                 console.print(Text(" " * (len(gutter) - 2) + "| ", style="blue") + Text(marker, style=_STYLE[sev]),
                               highlight=False, soft_wrap=True)
             if d.hint:
-                console.print(f"     = hint: {escape(d.hint)}", highlight=False, soft_wrap=True)
+                console.print(f"     = hint: {escape(term(d.hint))}", highlight=False, soft_wrap=True)
             console.print()
     if n_err or n_warn or n_info:
         summary = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}, {n_info} info in " \
@@ -59,6 +50,6 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
         console.print(Text(summary, style="bold red" if n_err else "bold yellow"), highlight=False)
         if clean:  # said, so that a clean file among others is not taken for one that was skipped
             more = len(clean) - CLEAN_NAMED
-            shown = ", ".join(clean[:CLEAN_NAMED]) + (f" and {more} more" if more > 0 else "")
+            shown = ", ".join(term(c) for c in clean[:CLEAN_NAMED]) + (f" and {more} more" if more > 0 else "")
             console.print(Text(f"no problems found in {len(clean)} file{'s' * (len(clean) != 1)}: {shown}",
                                style="green"), highlight=False, soft_wrap=True)

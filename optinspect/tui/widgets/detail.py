@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from optinspect.render import term
+
 BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -27,6 +29,11 @@ def histogram(hist: list[int], width: int = 48) -> Text:
                                                                              "dim"))
 
 
+def _t(value, style: str = "") -> Text:
+    """Text, never markup, with a file's control characters escaped (names and keys come from the state file)."""
+    return Text(term(str(value)), style=style)
+
+
 def _g(v) -> str:
     return "-" if v is None else f"{v:.4g}"
 
@@ -41,17 +48,17 @@ class DetailPane(VerticalScroll):
         yield Static(id="detail-body")
 
     def show_param(self, r) -> None:
-        parts = [Text.assemble((r.name, "bold"), f"  {r.family}  shape {r.shape}  step {r.step}")]
+        parts = [Text.assemble((term(r.name), "bold"), term(f"  {r.family}  shape {r.shape}  step {r.step}"))]
         if r.counters:
-            parts.append(Text("reset counters: " + ", ".join(f"{k}={v}" for k, v in r.counters.items())))
+            parts.append(_t("reset counters: " + ", ".join(f"{k}={v}" for k, v in r.counters.items())))
             if "times_zero" in r.counters or "times_reset" in r.counters:
                 parts.append(Text("reset history: the counters hold how many resets happened and the steps since "
                                   "the last; `optinspect explain OPT504` gives the schedule", style="dim"))
         if r.flags:
-            parts.append(Text("flags: " + "; ".join(r.flags), style="bold red"))
+            parts.append(_t("flags: " + "; ".join(r.flags), style="bold red"))
         t = Table.grid(padding=(0, 1))
         for s in r.tensors:
-            t.add_row(Text(s.key, style="bold"), Text(f"{s.dtype}{' (8-bit, dequantized)' if s.dequantized else ''} "
+            t.add_row(_t(s.key, style="bold"), Text(f"{s.dtype}{' (8-bit, dequantized)' if s.dequantized else ''} "
                                                       f"{s.shape}  {s.bytes:,} B", style="dim"))
             t.add_row("", f"mean {_g(s.mean)}  std {_g(s.std)}  RMS {_g(s.rms)}")
             t.add_row("", f"min {_g(s.min)}  max {_g(s.max)}  zeros {s.zero_frac:.1%}  nan {s.nan}  inf {s.inf}")
@@ -60,11 +67,11 @@ class DetailPane(VerticalScroll):
         q.add_row(Text("quantization", style="bold"))
         for s in r.tensors:
             if s.quant:
-                q.add_row(f"{s.key}: 8-bit blocks of {s.quant.block}, error bound RMS {s.quant.rms_bound:.3g} "
+                q.add_row(_t(f"{s.key}: 8-bit blocks of {s.quant.block}, error bound RMS {s.quant.rms_bound:.3g} "
                           f"({s.quant.rel_rms_bound:.2%} of RMS), max {s.quant.max_bound:.3g}, "
-                          f"{s.quant.floor_code_frac:.1%} at the floor code")
+                          f"{s.quant.floor_code_frac:.1%} at the floor code"))
             elif s.dtype == "bfloat16":
-                q.add_row(f"{s.key}: bf16 storage, relative rounding bound 2^-8 (0.39%)")
+                q.add_row(_t(f"{s.key}: bf16 storage, relative rounding bound 2^-8 (0.39%)"))
         if r.kahan_rms is not None:
             q.add_row(f"Kahan buffer RMS {r.kahan_rms:.3g} (the part of the updates not yet in the weights)")
         if r.update_scale_mean is not None:
@@ -72,18 +79,18 @@ class DetailPane(VerticalScroll):
         parts.append(q)
         for s in r.tensors:
             if s.hist:
-                parts.append(Text(f"{s.key}: log2 |x|", style="bold"))
+                parts.append(_t(f"{s.key}: log2 |x|", style="bold"))
                 parts.append(histogram(s.hist))
         self.query_one("#detail-body", Static).update(Group(*parts))
 
     def show_diff(self, d) -> None:
         t = Table("entry", "rel. drift", "max |Δ|", box=None, pad_edge=False)
         for k in d.drifts:
-            t.add_row(k.key, f"{k.rel:.3e}", f"{k.max_abs:.3e}")
-        body = [Text.assemble((d.name, "bold"), f"  step {d.step_a} → {d.step_b}"), t]
+            t.add_row(_t(k.key), f"{k.rel:.3e}", f"{k.max_abs:.3e}")
+        body = [Text.assemble((term(d.name), "bold"), f"  step {d.step_a} → {d.step_b}"), t]
         if d.note:
-            body.append(Text(d.note, style="yellow"))
+            body.append(_t(d.note, style="yellow"))
         self.query_one("#detail-body", Static).update(Group(*body))
 
     def show_text(self, text: str) -> None:
-        self.query_one("#detail-body", Static).update(Text(text))
+        self.query_one("#detail-body", Static).update(Text(term(text, one_line=False)))

@@ -6,6 +6,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from optinspect.render import term
+
 
 class SummaryBar(Static):
     DEFAULT_CSS = """
@@ -13,10 +15,11 @@ class SummaryBar(Static):
     """
 
     def show_loading(self, path: str, note: str = "") -> None:
-        self.update(Text.assemble(("optinspect ", "bold"), path, ("  loading…", "italic"), note))
+        self.update(Text.assemble(("optinspect ", "bold"), term(path), ("  loading…", "italic"), term(note)))
 
     def show_error(self, path: str, message: str) -> None:
-        self.update(Text.assemble(("optinspect ", "bold"), path, "\n", (message, "bold red")))
+        self.update(Text.assemble(("optinspect ", "bold"), term(path), "\n",
+                                  (term(message, one_line=False), "bold red")))
 
     def show(self, info: dict) -> None:
         g = Table.grid(padding=(0, 1))
@@ -24,5 +27,5 @@ class SummaryBar(Static):
         g.add_column()
         for k, v in info.items():
             style = "bold red" if k == "anomalies" and v not in ("0", "…") else "yellow" if k == "notes" else ""
-            g.add_row(k, Text(str(v), style=style))
+            g.add_row(Text(term(k)), Text(term(str(v), one_line=False), style=style))
         self.update(g)

@@ -15,6 +15,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from optinspect.render import term
 from optinspect.render.columns import Column
 
 
@@ -158,7 +159,7 @@ class ParamTable(ScrollView, can_focus=True):
         flag_style = self.get_component_rich_style("paramtable--flag")
         segs = []
         for c, w in zip(self.columns, widths, strict=True):
-            text = _cell(c.text(row), w, c.align)
+            text = _cell(term(c.text(row)), w, c.align)
             style = base + flag_style if c.title == "flags" and text.strip() else base
             segs.append(Segment(text + " ", style))
         line = Strip(segs + [Segment(" " * max(0, width + scroll_x - sum(widths) - len(widths)), base)])
