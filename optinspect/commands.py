@@ -216,8 +216,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if error:
         return _err(error)
     from optinspect.state.diff import diff_states
+    from optinspect.state.ptindex import CorruptData
 
-    d = diff_states(a, b)
+    try:
+        d = diff_states(a, b)
+    except CorruptData as e:
+        return _err(str(e))
     if args.json:
         print(json.dumps(d.to_dict(), indent=1, default=str))
         return EXIT_OK

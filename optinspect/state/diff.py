@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from optinspect.state.load import LoadedState, materialize
-from optinspect.state.report import param_step, reset_count
+from optinspect.state.report import param_step, plain_value, reset_count, tensorish
+from optinspect.state.stats import value_chunks
 
 
 @dataclass
@@ -44,14 +45,29 @@ class DiffReport:
         return d
 
 
-def _dequant(e: dict, key: str) -> torch.Tensor:
-    v = materialize(e[key])
-    if v.dtype == torch.uint8 and key in ("state1", "state2"):
-        from optinspect.optimizers._quant import dequantize_blockwise
+def _chunks(entries: dict, key: str, mapped: bool):
+    v = entries[key]
+    n = key[-1]
+    quant = None
+    if v.dtype == torch.uint8 and key in ("state1", "state2") and f"absmax{n}" in entries and f"qmap{n}" in entries:
+        quant = (materialize(entries[f"absmax{n}"]), materialize(entries[f"qmap{n}"]))
+    return value_chunks(v, mapped=mapped, quant=quant)
 
-        n = key[-1]
-        return dequantize_blockwise(v, materialize(e[f"absmax{n}"]), materialize(e[f"qmap{n}"]))
-    return v
+
+def drift(a: dict, b: dict, key: str, mapped: tuple[bool, bool] = (False, False)) -> KeyDrift:
+    """||b - a|| / ||a|| and max |b - a| of one state entry, streamed chunk by chunk (both stay in their files)."""
+    sum_a = sum_d = 0.0
+    max_d = 0.0
+    for (x, free_x), (y, free_y) in zip(_chunks(a, key, mapped[0]), _chunks(b, key, mapped[1]), strict=True):
+        d = y - x
+        sum_a += float(x.double().square().sum())
+        sum_d += float(d.double().square().sum())
+        if d.numel():
+            max_d = max(max_d, float(d.abs().max()))
+        free_x()
+        free_y()
+    na, nd = math.sqrt(sum_a), math.sqrt(sum_d)
+    return KeyDrift(key, nd / na if na > 0 else (0.0 if nd == 0 else math.inf), max_d)
 
 
 def diff_states(a: LoadedState, b: LoadedState) -> DiffReport:
@@ -75,26 +91,22 @@ def diff_states(a: LoadedState, b: LoadedState) -> DiffReport:
         for key in sorted(set(p.entries) & set(q.entries)):
             if key.startswith(("qmap", "absmax")):
                 continue
-            x, y = materialize(p.entries[key]), materialize(q.entries[key])
-            if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or not x.is_floating_point() and \
-                    x.dtype != torch.uint8:
+            x, y = p.entries[key], q.entries[key]
+            if not (tensorish(x) and tensorish(y)) or (not x.dtype.is_floating_point and x.dtype != torch.uint8):
                 continue
-            if x.shape != y.shape:
-                row.note = f"{key}: shape {list(x.shape)} vs {list(y.shape)}"
+            if tuple(x.shape) != tuple(y.shape) or (x.dtype == torch.uint8) != (y.dtype == torch.uint8):
+                row.note = f"{key}: {str(x.dtype).replace('torch.', '')}{list(x.shape)} vs " \
+                           f"{str(y.dtype).replace('torch.', '')}{list(y.shape)}"
                 continue
-            x, y = _dequant(p.entries, key).float(), _dequant(q.entries, key).float()
-            d = y - x
-            na = float(x.norm())
-            row.drifts.append(KeyDrift(key, float(d.norm()) / na if na > 0 else (0.0 if float(d.norm()) == 0
-                                                                                  else math.inf),
-                                       float(d.abs().max()) if d.numel() else 0.0))
+            row.drifts.append(drift(p.entries, q.entries, key, (a.mapped, b.mapped)))
         rows.append(row)
     changes = []
     for i, (ga, gb) in enumerate(zip(a.groups, b.groups, strict=False)):
-        for k in sorted(set(ga) | set(gb)):
-            va, vb = ga.get(k), gb.get(k)
-            if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor) or k in ("step", "d", "d_max", "d_hat"):
+        for k in sorted(set(map(str, ga)) | set(map(str, gb))):
+            if k in ("step", "d", "d_max", "d_hat") or tensorish(ga.get(k)) or tensorish(gb.get(k)):
                 continue
+            # compared as bounded plain values: a crafted value would make == and repr walk without end
+            va, vb = plain_value(ga.get(k)), plain_value(gb.get(k))
             if va != vb:
                 changes.append(f"group {i}: {k} {va!r} -> {vb!r}")
     if len(a.groups) != len(b.groups):

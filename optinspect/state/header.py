@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -55,8 +56,18 @@ class Header:
     file_size: int
 
 
+MAX_INT = 1 << 62  # shapes and offsets beyond any real file; larger numbers are corrupt, not big
+
+
+def _index(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_INT
+
+
 def read_header(path: str) -> Header:
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise HeaderError(f"{path}: not a regular file (a FIFO, device or socket is never read)")
+    size = st.st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
@@ -69,20 +80,25 @@ def read_header(path: str) -> Header:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HeaderError(f"{path}: header is not valid JSON ({e})") from None
+    except (RecursionError, ValueError):  # nesting past reason, or an integer of thousands of digits
+        raise HeaderError(f"{path}: header JSON nests too deep or holds numbers too large to be a header") from None
     if not isinstance(doc, dict):
         raise HeaderError(f"{path}: header is not a JSON object")
     metadata = doc.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise HeaderError(f"{path}: __metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise HeaderError(f"{path}: __metadata__ is not an object of strings")
     data_start = 8 + n
     tensors = []
     for name, info in doc.items():
         try:
-            dtype, shape, (a, b) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+            dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise HeaderError(f"{path}: tensor {name!r} has a malformed entry") from None
-        if dtype not in DTYPE_BYTES:
-            raise HeaderError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+            raise HeaderError(f"{path}: tensor {name[:80]!r} has a malformed entry") from None
+        if not all(_index(v) for v in (*shape, a, b)) or len(shape) > 64:
+            raise HeaderError(f"{path}: tensor {name[:80]!r} has a shape or offsets that are not non-negative "
+                              "integers of a real file's size")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            raise HeaderError(f"{path}: tensor {name[:80]!r} has unknown dtype {str(dtype)[:40]!r}")
         if any(s < 0 for s in shape) or not (0 <= a <= b):
             raise HeaderError(f"{path}: tensor {name!r} has a negative shape or offsets")
         want = math.prod(shape) * DTYPE_BYTES[dtype]

@@ -15,6 +15,8 @@ import json
 import os
 import pickle
 import re
+import stat
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from optinspect.state.header import HeaderError, read_header
-from optinspect.state.ptindex import MappedTensor, Unsupported, load_index
+from optinspect.state.ptindex import CorruptData, MappedTensor, Unsupported, check_extent, load_index
 
 # globals that checkpoints carry and that hold no optimizer state: replaced by inert stubs
 HARMLESS_GLOBALS = re.compile(r"""^(
@@ -100,8 +102,31 @@ class LoadedState:
 
 
 # -- reading files -----------------------------------------------------------------------------------
+def check_regular(path: str) -> int:
+    """The size of `path` if it is a regular file (links followed); a FIFO, device or socket is refused by name
+    before anything opens it (opening a FIFO blocks, and a device never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise StateLoadError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else \
+            "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" \
+            if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+        raise StateLoadError(f"{path}: {kind}, not a file; only regular files are read")
+    return st.st_size
+
+
+def read_small(path: str, limit: int) -> bytes:
+    """A small regular file (DeepSpeed's `latest`), read up to `limit` bytes whatever its size claims."""
+    check_regular(path)
+    with open(path, "rb") as fh:
+        return fh.read(limit)
+
+
 def safe_torch_load(path: str) -> tuple[Any, list[str]]:
     """torch.load(weights_only=True), with harmless globals stubbed; returns (object, skipped global names)."""
+    check_regular(path)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(4)
@@ -118,6 +143,8 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
             return load_index(path, HARMLESS_GLOBALS)
         except Unsupported:
             pass  # torch's own weights-only loader decides (and refuses what must be refused)
+        except CorruptData as e:
+            raise StateLoadError(f"{path}: {e}") from None
         try:  # the central directory sits at the end: a truncated file fails here, without reading the data
             with zipfile.ZipFile(path) as z:
                 z.infolist()
@@ -125,7 +152,7 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
             raise StateLoadError(f"{path}: truncated or corrupt torch file ({e})") from None
     skipped: list[str] = []
     try:
-        return _load(path, is_zip, []), skipped
+        return _checked(path, _load(path, is_zip, [])), skipped
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, is_zip, str(e))
     refused = [n for n in names if not HARMLESS_GLOBALS.match(n)]
@@ -145,7 +172,30 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
         obj = _load(path, is_zip, stubs)
     except pickle.UnpicklingError as e:
         raise StateLoadError(f"{path}: refused: {_first_line(str(e))}") from None
-    return obj, [n for _, n in stubs]
+    return _checked(path, obj), [n for _, n in stubs]
+
+
+def _checked(path: str, obj: Any) -> Any:
+    """What torch.load built, held to the reader's bounds: no tensor may claim more elements than its storage
+    holds (a stride-0 view of a few bytes would otherwise be streamed as a huge tensor)."""
+    seen = 0
+    stack = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > 1_000_000 or depth > 200:
+            raise StateLoadError(f"{path}: the object graph is too large or too deep to be optimizer state")
+        if isinstance(node, torch.Tensor):
+            storage = node.untyped_storage().nbytes() // max(1, node.element_size())
+            try:
+                check_extent(tuple(node.shape), tuple(node.stride()), node.storage_offset(), storage)
+            except CorruptData as e:
+                raise StateLoadError(f"{path}: {e}") from None
+        elif isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+    return obj
 
 
 def _has_mapped(ls: LoadedState) -> bool:
@@ -182,8 +232,8 @@ def _load(path: str, is_zip: bool, stubs: list) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError:
             raise
-        except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError,
-                AttributeError, zipfile.BadZipFile) as e:
+        except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, MemoryError,
+                AttributeError, OverflowError, RecursionError, struct.error, zipfile.BadZipFile) as e:
             raise StateLoadError(f"{path}: truncated or corrupt torch file ({_first_line(str(e))})") from None
 
 
@@ -205,6 +255,17 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and "state" in obj and "param_groups" in obj and isinstance(obj["param_groups"], list)
 
 
+def _check_state_dict(sd: dict, path: str) -> None:
+    """An optimizer state_dict's shape, checked before it is walked: named, never crashed on."""
+    if not isinstance(sd["state"], dict):
+        raise StateLoadError(f"{path}: `state` is a {type(sd['state']).__name__}, not a dict of per-parameter state")
+    for i, g in enumerate(sd["param_groups"]):
+        if not isinstance(g, dict):
+            raise StateLoadError(f"{path}: param_groups[{i}] is a {type(g).__name__}, not a dict")
+        if not isinstance(g.get("params", []), (list, tuple)):
+            raise StateLoadError(f"{path}: param_groups[{i}]['params'] is a {type(g['params']).__name__}, not a list")
+
+
 def _is_grad_release(obj: Any) -> bool:
     return isinstance(obj, dict) and obj and all(isinstance(k, int) for k in obj) and \
         all(_is_state_dict(v) for v in obj.values())
@@ -221,12 +282,16 @@ def _flatten_entries(st: dict) -> dict[str, Any]:
 
 
 def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = None) -> LoadedState:
+    _check_state_dict(sd, path)
     params: list[ParamState] = []
     groups = []
     for gi, g in enumerate(sd["param_groups"]):
         groups.append({k: v for k, v in g.items() if k != "params"})
         for idx in g.get("params", []):
-            st = sd["state"].get(idx, sd["state"].get(str(idx), {}))
+            try:
+                st = sd["state"].get(idx, sd["state"].get(str(idx), {}))
+            except TypeError:  # an unhashable parameter id
+                raise StateLoadError(f"{path}: a parameter id of type {type(idx).__name__}") from None
             params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi,
                                      _flatten_entries(st) if isinstance(st, dict) else {}))
     names_from = "index"
@@ -290,12 +355,13 @@ def interpret(obj: Any, path: str) -> LoadedState:
     if _is_grad_release(obj):
         merged = {"state": {}, "param_groups": []}
         for i, (_, sd) in enumerate(sorted(obj.items())):
-            ids = [j for g in sd["param_groups"] for j in g["params"]]
+            _check_state_dict(sd, path)
+            ids = [j for g in sd["param_groups"] for j in g.get("params", [])]
             for j in ids:
                 if j in sd["state"]:
                     merged["state"][i] = sd["state"][j]
             for g in sd["param_groups"]:
-                merged["param_groups"].append({**g, "params": [i]})
+                merged["param_groups"].append({**g, "params": [i] if ids else []})
         return from_state_dict(merged, path, "gradient-release wrapper (one optimizer per parameter)")
     if isinstance(obj, dict):
         deepspeed = "ds_version" in obj or "ds_config" in obj or "dp_world_size" in obj
@@ -363,21 +429,18 @@ def load_safetensors(path: str) -> LoadedState:
     groups: list[dict[str, Any]] = []
     order = list(per)
     if meta.get("param_groups"):
-        try:
-            groups = json.loads(meta["param_groups"])
-        except json.JSONDecodeError:
+        groups = _json_list(meta["param_groups"])
+        if not all(isinstance(g, dict) and isinstance(g.get("params", []), list) for g in groups):
             groups = []
     if meta.get("param_names"):
-        try:
-            listed = json.loads(meta["param_names"])
-            order = [n for n in listed if n in per] + [n for n in per if n not in listed]
-        except json.JSONDecodeError:
-            pass
+        listed = [n for n in _json_list(meta["param_names"]) if isinstance(n, str)]
+        order = [n for n in listed if n in per] + [n for n in per if n not in set(listed)]
     params = []
     group_of = {}
     for gi, g in enumerate(groups):
         for n in g.get("params", []):
-            group_of[n] = gi
+            if isinstance(n, str):
+                group_of[n] = gi
     for i, name in enumerate(order):
         entries = {}
         for k, v in per[name].items():
@@ -400,6 +463,15 @@ def load_safetensors(path: str) -> LoadedState:
     return ls
 
 
+def _json_list(text: str) -> list:
+    """A JSON list from safetensors metadata; anything else (or JSON nested past reason) counts as absent."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return value if isinstance(value, list) else []
+
+
 def materialize(v: Any) -> Any:
     """A real tensor for a mapped one (read fully: only for small tensors or diffs); anything else as is."""
     return v.load() if isinstance(v, MappedTensor) else v
@@ -410,29 +482,35 @@ def _mapped_tensor(mapped: Any, info: Any) -> MappedTensor:
 
 
 # -- paths -------------------------------------------------------------------------------------------
-def resolve_path(path: str) -> tuple[str, str]:
+def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
     """A file, or the optimizer file inside a checkpoint folder; returns (file, how it was found)."""
-    if os.path.isfile(path):
-        return path, "file"
     if not os.path.isdir(path):
-        raise StateLoadError(f"{path}: no such file or folder")
+        if not os.path.lexists(path):
+            raise StateLoadError(f"{path}: no such file or folder")
+        check_regular(path)
+        return path, "file"
+    if depth > 4:
+        raise StateLoadError(f"{path}: checkpoint folders nest deeper than a checkpoint layout does")
     latest = os.path.join(path, "latest")
-    if os.path.isfile(latest):
-        tag = open(latest, encoding="utf-8", errors="replace").read().strip()
-        if tag and os.path.isdir(os.path.join(path, tag)):
-            f, how = resolve_path(os.path.join(path, tag))
+    if os.path.lexists(latest) and not os.path.isdir(latest):
+        tag = read_small(latest, 256).decode("utf-8", "replace").strip()
+        # a tag names a child folder (global_step1000), never `.`, `..` or a path elsewhere
+        if tag and tag not in (".", "..") and os.sep not in tag and "/" not in tag \
+                and os.path.isdir(os.path.join(path, tag)):
+            f, how = resolve_path(os.path.join(path, tag), depth + 1)
             return f, f"DeepSpeed `latest` -> {tag}/{how}"
     steps = sorted(glob.glob(os.path.join(path, "global_step*")), key=lambda p: int(re.sub(r"\D", "", p[-12:]) or 0))
     candidates = ["mp_rank_00_model_states.pt", "optimizer.pt", "optimizer.bin",
                   os.path.join("optimizer", "optimizer.pt")]
     for c in candidates:
-        if os.path.isfile(os.path.join(path, c)):
+        if os.path.lexists(os.path.join(path, c)) and not os.path.isdir(os.path.join(path, c)):
+            check_regular(os.path.join(path, c))
             return os.path.join(path, c), c
     zero = sorted(glob.glob(os.path.join(path, "*optim_states.pt")))
     if zero:
         return zero[0], os.path.basename(zero[0]) + (f" (1 of {len(zero)} ZeRO partitions)" if len(zero) > 1 else "")
     if steps:
-        f, how = resolve_path(steps[-1])
+        f, how = resolve_path(steps[-1], depth + 1)
         return f, f"{os.path.basename(steps[-1])}/{how}"
     found = sorted(glob.glob(os.path.join(path, "*.pt")) + glob.glob(os.path.join(path, "*.safetensors")))
     if len(found) == 1:

@@ -90,8 +90,8 @@ class MappedTensor:
             else t
 
     def view(self, start: int, count: int) -> torch.Tensor:
-        if not self.contiguous:
-            return self.load().reshape(-1)[start:start + count]
+        if not self.contiguous:  # elements [start, start + count) in C order, copying only those
+            return _strided_range(self._strided(), start, count)
         end = self.byte_start + (start + count) * self.itemsize
         if (self.storage_numel is not None and start + count > self.storage_numel) or end > self.mapped.size:
             raise CorruptData(f"{self.mapped.path}: a tensor extends past its data (truncated or corrupt file)")
@@ -109,11 +109,38 @@ class MappedTensor:
     def load(self) -> torch.Tensor:
         if self.contiguous:
             return self.view(0, self.numel).clone().reshape(self.shape)
+        return self._strided().clone()
+
+    def _strided(self) -> torch.Tensor:
+        """A zero-copy strided view over the mapping (its extent was checked against the storage)."""
         base = self.mapped.view(self.byte_start, self.storage_numel or 0, self.dtype)
-        return torch.as_strided(base, self.shape, self.stride).clone()
+        return torch.as_strided(base, self.shape, self.stride)
 
     def meta_tensor(self) -> torch.Tensor:
         return torch.empty(self.shape, device="meta")
+
+
+def _strided_range(full: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Elements [start, start + count) of a strided tensor in C order, copying only those: whole rows in one
+    slice, the partial first and last rows recursively."""
+    if full.dim() <= 1:
+        return full.reshape(-1)[start:start + count].clone()
+    inner = math.prod(full.shape[1:])
+    if inner == 0 or count <= 0:
+        return torch.empty(0, dtype=full.dtype)
+    pieces = []
+    end = start + count
+    row = start // inner
+    while row * inner < end:
+        lo, hi = max(start - row * inner, 0), min(end - row * inner, inner)
+        if lo == 0 and hi == inner:  # a run of whole rows
+            last = min(end // inner, full.shape[0])
+            pieces.append(full[row:last].reshape(-1))
+            row = last
+        else:
+            pieces.append(_strided_range(full[row], lo, hi - lo))
+            row += 1
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 _ITEMSIZE: dict[torch.dtype, int] = {}
@@ -138,6 +165,31 @@ class _StorageRef:
         self.dtype, self.key, self.numel = dtype, key, numel
 
 
+def _dims(value: Any, what: str) -> tuple[int, ...]:
+    """A shape or stride from the pickle: a tuple of non-negative machine-sized integers, or CorruptData."""
+    if not isinstance(value, (tuple, list)) or len(value) > 64 or \
+            not all(type(v) is int and 0 <= v < 1 << 62 for v in value):
+        raise CorruptData(f"a tensor's {what} is not a list of non-negative integers: {str(value)[:80]}")
+    return tuple(value)
+
+
+def check_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int, storage_numel: int) -> None:
+    """What a tensor claims must lie inside its storage, and may not claim more elements than the storage holds
+    (an overlapping view: a few stored bytes that would be read as a huge tensor)."""
+    if len(stride) != len(shape):
+        raise CorruptData(f"a tensor has {len(shape)} dimensions but {len(stride)} strides")
+    numel = math.prod(shape)
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
+    if offset < 0 or last >= storage_numel:
+        raise CorruptData(f"a tensor of shape {list(shape)} reaches element {last} of a storage of {storage_numel} "
+                          "(truncated or corrupt file)")
+    if numel > storage_numel:
+        raise CorruptData(f"a tensor of shape {list(shape)} claims {numel:,} elements over {storage_numel:,} stored "
+                          "(an overlapping view); refused: reading it would take time unbounded by the file")
+
+
 class _StorageType:
     def __init__(self, name: str) -> None:
         if name not in STORAGE_DTYPES:
@@ -148,6 +200,15 @@ class _StorageType:
 def _member_offsets(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
     """Data offset and size of every stored member, read from the zip's central directory in the mapping
     (zipfile's own parser takes seconds for 300k members)."""
+    try:
+        return _parse_directory(mm)
+    except (struct.error, IndexError, ValueError, OverflowError) as e:
+        if isinstance(e, CorruptData):
+            raise
+        raise Unsupported(f"malformed zip directory ({e})") from None
+
+
+def _parse_directory(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
     size = len(mm)
     eocd = mm.rfind(b"PK\x05\x06", max(0, size - 65557))
     if eocd < 0:
@@ -186,7 +247,8 @@ def _member_offsets(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
                     break
                 j += 4 + ln
         if method != 0:
-            raise Unsupported(f"compressed member {name}")
+            raise CorruptData(f"zip member {name} is compressed (method {method}); torch.save never compresses, so "
+                              "this file was re-packed by another tool and is not read (it could expand without bound)")
         if mm[local:local + 4] != b"PK\x03\x04":
             raise Unsupported("bad local header")
         ln, lm = struct.unpack_from("<HH", mm, local + 26)
@@ -214,11 +276,20 @@ def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
     data_prefix = f"{prefix}/data/"
 
     def rebuild_tensor(storage: _StorageRef, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
+        if not isinstance(storage, _StorageRef):
+            raise CorruptData("a tensor without a storage")
         member = members.get(data_prefix + storage.key)
-        if member is None or offset < 0 or offset > storage.numel:
-            raise Unsupported(f"bad storage reference {storage.key}")
-        return MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, tuple(shape),
-                            tuple(stride), storage.numel - offset)
+        if member is None:
+            raise CorruptData(f"a tensor's data ({storage.key}) is missing from the file")
+        if storage.numel * _itemsize(storage.dtype) > member[1]:
+            raise CorruptData(f"storage {storage.key} claims {storage.numel * _itemsize(storage.dtype):,} bytes; the "
+                              f"file holds {member[1]:,} (truncated or corrupt)")
+        shape, stride = _dims(shape, "shape"), _dims(stride, "stride")
+        if type(offset) is not int:
+            raise CorruptData("a tensor's storage offset is not an integer")
+        check_extent(shape, stride, offset, storage.numel)
+        return MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, shape,
+                            stride, storage.numel - offset)
 
     def make_stub(name: str):
         from optinspect.state.load import _stub_for
@@ -250,15 +321,21 @@ def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
         def persistent_load(self, pid: Any) -> Any:
             if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
                 raise Unsupported(f"persistent id {pid!r:.40}")
+            if len(pid) != 5:
+                raise CorruptData(f"a storage reference of {len(pid)} fields")
             _, stype, key, _location, numel = pid
             if not isinstance(stype, _StorageType):
                 raise Unsupported("untyped storage")
-            return _StorageRef(stype.dtype, str(key), int(numel))
+            if type(numel) is not int or not 0 <= numel < 1 << 62:
+                raise CorruptData(f"storage {str(key)[:40]} claims {str(numel)[:40]} elements")
+            return _StorageRef(stype.dtype, str(key), numel)
 
     try:
         obj = Reader(io.BytesIO(data)).load()
-    except Unsupported:
+    except (Unsupported, CorruptData):
         raise
+    except RecursionError:
+        raise CorruptData("the object graph nests deeper than Python can follow") from None
     except Exception as e:  # noqa: BLE001 - a broken pickle: let torch's loader produce its own message
         raise Unsupported(f"{type(e).__name__}: {e}") from None
     return obj, sorted(set(skipped))

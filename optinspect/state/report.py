@@ -5,6 +5,7 @@ The JSON form (`StateReport.to_dict`) is documented in README.md ("optinspect in
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import torch
 from optinspect.state import stats as S
 from optinspect.state.keys import COUNTERS, FIRST, RESETS, SECOND
 from optinspect.state.load import LoadedState, ParamState, materialize
+from optinspect.state.ptindex import MappedTensor
 
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
 BF16_HALF_ULP_REL = 2.0**-8
@@ -91,6 +93,48 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (int, float, str, bool)) or obj is None:
         return obj
     return repr(obj)
+
+
+# Bounds on a value shown from a file: a pickle can make a 1 KB structure whose naive walk never ends
+# (shared references, "billion laughs") or holds a 5000-digit integer; past these it is summarised.
+PLAIN_NODES, PLAIN_DEPTH, PLAIN_ITEMS, PLAIN_STR = 2000, 24, 64, 1000
+
+
+def plain_value(value: Any) -> Any:
+    """A param-group value as plain JSON-able data (numbers, strings, lists, dicts), bounded in size and time
+    whatever the file built: 0-d and small tensors become numbers, larger ones their shape and dtype."""
+    budget = [PLAIN_NODES]
+
+    def conv(x: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > PLAIN_DEPTH:
+            return "…"
+        if x is None or isinstance(x, bool):
+            return x
+        if isinstance(x, int):
+            return x if abs(x) < 1 << 64 else f"<{x.bit_length()}-bit integer>"
+        if isinstance(x, float):
+            return x if math.isfinite(x) else str(x)
+        if isinstance(x, str):
+            return x if len(x) <= PLAIN_STR else x[:PLAIN_STR] + "…"
+        if isinstance(x, (bytes, bytearray)):
+            return f"<{len(x)} bytes>"
+        if isinstance(x, (torch.Tensor, MappedTensor)):
+            numel = x.numel() if isinstance(x, torch.Tensor) else x.numel
+            if numel <= 16:
+                t = materialize(x)
+                return conv(t.item() if numel == 1 else t.tolist(), depth + 1)
+            return f"tensor{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+        if isinstance(x, dict):  # keys as written (a group's keys are the hyper-parameters' names)
+            return {k if isinstance(k, str) else str(conv(k, depth + 1)): conv(v, depth + 1)
+                    for k, v in itertools.islice(x.items(), PLAIN_ITEMS)}
+        if isinstance(x, (list, tuple, set, frozenset)):
+            items = [conv(v, depth + 1) for v in itertools.islice(x, PLAIN_ITEMS)] + (["…"] if len(x) > PLAIN_ITEMS
+                                                                                      else [])
+            return tuple(items) if isinstance(x, tuple) else items
+        return f"<{type(x).__name__}>"
+
+    return conv(value, 0)
 
 
 def family_of(entries: dict, group: dict) -> str:
@@ -188,7 +232,7 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, m
         lazy = hasattr(v, "chunks")
         if not (isinstance(v, torch.Tensor) or lazy):
             if isinstance(v, (int, float, bool, str)):
-                r.scalars[k] = v
+                r.scalars[k] = plain_value(v)
             continue
         numel = v.numel if lazy else v.numel()
         if k.startswith(("qmap", "absmax")) or numel == 0:
@@ -249,7 +293,7 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
                      f"reset ({most} so far), not from the start of the run")
     groups = []
     for g in ls.groups:
-        groups.append({k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in g.items()})
+        groups.append(plain_value(g))
     return StateReport(path=ls.path, source_file=ls.source_file, layout=ls.layout, key_used=ls.key_used,
                        names_from=ls.names_from, family=", ".join(families) or "no state", steps=steps, groups=groups,
                        params=rows, anomalies=anomalies, warnings=notes, skipped=list(ls.skipped),

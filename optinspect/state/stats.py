@@ -254,6 +254,22 @@ def _release(obj, i: int, n: int, mapped: bool) -> None:
         release_tensor(obj.reshape(-1)[i:i + n])
 
 
+def value_chunks(t, chunk: int = CHUNK, mapped: bool = False, quant: tuple | None = None):
+    """fp32 1-D chunks of a state tensor (mapped or in memory) with a page-release callback each; 8-bit codes
+    are dequantized when `quant` = (absmax, qmap). Two tensors of one shape chunk alike, so they can be compared
+    chunk by chunk without either being read whole. CHUNK is a multiple of every quantization block."""
+    n = _numel(t)
+    if quant is not None:
+        scale, table = quant[0].float().reshape(-1), quant[1].float()
+        block = infer_block(n, scale.numel())
+        chunk = max(block, chunk - chunk % block)
+    for i in range(0, n, chunk):
+        k = min(chunk, n - i)
+        part = _part(t, i, k)
+        values = _dequant(table, part, scale, i, block) if quant is not None else part.float()
+        yield values, (lambda i=i, k=k: _release(t, i, k, mapped))
+
+
 def tensor_chunks(t: torch.Tensor, chunk: int = CHUNK, mapped: bool = False):
     """(chunk view, page release or None) over a tensor; `mapped` = the tensor lives in a file mapping."""
     flat = t.reshape(-1)
