@@ -292,8 +292,8 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
         notes.append(f"PersonaOptimizer starts its step counter again at every reset: `step` counts from the last "
                      f"reset ({most} so far), not from the start of the run")
     groups = []
-    for g in ls.groups:
-        groups.append(plain_value(g))
+    for g in ls.groups:  # each value bounded on its own, so one crafted value cannot hide the others
+        groups.append({k if isinstance(k, str) else str(plain_value(k)): plain_value(v) for k, v in g.items()})
     return StateReport(path=ls.path, source_file=ls.source_file, layout=ls.layout, key_used=ls.key_used,
                        names_from=ls.names_from, family=", ".join(families) or "no state", steps=steps, groups=groups,
                        params=rows, anomalies=anomalies, warnings=notes, skipped=list(ls.skipped),
