@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import os
+import signal
 import tempfile
+import threading
 
 import torch
 
@@ -72,31 +77,129 @@ def _json_safe(obj):
 
 def save(path: str, state_dict: dict, names: list[str], report: dict, *, optimizer_type: str,
          force: bool = False) -> str:
-    """Write to a temporary file in the same folder, then rename over `path` (refused if it exists unless force)."""
+    """Write to a temporary file in the same folder, flush it to disk, then publish it under `path`.
+
+    Without `force` the publish is a hard link, which fails if `path` exists, so of two runs saving to one name
+    one wins and the other says so (never a silent replacement); with `force` it is a rename over the old file.
+    SIGTERM and SIGINT during the write remove the temporary file; the file gets the mode the umask gives."""
     if os.path.isdir(path):
         raise SaveError(f"{path} is a directory")
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:
         raise SaveError(f"{path} exists; pass --force to overwrite it")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise SaveError(f"folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".optinspect-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
-
-            tensors, meta = flatten_state(state_dict, names)
-            metadata = {"format": FORMAT, "optimizer_type": optimizer_type,
-                        "param_groups": json.dumps(_json_safe(meta["param_groups"])),
-                        "param_names": json.dumps(names), "report": json.dumps(_json_safe(report))}
-            save_file(tensors, tmp, metadata=metadata)
-        else:
-            torch.save({"format": FORMAT, "optimizer_type": optimizer_type, "optimizer": state_dict,
-                        "param_names": names, "report": json.dumps(_json_safe(report))}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _signals_raise():
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if path.endswith(".safetensors"):
+                    tensors, meta = flatten_state(state_dict, names)
+                    metadata = {"format": FORMAT, "optimizer_type": optimizer_type,
+                                "param_groups": json.dumps(_json_safe(meta["param_groups"])),
+                                "param_names": json.dumps(names), "report": json.dumps(_json_safe(report))}
+                    write_safetensors(fh, tensors, metadata)
+                else:
+                    torch.save({"format": FORMAT, "optimizer_type": optimizer_type, "optimizer": state_dict,
+                                "param_names": names, "report": json.dumps(_json_safe(report))}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            _publish(tmp, path, force)
+            _fsync_dir(folder)
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
+            raise SaveError(f"cannot write {path}: {_reason(e)}") from None
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
     return path
+
+
+def _publish(tmp: str, path: str, force: bool) -> None:
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and exclusive: fails when `path` appeared meanwhile
+    except FileExistsError:
+        raise SaveError(f"{path} exists (written by something else meanwhile); pass --force to overwrite it") \
+            from None
+    except OSError:  # a filesystem without hard links: exclusive create, then copy the bytes in
+        with open(path, "xb") as out, open(tmp, "rb") as src:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "file write failed" in text:
+        return "no space left on the device"
+    return getattr(e, "strerror", None) or text.splitlines()[0] if text else type(e).__name__
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM (and SIGINT) raise while saving, so the cleanup above runs instead of the process just ending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def write_safetensors(fh, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The safetensors format written directly (8-byte header length, JSON header padded to 8 bytes, raw
+    little-endian data): safetensors' own writer needs numpy, which optinspect does not install."""
+    header: dict = {"__metadata__": metadata}
+    order = sorted(tensors)
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in SAFETENSORS_DTYPES:
+            raise SaveError(f"{name}: dtype {t.dtype} has no safetensors name")
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    fh.write(len(raw).to_bytes(8, "little"))
+    fh.write(raw)
+    for name in order:
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.numel():
+            fh.write((ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr()))
