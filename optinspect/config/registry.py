@@ -83,6 +83,12 @@ declare("OPT006", "foreign-optimizer-table", "error", "input",
             "fails as a whole, so listing each key would only hide the real problem.",
         example="[optimizer]\noptimizer_type = 'AdamW8bit'\noptimizer_args = ['weight_decay=0.1']",
         fix="Rewrite the table as `type = '...'` plus constructor keywords (see `optinspect schema TYPE`).")
+declare("OPT009", "findings-truncated", "info", "input",
+        "More findings in one file than are shown: the rest are counted, not listed.",
+        why="A generated or corrupted file can hold hundreds of thousands of the same mistake; listing them all "
+            "would take minutes and gigabytes, and the first ones say what is wrong. The count's severity is the "
+            "worst of those not shown, so the exit status is the same as with every finding listed.",
+        fix="Fix the findings shown and run again.")
 declare("OPT101", "unknown-type", "error", "schema", "`type` does not resolve to an optimizer.",
         why="Built-in types are matched lower-cased, anything else is `getattr(pytorch_optimizer, type)`, "
             "which is case-sensitive: `prodigy` fails after the model has loaded, `Prodigy` works.",

@@ -6,6 +6,7 @@ Nothing here prints or exits; the CLI decides what to do with the FileReport.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import math
 import os
@@ -485,6 +486,9 @@ def _rule_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> li
     return out
 
 
+MAX_FINDINGS = 200  # per file; the rest are counted by one OPT009 finding
+
+
 def _finish(report: FileReport, diags: list[Diagnostic], smap: source.SourceMap, options: Options) -> None:
     from optinspect.config.secrets import redact, secret_values
 
@@ -504,7 +508,16 @@ def _finish(report: FileReport, diags: list[Diagnostic], smap: source.SourceMap,
             continue
         seen.add(ident)
         kept.append(d)
-    report.diagnostics = sorted(kept, key=lambda d: d.sort_key)
+    kept.sort(key=lambda d: d.sort_key)
+    if len(kept) > MAX_FINDINGS:
+        hidden = kept[MAX_FINDINGS:]
+        worst = min((d.severity for d in hidden), key=lambda s: s.rank)
+        counts = collections.Counter(d.code for d in hidden)
+        what = ", ".join(f"{n:,} {code}" for code, n in counts.most_common(5))
+        kept = kept[:MAX_FINDINGS] + [_diag(report.path, Span(hidden[0].line, 1, hidden[0].line, 1), "OPT009",
+                                            f"{len(hidden):,} more findings not shown ({what})",
+                                            "fix the findings shown and run again", severity=worst)]
+    report.diagnostics = kept
 
 
 __all__ = ["Options", "RuleContext", "Finding", "validate_file", "validate_text", "show"]

@@ -168,3 +168,17 @@ def test_bom_file_still_gets_its_table_checked(tmp_path):
 def test_examples_folder_has_a_failing_example():
     bad = Path(EXAMPLES / "broken.toml")
     assert validate_file(str(bad)).errors >= 3
+
+
+def test_a_flood_of_findings_is_cut_and_counted_with_the_worst_severity(tmp_path):
+    """349k duplicate keys (a 2 MB file) once took 100 s and 1.4 GB to report: the first 200 are listed, the rest
+    counted by one OPT009 that carries the worst hidden severity, so the exit status does not change."""
+    from optinspect.config.validate import MAX_FINDINGS
+
+    p = tmp_path / "flood.toml"
+    p.write_text("[optimizer]\ntype = 'scorn'\n" + "a = 1\n" * 5000)
+    report = validate_file(str(p))
+    assert len(report.diagnostics) == MAX_FINDINGS + 1
+    last = report.diagnostics[-1]
+    assert last.code == "OPT009" and last.severity.value == "error"
+    assert "4,799 more findings not shown" in last.message  # 4,999 duplicates - 200 and "OPT001" in last.message
