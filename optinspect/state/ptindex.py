@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from optinspect.state.pages import MappedFile
+from optinspect.state.pages import CorruptData, MappedFile
 
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -33,10 +33,6 @@ STORAGE_DTYPES = {
 
 class Unsupported(Exception):
     """Something this reader does not handle; torch.load(weights_only=True) decides instead."""
-
-
-class CorruptData(ValueError):
-    """Tensor bytes that are not where the file says they are."""
 
 
 class MappedTensor:

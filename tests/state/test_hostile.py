@@ -206,3 +206,32 @@ def test_diff_streams_instead_of_loading_tensors_whole(run_cli, tmp_path, monkey
         d = (states[1][key] - states[0][key]).double()  # the difference in the state's own precision
         assert abs(drift[key]["rel"] - float(d.norm() / states[0][key].double().norm())) < 1e-12
         assert drift[key]["max_abs"] == float((states[1][key] - states[0][key]).abs().max())
+
+
+def test_a_file_truncated_while_it_is_read_is_a_clean_error(tmp_path):
+    """A trainer re-saving in place shrinks the file under us: touching the lost pages would be SIGBUS (the
+    process killed without a word); it must be a clean error instead."""
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    code = f"""
+import os, sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+from optinspect.state.load import load_state
+from optinspect.state.report import build_report
+from optinspect.state.pages import CorruptData
+p = torch.nn.Parameter(torch.randn(1 << 21)); opt = torch.optim.AdamW([p]); p.grad = torch.randn(1 << 21); opt.step()
+torch.save(opt.state_dict(), sys.argv[1])
+ls = load_state(sys.argv[1])
+os.truncate(sys.argv[1], os.path.getsize(sys.argv[1]) // 3)
+try:
+    build_report(ls)
+except CorruptData as e:
+    print("clean:", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7 would be SIGBUS
+    assert proc.stdout.startswith("clean:") and "shorter than its tensors need" in proc.stdout

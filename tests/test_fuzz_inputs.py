@@ -1,0 +1,32 @@
+"""The fuzz harness (tests/fuzz_inputs.py) run on a fixed budget: mutated real files never hang, blow memory,
+print a traceback or a raw control character, or end in the CLI's last-resort line. Longer budgets:
+`python tests/fuzz_inputs.py --cases 2000 --seed N`."""
+
+import pytest
+
+from . import fuzz_inputs as F
+
+
+@pytest.mark.slow
+def test_mutated_inputs_end_cleanly_within_limits():
+    outcomes = F.fuzz(cases=36, seed=2024, jobs=2)
+    bad = [f"{o.case}: {o.problem} ({' '.join(o.command)})" for o in outcomes if o.problem]
+    assert bad == []
+    kinds = {o.case.split("#")[0] for o in outcomes}
+    assert len(outcomes) == 36 and kinds == {"zip", "legacy", "st", "ds", "ds_latest", "chroma.toml", "broken.toml"}
+
+
+@pytest.mark.parametrize("rc,seconds,rss,out,err,problem", [
+    (None, 31.0, 100, "", "", "ran past"),
+    (1, 1.0, 2048, "", "", "peak RSS"),
+    (-11, 1.0, 100, "", "", "exit -11"),
+    (1, 1.0, 100, "", "Traceback (most recent call last):\n", "traceback"),
+    (2, 1.0, 100, "", "optinspect: error: unexpected KeyError: 3 (the input ...)\n", "last-resort"),
+    (0, 1.0, 100, "name \x1b[31m\n", "", "raw control character"),
+    (2, 1.0, 100, "", "optinspect: error: a\noptinspect: error: b\n", "more than one error line"),
+    (2, 1.0, 100, "", "optinspect: error: x.pt: truncated or corrupt torch file\n", ""),
+    (0, 1.0, 100, "a table\twith tabs\n", "", ""),
+])
+def test_the_judge_flags_what_it_must(rc, seconds, rss, out, err, problem):
+    got = F.judge(rc, seconds, rss, out, err, json_out=False)
+    assert (problem in got) if problem else got == ""
