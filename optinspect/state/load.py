@@ -180,12 +180,14 @@ def _checked(path: str, obj: Any) -> Any:
     holds (a stride-0 view of a few bytes would otherwise be streamed as a huge tensor)."""
     seen = 0
     stack = [(obj, 0)]
+    storages: dict[int, int] = {}
     while stack:
         node, depth = stack.pop()
         seen += 1
         if seen > 1_000_000 or depth > 200:
             raise StateLoadError(f"{path}: the object graph is too large or too deep to be optimizer state")
         if isinstance(node, torch.Tensor):
+            storages[node.untyped_storage().data_ptr()] = node.untyped_storage().nbytes()
             storage = node.untyped_storage().nbytes() // max(1, node.element_size())
             try:
                 check_extent(tuple(node.shape), tuple(node.stride()), node.storage_offset(), storage)
@@ -195,6 +197,10 @@ def _checked(path: str, obj: Any) -> Any:
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend((v, depth + 1) for v in node)
+    claimed, size = sum(storages.values()), os.path.getsize(path)
+    if claimed > size:  # every byte of every storage is in the file (stored, never compressed)
+        raise StateLoadError(f"{path}: its tensors claim {claimed:,} bytes but the file holds {size:,} "
+                             "(truncated or corrupt)")
     return obj
 
 
