@@ -63,7 +63,10 @@ def _quiet_torch_import() -> None:
 
 
 def _err(msg: str) -> int:
-    sys.stderr.write(f"optinspect: error: {msg}\n")
+    """One line on stderr; the message may quote the file (names, bytes in a library's error), so it is escaped."""
+    from optinspect.render import term
+
+    sys.stderr.write(f"optinspect: error: {term(msg)}\n")
     return EXIT_USAGE
 
 

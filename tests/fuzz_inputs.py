@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -157,7 +158,7 @@ def judge(rc, seconds, rss, out, err, *, json_out: bool) -> str:
         return f"peak RSS {rss:.0f} MiB"
     if "Traceback" in out + err:
         return "traceback"
-    if "unexpected" in err:
+    if re.search(r"optinspect: error: unexpected [A-Z]\w*:", err):  # the CLI's last resort, not a named error
         return "last-resort error: " + err.strip().splitlines()[-1][:200]
     text = err + ("" if json_out else out)
     if any(c in CONTROL for c in text):
@@ -185,10 +186,10 @@ def fuzz(cases: int, seed: int, jobs: int = 2, keep: Path | None = None) -> list
                 case_dir.mkdir()
                 target = case_dir / src.name
             target.write_bytes(mutate(src.read_bytes(), rnd, kind))
-            plan.append((f"{kind}#{n} seed {seed}", kind, target, rnd.choice(_commands(kind, target, rnd))))
+            plan.append((f"{kind}#{n} seed {seed}", case_dir, target, rnd.choice(_commands(kind, target, rnd))))
 
         def one(item) -> Outcome:
-            name, _kind, _target, command = item
+            name, _case_dir, _target, command = item
             rc, seconds, rss, out, err = run_case(command, as_text="--json" not in command)
             json_out = "--json" in command or "json" in command or "sarif" in command
             return Outcome(name, command, rc, seconds, rss, judge(rc, seconds, rss, out, err, json_out=json_out))
@@ -196,10 +197,10 @@ def fuzz(cases: int, seed: int, jobs: int = 2, keep: Path | None = None) -> list
         with ThreadPoolExecutor(jobs) as pool:
             outcomes = list(pool.map(one, plan))
         if keep:
-            for o, (_, _, target, _) in zip(outcomes, plan, strict=True):
+            for o, (_, case_dir, _, _) in zip(outcomes, plan, strict=True):
                 if o.problem:
                     dest = keep / o.case.replace("#", "_").replace(" ", "_")
-                    shutil.copytree(target.parent, dest, dirs_exist_ok=True)
+                    shutil.copytree(case_dir, dest, dirs_exist_ok=True)
         return outcomes
     finally:
         shutil.rmtree(work, ignore_errors=True)

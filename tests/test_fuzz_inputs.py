@@ -25,6 +25,7 @@ def test_mutated_inputs_end_cleanly_within_limits():
     (0, 1.0, 100, "name \x1b[31m\n", "", "raw control character"),
     (2, 1.0, 100, "", "optinspect: error: a\noptinspect: error: b\n", "more than one error line"),
     (2, 1.0, 100, "", "optinspect: error: x.pt: truncated or corrupt torch file\n", ""),
+    (2, 1.0, 100, "", "optinspect: error: x.pt: truncated (unexpected EOF, expected 11 more bytes)\n", ""),
     (0, 1.0, 100, "a table\twith tabs\n", "", ""),
 ])
 def test_the_judge_flags_what_it_must(rc, seconds, rss, out, err, problem):

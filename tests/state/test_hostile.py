@@ -235,3 +235,17 @@ except CorruptData as e:
                           timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7 would be SIGBUS
     assert proc.stdout.startswith("clean:") and "shorter than its tensors need" in proc.stdout
+
+
+def test_error_lines_escape_what_they_quote_from_the_file(run_cli, tmp_path):
+    """A refused global's name is quoted in the error: a DEL or ESC in it must not reach the terminal raw
+    (found by tests/fuzz_inputs.py)."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.SGD([p], lr=1.0, momentum=0.9)
+    p.grad = torch.ones(4)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "s.pt", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "s.pt").read_bytes().replace(b"torch\nFloatStorage", b"\x1borch\nFloatStorage")
+    (tmp_path / "s.pt").write_bytes(data)
+    line = _refused(run_cli, tmp_path / "s.pt", "\\x1borch.FloatStorage")
+    assert "\x1b" not in line
