@@ -190,7 +190,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except CorruptData as e:
         return _err(str(e))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
+        from optinspect.render.state import write_json
+
+        write_json(report, sys.stdout)
         return EXIT_OK
     from optinspect.render.state import render, select
 

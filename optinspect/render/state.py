@@ -57,6 +57,25 @@ def _text(value, style: str = ""):
     return Text(term(str(value)), style=style)
 
 
+def write_json(report: StateReport, stream) -> None:
+    """The report as JSON, written as it goes: one line per parameter (a state of 100k tensors would otherwise
+    be one string of hundreds of megabytes of indented histogram bins)."""
+    import json
+
+    doc = report.to_dict()
+    stream.write("{")
+    for i, (key, value) in enumerate(doc.items()):
+        stream.write(("," if i else "") + f"\n {json.dumps(key)}: ")
+        if key == "params" and value:
+            stream.write("[")
+            for j, param in enumerate(value):
+                stream.write(("," if j else "") + "\n  " + json.dumps(param))
+            stream.write("\n ]")
+        else:
+            stream.write(json.dumps(value, indent=1).replace("\n", "\n "))
+    stream.write("\n}\n")
+
+
 def render(report: StateReport, console, rows: list[ParamReport]) -> None:
     from rich.table import Table
 

@@ -9,7 +9,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import torch
@@ -62,9 +62,37 @@ class StateReport:
     definitions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """Plain JSON-able data, built without copying: a state of 100k tensors has 100k histograms, which
+        dataclasses.asdict deep-copied and a second pass walked again (minutes and gigabytes)."""
+        d = {name: plain(getattr(self, name)) for name in _field_names(type(self))}
         d["schema"] = "optinspect-state-report/1"
-        return _json_safe(d)
+        return d
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    if cls not in _FIELDS:
+        _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return _FIELDS[cls]
+
+
+def plain(obj: Any) -> Any:
+    """Report objects as JSON-able data (non-finite floats as strings), sharing lists of ints (histograms)."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if is_dataclass(obj):
+        return {name: plain(getattr(obj, name)) for name in _field_names(type(obj))}
+    if isinstance(obj, list) and obj and all(type(v) is int for v in obj):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    return _json_safe(obj)
 
 
 DEFINITIONS = {
