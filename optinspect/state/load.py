@@ -17,6 +17,7 @@ import pickle
 import re
 import stat
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,20 +234,24 @@ def _first_line(msg: str) -> str:
 
 def _load(path: str, is_zip: bool, stubs: list) -> Any:
     ctx = torch.serialization.safe_globals(stubs) if stubs else contextlib.nullcontext()
-    with ctx:
+    with ctx, warnings.catch_warnings():  # torch warns about odd protocols and such: our error line says it all
+        warnings.simplefilter("ignore")
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError:
             raise
         except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, MemoryError,
-                AttributeError, OverflowError, RecursionError, struct.error, zipfile.BadZipFile) as e:
+                AssertionError, AttributeError, OverflowError, RecursionError, struct.error,
+                zipfile.BadZipFile) as e:
             raise StateLoadError(f"{path}: truncated or corrupt torch file ({_first_line(str(e))})") from None
 
 
 def _unsafe_globals(path: str, is_zip: bool, message: str) -> list[str]:
     if is_zip:
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # noqa: BLE001 - fall back to what torch's message names
             pass
     found = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
