@@ -277,3 +277,32 @@ def test_legacy_pickles_that_upset_torch_are_one_line(run_cli, tmp_path):
     bad = data[:at + 4] + key[:-1] + (b"7" if key[-1:] != b"7" else b"3") + data[at + 4 + n:]
     (tmp_path / "key.pt").write_bytes(bad)
     _refused(run_cli, tmp_path / "key.pt", "corrupt")
+
+
+def test_a_group_value_nested_100k_deep_is_summarised(run_cli, tmp_path):
+    """Python's pickler cannot write it, but the opcodes can: 100k EMPTY_LISTs then 100k APPENDs."""
+    depth = 100_000
+    st = C._Storage("0", 4)
+    C.torch_zip(tmp_path / "s.pt", C.state_with(C._Tensor(st, 0, (4,), (1,)), deep="DEEP-PLACEHOLDER"),
+                {"0": bytes(16)})
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "s.pt") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    pkl = members["archive/data.pkl"]
+    placeholder = b"X\x10\x00\x00\x00DEEP-PLACEHOLDER"
+    assert placeholder in pkl
+    members["archive/data.pkl"] = pkl.replace(placeholder, b"]" * depth + b"a" * (depth - 1))
+    with zipfile.ZipFile(tmp_path / "s.pt", "w", compression=zipfile.ZIP_STORED) as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    for args in (("inspect", "--json"), ("inspect",), ("diff",)):
+        extra = [str(tmp_path / "s.pt")] if args[0] == "diff" else list(args[1:])
+        rc, out, err = run_cli(args[0], str(tmp_path / "s.pt"), *extra)
+        assert rc == 0, err[-500:]
+        if "--json" in args:
+            value = json.loads(out)["groups"][0]["deep"]
+            depth_seen = 0
+            while isinstance(value, list) and value:
+                value, depth_seen = value[0], depth_seen + 1
+            assert value == "…" and depth_seen < 100
