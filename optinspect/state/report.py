@@ -79,15 +79,14 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 
 def plain(obj: Any) -> Any:
-    """Report objects as JSON-able data (non-finite floats as strings), sharing lists of ints (histograms)."""
+    """Report objects as JSON-able data (non-finite floats as strings), sharing the histograms."""
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
-    if is_dataclass(obj):
-        return {name: plain(getattr(obj, name)) for name in _field_names(type(obj))}
-    if isinstance(obj, list) and obj and all(type(v) is int for v in obj):
-        return obj
+    if is_dataclass(obj):  # histograms are our own lists of ints: shared as they are, not walked
+        return {name: (getattr(obj, name) if name == "hist" else plain(getattr(obj, name)))
+                for name in _field_names(type(obj))}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -218,6 +217,7 @@ def reset_count(entries: dict) -> int | None:
 
 
 SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
+BATCH_PARAMS = 2048  # parameters whose small tensors are counted in one batch
 
 
 def _small(v: Any) -> Any:
@@ -230,16 +230,49 @@ def tensorish(x: Any) -> bool:
     return isinstance(x, torch.Tensor) or hasattr(x, "chunks")
 
 
-def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, mapped: bool = False) -> ParamReport:
-    e = {k: _small(v) for k, v in p.entries.items()}
+def _moment_keys(e: dict) -> tuple[str, str] | None:
+    """The first and second moment of a parameter's state, when it has both in one shape."""
+    m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)
+    v_key = next((k for k in SECOND if k in e and tensorish(e[k])), None)
+    if m_key and v_key and tuple(e[m_key].shape) == tuple(e[v_key].shape):
+        return m_key, v_key
+    return None
+
+
+def _batchable(t: Any) -> bool:
+    return tensorish(t) and t.dtype.is_floating_point and 0 < (t.numel if hasattr(t, "chunks") else t.numel()) \
+        <= S.BATCH_MAX
+
+
+def _small_jobs(e: dict) -> list[tuple]:
+    """The statistics of this parameter that can be counted in a batch with other small tensors (plain float
+    tensors; 8-bit ones and large ones go their own way in `_param`)."""
+    jobs = []
+    done: set[str] = set()
+    pair = _moment_keys(e)
+    if pair and e[pair[0]].dtype != torch.uint8:
+        m, v = e[pair[0]], e[pair[1]]
+        if _batchable(m) and _batchable(v):
+            jobs.append(("pair", pair[0], m, pair[1], v))
+        done = set(pair)
+    for k, v in e.items():
+        if k not in done and not k.startswith(("qmap", "absmax")) and _batchable(v):
+            jobs.append(("one", k, v))
+    return jobs
+
+
+def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] | None, mapped: bool = False,
+           batched: dict | None = None) -> ParamReport:
+    """One parameter's row; `batched` holds what `S.batch_stats` already computed for its small tensors."""
+    batched = batched or {}
     fam = family_of(e, group)
     step = param_step(e, group)
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
                     {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
-    m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)
-    v_key = next((k for k in SECOND if k in e and tensorish(e[k])), None)
     done: set[str] = set()
-    if m_key and v_key and tuple(e[m_key].shape) == tuple(e[v_key].shape):
+    pair = _moment_keys(e)
+    if pair:
+        m_key, v_key = pair
         m, v = e[m_key], e[v_key]
         quant = None
         if m.dtype == torch.uint8:
@@ -247,7 +280,7 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, m
                 quant = {"q1": materialize(e["qmap1"]).float(), "a1": materialize(e["absmax1"]).float(),
                          "q2": materialize(e["qmap2"]).float(), "a2": materialize(e["absmax2"]).float()}
         if m.dtype != torch.uint8 or quant is not None:
-            sm, sv, r.update_scale_mean, r.update_scale_max = S.moment_pair_stats(
+            sm, sv, r.update_scale_mean, r.update_scale_max = batched.get(("pair", m_key)) or S.moment_pair_stats(
                 m_key, m, v_key, v, progress, mapped=mapped, quant=quant)
             if quant is not None:  # the error bounds: a per-code table over the uint8 codes
                 S.attach_quant_bound(sm, m, quant["a1"], quant["q1"], mapped=mapped)
@@ -273,7 +306,7 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, m
             else:
                 st = S.tensor_stats(k, v, progress, mapped=mapped)
         elif v.dtype.is_floating_point:
-            st = S.tensor_stats(k, v, progress, mapped=mapped)
+            st = batched.get(("one", k)) or S.tensor_stats(k, v, progress, mapped=mapped)
         else:
             continue
         r.tensors.append(st)
@@ -302,14 +335,31 @@ def _param(p: ParamState, group: dict, progress: Callable[[int], None] | None, m
 
 def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
                  on_param: Callable[[ParamReport], None] | None = None) -> StateReport:
-    """Analyse every parameter (streaming, one tensor at a time), then the cross-tensor anomalies."""
+    """Analyse every parameter (streaming large tensors chunk by chunk, counting small ones in batches of many
+    parameters), then the cross-tensor anomalies. `on_param` sees each row as soon as it is done."""
     rows = []
-    for p in ls.params:
-        group = ls.groups[p.group] if p.group < len(ls.groups) else {}
-        row = _param(p, group, progress, ls.mapped)
-        rows.append(row)
-        if on_param:
-            on_param(row)
+    params = ls.params
+    i = 0
+    while i < len(params):
+        window: list[tuple[ParamState, dict, list[tuple]]] = []
+        elements = 0
+        while i < len(params) and len(window) < BATCH_PARAMS and elements < S.BATCH_ELEMENTS:
+            e = {k: _small(v) for k, v in params[i].entries.items()}
+            jobs = _small_jobs(e)
+            elements += sum(t.numel() if isinstance(t, torch.Tensor) else t.numel for j in jobs for t in j[2::2])
+            window.append((params[i], e, jobs))
+            i += 1
+        flat_jobs = [j for _, _, jobs in window for j in jobs]
+        results = iter(S.batch_stats(flat_jobs) if flat_jobs else [])
+        if progress and flat_jobs:
+            progress(sum(S.state_nbytes(t) for j in flat_jobs for t in j[2::2]))
+        for p, e, jobs in window:
+            batched = {(j[0], j[1]): next(results) for j in jobs}
+            group = ls.groups[p.group] if p.group < len(ls.groups) else {}
+            row = _param(p, e, group, progress, ls.mapped, batched)
+            rows.append(row)
+            if on_param:
+                on_param(row)
     families = sorted({r.family for r in rows if r.family != "no state"})
     steps = sorted({r.step for r in rows if r.step is not None})
     anomalies = finalize(rows, steps)

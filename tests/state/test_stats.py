@@ -59,3 +59,79 @@ def test_workers_run_one_thread_per_op_and_leave_the_callers_setting_alone():
     t.start()
     t.join()
     assert torch.get_num_threads() == before and seen == [before]
+
+
+def _values(seed: int) -> list[torch.Tensor]:
+    """Small tensors of every kind the engine meets: signs, zeros, subnormals, huge values, NaN, inf, bf16."""
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(n, generator=g) * 10.0 ** torch.randint(-30, 30, (1,), generator=g).item()
+           for n in (1, 2, 7, 256, 1000, 4096)]
+    special = torch.tensor([0.0, -0.0, 1e-40, -1e-41, 3e38, -3e38, float("nan"), float("inf"), float("-inf"), 2.0])
+    out += [special, special[:6], torch.zeros(5), torch.randn(33, generator=g).abs().to(torch.bfloat16)]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_statistics_equal_the_per_tensor_engine(seed):
+    """Small tensors are counted many at a time (segment reductions): every figure must equal the per-tensor
+    engine's (sums are taken in float64 there, so to rounding of the fp32 path)."""
+    from optinspect.state import stats as S
+
+    values = _values(seed)
+    pairs = [(torch.randn(64), torch.rand(64)), (torch.randn(9), torch.tensor([0.0, 1.0, -0.0, float("nan"), 4.0,
+                                                                             1e-42, 2.0, float("inf"), 3.0]))]
+    jobs = [("one", f"t{i}", t) for i, t in enumerate(values)] + [("pair", "exp_avg", m, "exp_avg_sq", v)
+                                                                  for m, v in pairs]
+    got = S.batch_stats(jobs)
+    want = [S.tensor_stats(k, t) for _, k, t in jobs[:len(values)]]
+    want += [S.moment_pair_stats("exp_avg", m, "exp_avg_sq", v) for m, v in pairs]
+    flat = lambda x: list(x[:2]) if isinstance(x, tuple) else [x]  # noqa: E731
+
+    def close(a, b, scale) -> bool:  # to rounding relative to the tensor's magnitude (sums cancel at 3e38)
+        return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6 * max(abs(a), abs(b), scale)
+
+    for g, w in zip(got, want, strict=True):
+        for gs, ws in zip(flat(g), flat(w), strict=True):
+            assert gs.hist == ws.hist and (gs.nan, gs.inf, gs.numel, gs.shape, gs.dtype, gs.bytes) == \
+                (ws.nan, ws.inf, ws.numel, ws.shape, ws.dtype, ws.bytes)
+            for field in ("mean", "std", "min", "max", "absmax", "rms", "l2", "zero_frac"):
+                assert close(getattr(gs, field), getattr(ws, field), ws.absmax), (gs.key, field, getattr(gs, field),
+                                                                                  getattr(ws, field))
+        if isinstance(g, tuple):
+            assert close(g[2], w[2], 0.0) and close(g[3], w[3], 0.0)
+
+
+def test_tiny_values_keep_their_rms():
+    """|x| around 1e-28 (a tiny second moment): x*x underflows in fp32, so the RMS read 0 before."""
+    from optinspect.state import stats as S
+
+    t = torch.tensor([1e-28, -3e-28, 2e-28])
+    st = S.tensor_stats("exp_avg_sq", t)
+    want = float(t.double().square().mean().sqrt())
+    assert st.rms == pytest.approx(want, rel=1e-6) and st.std > 0
+
+
+def test_a_report_of_many_small_tensors_matches_per_tensor_statistics(tmp_path):
+    """Through build_report: a state of many small parameters gives the same rows with batching as without."""
+    from optinspect.state import stats as S
+    from optinspect.state.load import load_state
+    from optinspect.state.report import build_report
+
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (3, 17, 300, 5000, 70000, 1)]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    batched = build_report(load_state(str(tmp_path / "s.pt")))
+    S.BATCH_MAX, keep = 0, S.BATCH_MAX
+    try:
+        single = build_report(load_state(str(tmp_path / "s.pt")))
+    finally:
+        S.BATCH_MAX = keep
+    for a, b in zip(batched.params, single.params, strict=True):
+        assert [t.key for t in a.tensors] == [t.key for t in b.tensors]
+        assert a.update_scale_mean == pytest.approx(b.update_scale_mean, rel=1e-6)
+        for x, y in zip(a.tensors, b.tensors, strict=True):
+            assert x.hist == y.hist and x.rms == pytest.approx(y.rms, rel=1e-6)
