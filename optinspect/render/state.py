@@ -58,18 +58,25 @@ def _text(value, style: str = ""):
 
 
 def write_json(report: StateReport, stream) -> None:
-    """The report as JSON, written as it goes: one line per parameter (a state of 100k tensors would otherwise
-    be one string of hundreds of megabytes of indented histogram bins)."""
+    """The report as JSON, written as it goes: one line per parameter, each made plain only when it is written
+    (a state of 100k tensors would otherwise be one string of hundreds of megabytes of histogram bins)."""
     import json
 
-    doc = report.to_dict()
+    from optinspect.state.report import plain
+
+    params = report.params
+    report.params = []
+    try:
+        doc = report.to_dict()
+    finally:
+        report.params = params
     stream.write("{")
     for i, (key, value) in enumerate(doc.items()):
         stream.write(("," if i else "") + f"\n {json.dumps(key)}: ")
-        if key == "params" and value:
+        if key == "params" and params:
             stream.write("[")
-            for j, param in enumerate(value):
-                stream.write(("," if j else "") + "\n  " + json.dumps(param))
+            for j, param in enumerate(params):
+                stream.write(("," if j else "") + "\n  " + json.dumps(plain(param)))
             stream.write("\n ]")
         else:
             stream.write(json.dumps(value, indent=1).replace("\n", "\n "))
