@@ -28,3 +28,11 @@ def test_the_suite_reads_nothing_outside_the_repository():
         if '"shared"' in text or "'shared'" in text or "../shared" in text or "parent.parent.parent" in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_readme_speaks_to_users_not_to_the_tracker():
+    """Issue numbers mean nothing to a user reading the README."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert not re.findall(r"\bissues? #?\d+|#\d{1,3}\b", text, flags=re.I)
