@@ -130,12 +130,15 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0 and proc.stdout.startswith("optinspect ")
 
 
-@pytest.mark.parametrize("blob", [b"\x00\x01\x02", b"[optimizer\n", b"\xef\xbb\xbf", b"a = 'unterminated\n"])
-def test_no_traceback_on_bad_input(run_cli, tmp_path, blob):
+@pytest.mark.parametrize("blob,rc,code", [(b"\x00\x01\x02", 2, "OPT002"), (b"[optimizer\n", 1, "OPT001"),
+                                          (b"\xef\xbb\xbf", 1, "OPT003"), (b"a = 'unterminated\n", 1, "OPT001")])
+def test_bad_input_gives_its_code_and_no_traceback(tmp_path, blob, rc, code):
+    """In a child process: an exception in-process would propagate to pytest, never print."""
     p = tmp_path / "x.toml"
     p.write_bytes(blob)
-    rc, out, err = run_cli("validate", str(p))
-    assert rc in (1, 2) and "Traceback" not in out + err
+    proc = _cli("validate", str(p))
+    assert proc.returncode == rc and f": {code} [error]" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_tui_command_checks_its_input_before_starting(run_cli, tmp_path):
