@@ -83,6 +83,21 @@ declare("OPT006", "foreign-optimizer-table", "error", "input",
             "fails as a whole, so listing each key would only hide the real problem.",
         example="[optimizer]\noptimizer_type = 'AdamW8bit'\noptimizer_args = ['weight_decay=0.1']",
         fix="Rewrite the table as `type = '...'` plus constructor keywords (see `optinspect schema TYPE`).")
+declare("OPT007", "heterogeneous-array", "error", "input",
+        "An array mixes kinds of value (0 and 0.999 are an integer and a float): the trainer cannot read the file, "
+        "or (an array starting with an inline table) silently drops the elements that are not tables.",
+        why="diffusion-pipe reads its config with the `toml` package (0.10, TOML 0.5), which rejects arrays whose "
+            "elements are not all of one kind (\"Not a homogeneous array\") before anything runs. Newer readers "
+            "(tomllib, tomlkit, editors) accept them, so the file looks fine everywhere but in the trainer.",
+        example="[optimizer]\ntype = 'adamw'\nbetas = [0, 0.999]",
+        fix="Write every number of the array as a float: `betas = [0.0, 0.999]`.")
+declare("OPT008", "inline-table-nested-array", "error", "input",
+        "An inline table holds an array of arrays (`{ y = [[1], [2]] }`), or an array of several tables two inline "
+        "tables deep: the trainer cannot read the file.",
+        why="The `toml` package (0.10) that diffusion-pipe reads configs with splits inline tables at commas and "
+            "loses track inside nested arrays (\"Invalid inline table encountered\"); other readers accept it.",
+        example="[model]\nx = { y = [[1], [2]] }",
+        fix="Write the inline table as a [table] section of its own.")
 declare("OPT009", "findings-truncated", "info", "input",
         "More findings in one file than are shown: the rest are counted, not listed.",
         why="A generated or corrupted file can hold hundreds of thousands of the same mistake; listing them all "

@@ -33,6 +33,7 @@ class SourceMap:
     tables: dict[Path, Span] = field(default_factory=dict)  # header spans of [table] / [[table]]
     duplicates: list[tuple[Path, Span]] = field(default_factory=list)
     suppressions: dict[int, set[str]] = field(default_factory=dict)  # line -> codes ('*' = all)
+    inline_tables: set[Path] = field(default_factory=set)  # paths of { ... } values (array items by index)
     lines: list[str] = field(default_factory=list)
 
     def key_span(self, path: Path) -> Span | None:
@@ -226,6 +227,7 @@ class _Scanner:
                 self.adv()
 
     def inline_table(self, path: Path) -> None:
+        self.map.inline_tables.add(tuple(path))
         self.adv()  # {
         while self.i < self.n:
             self.skip_ws(newlines=True)

@@ -179,6 +179,7 @@ def validate_text(path: str, text: str, options: Options | None = None,
     data = _parse(path, text, smap, found)
     report.data = data
     if data is not None:
+        found.extend(_trainer_reader(path, data, smap))
         found.extend(_check_config(path, data, smap, options, report))
     _finish(report, report.diagnostics + found, smap, options)
     return report
@@ -217,6 +218,136 @@ def _parse(path: str, text: str, smap: source.SourceMap, out: list[Diagnostic]) 
     except Exception as e:  # noqa: BLE001
         out.append(_diag(path, Span(1, 1, 1, 1), "OPT001", f"invalid TOML: {e}", ""))
         return None
+
+
+def _toml05_kind(v: Any) -> str:
+    """The value kinds of TOML 0.5, which the trainers' reader (the `toml` package, 0.10) implements: an array
+    must hold one kind (integers and floats are two), where TOML 1.0 and tomlkit accept any mix."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "table"
+    return "date-time"
+
+
+def _array_problems(value: Any, depth: int = 0, inline: bool = False, nested: bool = False) -> list[tuple[str, Any]]:
+    """How the trainer's reader gets arrays inside `value` wrong. The table holding the array is an inline table
+    (`inline`), and one that is a key's value inside another inline table (`nested`), or neither.
+
+    ("mixed", kinds): several kinds of value in one array; it refuses the file. ("dropped", n): the array starts with
+    an inline table; it silently keeps only the tables ([{ a = 1 }, 0.5] is read as [{ a = 1 }]). ("inline-nested",
+    None): an array of arrays in an inline table, or of several tables in a nested inline table; it refuses the
+    file. A table met inside an array is always an inline table."""
+    found: list[tuple[str, Any]] = []
+    if not isinstance(value, list) or depth >= 32:
+        return found
+    if value and isinstance(value[0], dict):
+        tables = [v for v in value if isinstance(v, dict)]
+        if len(tables) < len(value):
+            found.append(("dropped", len(value) - len(tables)))
+        if nested and len(tables) >= 2:
+            found.append(("inline-nested", None))
+        for t in tables:  # elements of an array in a nested inline table count as nested too
+            found += _inline_table_problems(t, depth + 1, nested=nested)
+        return found
+    kinds = {_toml05_kind(v) for v in value}
+    if len(kinds) > 1:
+        found.append(("mixed", kinds))
+    elif inline and _nested_array_then_more(value):
+        found.append(("inline-nested", None))
+    for v in value:
+        if isinstance(v, list):
+            found += _array_problems(v, depth + 1, inline, nested)
+        elif isinstance(v, dict):
+            found += _inline_table_problems(v, depth + 1, nested=nested)
+    return found
+
+
+def _inline_table_problems(table: dict, depth: int, nested: bool) -> list[tuple[str, Any]]:
+    """`_array_problems` of the arrays in an inline table (`nested`: it is a key's value in another inline table)."""
+    found: list[tuple[str, Any]] = []
+    for v in table.values():
+        if isinstance(v, dict) and depth < 32:
+            found += _inline_table_problems(v, depth + 1, nested=True)
+        elif isinstance(v, list):
+            found += _array_problems(v, depth + 1, inline=True, nested=nested)
+    return found
+
+
+def _as_floats(value: list) -> str | None:
+    """`[0, 0.999]` written as the trainer's reader accepts it, when every element is a number."""
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    return "[" + ", ".join(f"{float(v)!r}" if isinstance(v, int) else repr(v) for v in value) + "]"
+
+
+def _nested_array_then_more(value: Any, depth: int = 0) -> bool:
+    """An array with an array element followed by another element (`[[1], 2]`, `[[1], [2]]`), at any depth."""
+    if not isinstance(value, list) or depth > 32:
+        return False
+    if any(isinstance(v, list) for v in value[:-1]):
+        return True
+    return any(_nested_array_then_more(v, depth + 1) for v in value)
+
+
+def _trainer_reader(path: str, data: dict, smap: source.SourceMap) -> list[Diagnostic]:
+    """What the trainer's TOML reader (the `toml` package, 0.10) cannot read in a file tomlkit accepts, anywhere
+    in the file (the trainer reads it all)."""
+    out: list[Diagnostic] = []
+
+    def array(key: str, here: tuple, value: list, problem: tuple[str, Any]) -> None:
+        name = ".".join(map(str, here))
+        where = smap.locate(here, prefer_value=True)
+        what, detail = problem
+        if what == "inline-nested":
+            out.append(_diag(path, where, "OPT008",
+                             f"`{name}`: an array of arrays, or of several tables, inside inline tables ({{ ... }}): "
+                             "the trainer's TOML reader (toml 0.10) cannot read the file (\"Invalid inline table\")",
+                             "write the inline table as a [table] section of its own"))
+            return
+        if what == "dropped":
+            out.append(_diag(path, where, "OPT007",
+                             f"`{name}` starts with an inline table: the trainer's TOML reader (toml 0.10) keeps only "
+                             f"the tables of this array and silently drops the other {detail} element"
+                             f"{'s' * (detail != 1)}", "put the tables and the other values in separate arrays"))
+            return
+        fixed = _as_floats(value) if detail == {"integer", "float"} else None
+        hint = f"write `{key} = {fixed}`" if fixed else "give every element of the array the same kind"
+        if detail == {"integer", "float"} and not fixed:
+            hint = "write the integers as floats (0 as 0.0)"
+        out.append(_diag(path, where, "OPT007",
+                         f"`{name}` mixes {' and '.join(sorted(k + 's' for k in detail))} in one array: the "
+                         "trainer's TOML reader (toml 0.10) cannot read the file (\"Not a homogeneous "
+                         "array\", or a parse error nearby)", hint))
+
+    def walk(node: dict, prefix: tuple, depth: int, inline: bool, nested: bool) -> None:
+        """`inline`: `node` is an inline table; `nested`: one that is a key's value inside another inline table."""
+        for key, value in node.items():
+            here = prefix + (key,)
+            if isinstance(value, dict) and depth < 32:
+                child = inline or here in smap.inline_tables
+                walk(value, here, depth + 1, child, child and inline)
+            elif isinstance(value, list) and all(isinstance(v, dict) for v in value) and value:  # [[tables]]
+                if nested and len(value) >= 2:
+                    array(str(key), here, value, ("inline-nested", None))
+                for i, item in enumerate(value):  # the source map indexes them: datasets.0.x
+                    item_path = here + (i,)
+                    walk(item, item_path, depth + 1, inline or item_path in smap.inline_tables, nested)
+            elif isinstance(value, list):
+                problem = next(iter(_array_problems(value, 0, inline, nested)), None)
+                if problem:
+                    array(str(key), here, value, problem)
+
+    walk(data, (), 0, False, False)
+    return out
 
 
 def _check_config(path: str, data: dict, smap: source.SourceMap, options: Options,
