@@ -149,8 +149,9 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
         try:  # the central directory sits at the end: a truncated file fails here, without reading the data
             with zipfile.ZipFile(path) as z:
                 z.infolist()
-        except zipfile.BadZipFile as e:
-            raise StateLoadError(f"{path}: truncated or corrupt torch file ({e})") from None
+        except (zipfile.BadZipFile, ValueError, EOFError, struct.error, IndexError, NotImplementedError,
+                OverflowError) as e:  # zipfile's errors on a mangled directory (names that are not UTF-8 ...)
+            raise StateLoadError(f"{path}: truncated or corrupt torch file ({type(e).__name__}: {e})") from None
     skipped: list[str] = []
     try:
         return _checked(path, _load(path, is_zip, [])), skipped

@@ -306,3 +306,20 @@ def test_a_group_value_nested_100k_deep_is_summarised(run_cli, tmp_path):
             while isinstance(value, list) and value:
                 value, depth_seen = value[0], depth_seen + 1
             assert value == "…" and depth_seen < 100
+
+
+def test_a_zip_directory_with_a_name_that_is_not_utf8_is_named(run_cli, tmp_path):
+    """Found by the fuzz harness: zipfile raised UnicodeDecodeError on a mangled member name."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones(4)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    data = bytearray((tmp_path / "s.pt").read_bytes())
+    at = data.rindex(b"s/data.pkl")  # data.pkl's name in the central directory (the last of its two copies)
+    data[at + 2] = 0xFF  # "data.pkl" mangled: the fast reader gives up, and zipfile cannot decode the name
+    (tmp_path / "s.pt").write_bytes(bytes(data))
+    for command in ("inspect", "diff"):
+        extra = [str(tmp_path / "s.pt")] if command == "diff" else []
+        rc, _, err = run_cli(command, str(tmp_path / "s.pt"), *extra)
+        assert rc == 2 and "unexpected" not in err and err.count("\n") == 1, err
