@@ -6,6 +6,7 @@ Each function takes a RuleContext and yields Findings. Rules never import torch.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from optinspect.config.registry import Finding, register
 from optinspect.config.validate import RuleContext, show
@@ -337,6 +338,36 @@ def fp16_rounding(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.trained_dtype == "float16" and _truthy(ctx.get("stochastic_fp")) and not _truthy(ctx.get("fp16_rounding")):
         yield Finding(("type",), "float16 weights with stochastic_fp: the original rounds them to bf16 precision "
                       "(7 mantissa bits instead of 10)", "train in bfloat16, or `fp16_rounding = true`")
+
+
+@register("OPT408", "zero-eps-nan", "warning", "rule",
+          "A zero epsilon: a tensor whose gradient is all zero (a LoRA A matrix on step 1) turns NaN.",
+          why="The step divides the first moment by sqrt(second moment) + eps (Adafactor: rsqrt of its factors "
+              "+ eps[0]; Persona's focus: by its gradient variance + focus_eps). A tensor whose gradient is exactly "
+              "zero has both moments 0, so with eps = 0 the update is 0/0 = NaN and the weights are NaN from then "
+              "on, without an error. LoRA's A matrices get exactly zero gradients on the first step (B starts at 0).",
+          example="type = 'adamw'\nlr = 1e-4\neps = 0", fix="keep the default eps (1e-8; Adafactor [1e-30, 1e-3])",
+          types=("adamw", "adamw8bit", "adamw8bitkahan", "prodigy", "adafactor", "persona"))
+def zero_eps_nan(ctx: RuleContext) -> Iterator[Finding]:
+    eps = ctx.get("eps")
+    if ctx.schema == "adafactor":
+        if isinstance(eps, list) and eps and _number(eps[0]) == 0:
+            yield Finding(("eps",), "`eps[0] = 0`: a tensor whose gradient is all zero (LoRA A on step 1) gets NaN "
+                          "weights (rsqrt of a zero second moment)", "use `eps = [1e-30, 1e-3]`", on_value=True)
+        return
+    if ctx.schema == "persona":
+        if _number(ctx.get("focus_eps")) == 0 and (_number(ctx.get("focus_boost")) or 0) > 0:
+            yield Finding(("focus_eps",), "`focus_eps = 0` with `focus_boost` > 0: a tensor whose gradient is all zero "
+                          "(LoRA A on step 1) gets NaN weights (0/0 in the focus term)", "use `focus_eps = 1e-7`",
+                          on_value=True)
+        return
+    if _number(eps) == 0:
+        yield Finding(("eps",), "`eps = 0`: a tensor whose gradient is all zero (LoRA A on step 1) gets NaN weights "
+                      "(0 / (sqrt(0) + 0))", "use `eps = 1e-8`", on_value=True)
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 # -- resets and SCORN/REMASTER/Persona knobs ---------------------------------------------------------
