@@ -525,3 +525,34 @@ def automagic_bounds(ctx: RuleContext) -> Iterator[Finding]:
     lo, hi = ctx.num("min_lr"), ctx.num("max_lr")
     if lo is not None and hi is not None and lo > hi:
         yield Finding(("min_lr",), f"`min_lr = {lo:g}` is above `max_lr = {hi:g}`", "swap them")
+
+
+@register("OPT704", "sgd-nesterov-without-momentum", "error", "rule",
+          "`nesterov = true` without momentum, or with dampening: torch's SGD raises ValueError at construction.",
+          why="Nesterov momentum is defined only with a momentum buffer and no dampening; torch refuses the "
+              "arguments before the first step, after the model has loaded.",
+          example="type = 'sgd'\nlr = 1e-3\nnesterov = true", fix="add `momentum = 0.9` (and no `dampening`)",
+          types=("sgd",))
+def sgd_nesterov(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("nesterov")):
+        momentum, dampening = _number(ctx.get("momentum")) or 0.0, _number(ctx.get("dampening")) or 0.0
+        if momentum <= 0 or dampening != 0:
+            what = "no momentum" if momentum <= 0 else f"`dampening = {dampening:g}`"
+            yield Finding(("nesterov",), f"`nesterov = true` with {what}: torch's SGD raises ValueError (\"Nesterov "
+                          "momentum requires a momentum and zero dampening\")",
+                          "add `momentum = 0.9`" if momentum <= 0 else "remove `dampening`")
+
+
+@register("OPT705", "adamw-integer-betas", "error", "rule",
+          "torch's AdamW with an integer in `betas` (`[0, 0.999]`, `[0, 0]`): it raises ValueError.",
+          why="torch.optim.AdamW requires both betas to be floats (\"betas must be either both floats or both "
+              "Tensors\"); TOML reads 0 as an integer. (A mixed [0, 0.999] fails even earlier, in the reader: OPT007.)",
+          example="type = 'adamw'\nlr = 1e-4\nbetas = [0, 0]", fix="write the betas as floats: `betas = [0.0, 0.0]`",
+          types=("adamw",))
+def adamw_integer_betas(ctx: RuleContext) -> Iterator[Finding]:
+    betas = ctx.get("betas")
+    if isinstance(betas, list) and any(isinstance(b, int) and not isinstance(b, bool) for b in betas):
+        fixed = ", ".join(repr(float(b)) if isinstance(b, (int, float)) and not isinstance(b, bool) else str(b)
+                          for b in betas)
+        yield Finding(("betas",), "`betas` holds an integer: torch's AdamW raises ValueError (\"betas must be either "
+                      "both floats or both Tensors\")", f"write `betas = [{fixed}]`", on_value=True)

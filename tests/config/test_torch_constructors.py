@@ -1,0 +1,32 @@
+"""Rules about torch's own constructors, against those constructors: the rule is an error exactly when building
+the optimizer from the table as the trainer does (keys as keyword arguments, arrays as tuples) raises."""
+
+import itertools
+
+import pytest
+import torch
+
+from optinspect.build import constructor_kwargs
+from optinspect.config.validate import validate_table
+
+SGD = [{"type": "sgd", "lr": 1e-3, **dict(kw)} for kw in itertools.product(
+    [("nesterov", True), ("nesterov", False)], [("momentum", 0.0), ("momentum", 0.9), ("momentum", 0)],
+    [("dampening", 0.0), ("dampening", 0.1)])] + [{"type": "sgd", "lr": 1e-3, "nesterov": True}]
+ADAMW = [{"type": "adamw", "lr": 1e-4, "betas": list(b)} for b in
+         [(0, 0), (0.0, 0.0), (1, 0.999), (0.9, 0.999), (0, 0.999), (0.9, 1), (1.0, 0.5)]]
+
+
+def _raises(table) -> bool:
+    klass = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[table["type"]]
+    try:
+        klass([torch.nn.Parameter(torch.ones(2))], **constructor_kwargs({k: v for k, v in table.items()
+                                                                          if k != "type"}))
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("table", SGD + ADAMW, ids=lambda t: ",".join(f"{k}={v}" for k, v in t.items()))
+def test_an_error_exactly_when_torch_refuses_the_arguments(table):
+    errors = [d for d in validate_table(dict(table)) if d.severity.value == "error"]
+    assert bool(errors) == _raises(table), [d.code for d in errors]
