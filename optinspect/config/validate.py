@@ -220,24 +220,6 @@ def _parse(path: str, text: str, smap: source.SourceMap, out: list[Diagnostic]) 
         return None
 
 
-def _toml05_kind(v: Any) -> str:
-    """The value kinds of TOML 0.5, which the trainers' reader (the `toml` package, 0.10) implements: an array
-    must hold one kind (integers and floats are two), where TOML 1.0 and tomlkit accept any mix."""
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "table"
-    return "date-time"
-
-
 def _array_problems(value: Any, depth: int = 0, inline: bool = False, nested: bool = False) -> list[tuple[str, Any]]:
     """How the trainer's reader gets arrays inside `value` wrong. The table holding the array is an inline table
     (`inline`), and one that is a key's value inside another inline table (`nested`), or neither.
@@ -246,7 +228,7 @@ def _array_problems(value: Any, depth: int = 0, inline: bool = False, nested: bo
     an inline table; it silently keeps only the tables ([{ a = 1 }, 0.5] is read as [{ a = 1 }]). ("inline-nested",
     None): an array of arrays in an inline table, or of several tables in a nested inline table; it refuses the
     file. A table met inside an array is always an inline table."""
-    found: list[tuple[str, Any]] = []
+    found: list[tuple[str, Any]] = []  # an array must hold one kind in TOML 0.5 (toml 0.10), any mix in TOML 1.0
     if not isinstance(value, list) or depth >= 32:
         return found
     if value and isinstance(value[0], dict):
@@ -258,7 +240,7 @@ def _array_problems(value: Any, depth: int = 0, inline: bool = False, nested: bo
         for t in tables:  # elements of an array in a nested inline table count as nested too
             found += _inline_table_problems(t, depth + 1, nested=nested)
         return found
-    kinds = {_toml05_kind(v) for v in value}
+    kinds = {_toml_kind(v) for v in value}  # TOML 0.5 kinds: integers and floats are two
     if len(kinds) > 1:
         found.append(("mixed", kinds))
     elif inline and _nested_array_then_more(value):
