@@ -123,7 +123,7 @@ def _commands(kind: str, path: Path, rnd: random.Random) -> list[list[str]]:
     return [["inspect", str(target)], ["inspect", str(target), "--json"], ["diff", str(target), str(target)]]
 
 
-def run_case(args: list[str], *, as_text: bool) -> tuple[int | None, float, float, str, str]:
+def run_case(args: list[str]) -> tuple[int | None, float, float, str, str]:
     """Run `python -m optinspect ARGS` with its peak RSS read from wait4; kill it past the time limit."""
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
@@ -190,7 +190,7 @@ def fuzz(cases: int, seed: int, jobs: int = 2, keep: Path | None = None) -> list
 
         def one(item) -> Outcome:
             name, _case_dir, _target, command = item
-            rc, seconds, rss, out, err = run_case(command, as_text="--json" not in command)
+            rc, seconds, rss, out, err = run_case(command)
             json_out = "--json" in command or "json" in command or "sarif" in command
             return Outcome(name, command, rc, seconds, rss, judge(rc, seconds, rss, out, err, json_out=json_out))
 

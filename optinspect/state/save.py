@@ -136,7 +136,9 @@ def _reason(e: BaseException) -> str:
     text = str(e)
     if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text or "file write failed" in text:
         return "no space left on the device"
-    return getattr(e, "strerror", None) or text.splitlines()[0] if text else type(e).__name__
+    if getattr(e, "strerror", None):
+        return e.strerror
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _umask() -> int:
