@@ -139,6 +139,11 @@ declare("OPT111", "misplaced-top-level-key", "error", "schema",
         why="Every key after a table header belongs to that table until the next header: the trainer setting "
             "is lost and the optimizer gets an unknown keyword.",
         example="[optimizer]\ntype = 'adamw'\nwarmup_steps = 100", fix="Move the key above the first [table].")
+declare("OPT114", "integer-for-boolean", "warning", "schema",
+        "An integer where a boolean is meant (`orthograd = 1`): it behaves as true or false, as intended.",
+        why="The optimizers test these flags for truth, so 0 runs as false and any other integer as true: the run "
+            "does what was meant, but the file says something else than the schema (and editors flag it).",
+        example="scale_parameter = 0", fix="Write `true` or `false`.")
 declare("OPT113", "optinspect-only-key", "info", "schema",
         "A key that only optinspect's bundled optimizers accept (a documented fix of an original's bug).",
         why="The trainer's original optimizer classes reject it with a TypeError.",

@@ -529,6 +529,8 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
             out.append(_diag(path, span, "OPT102", f"unknown key `{k}` for {label}: the constructor raises "
                              "TypeError", hint or f"known keys: {', '.join(sorted(props))}"))
 
+    truthy_flags = bool(schemas.meta(ctx.schema).get("truthy_flags"))  # written per type in its schema
+    strict_flags = set(schemas.meta(ctx.schema).get("strict_flags", ()))
     for err in _schema_errors(schema, ctx.table):
         key = tuple(err.absolute_path)
         if err.validator == "additionalProperties" or any(key[:n] in seen_keys for n in range(1, len(key) + 1)):
@@ -544,6 +546,12 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
                 hint = f"write e.g. `{name} = {show(key, ex)}`" if isinstance(ex, list) else ""
             if want == "an integer" and isinstance(err.instance, float) and err.instance.is_integer():
                 hint = f"write `{name} = {int(err.instance)}`"
+            if want == _TOML_TYPE["boolean"] and type(err.instance) is int and truthy_flags \
+                    and key[0] not in strict_flags:  # the optimizer tests the flag for truth: runs as intended
+                word = "true" if err.instance else "false"
+                emit("OPT114", key, f"`{name} = {err.instance}` is an integer where a boolean is meant: the optimizer "
+                     f"tests it for truth, so it behaves as `{word}`", f"write `{name} = {word}`")
+                continue
             emit("OPT107", key, f"`{name}` must be {want}, not a {_toml_kind(err.instance)} "
                  f"({show(key, err.instance)})", hint)
         elif err.validator in ("minimum", "maximum"):
