@@ -7,9 +7,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from optinspect.cli_common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, positive_int
 from optinspect.render import make_console
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = ("Check a diffusion trainer's [optimizer] table before the run, dry-run the optimizer it builds, "
                "and look inside saved optimizer state.")
 
@@ -19,17 +19,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"optinspect: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts: a clear usage error for 0, negatives and non-numbers."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,15 +7,12 @@ import json
 import os
 import sys
 
+from optinspect.cli_common import EXIT_FOUND, EXIT_OK, EXIT_USAGE, positive_int
 from optinspect.render import make_console
-
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
 def add_heavy_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the torch-backed subcommands (argument parsing only; nothing heavy is imported here)."""
-    from optinspect.cli import positive_int
-
     d = sub.add_parser("dry-run", help="build the optimizer from a config and take real steps")
     d.add_argument("config", help="trainer config (.toml) with an [optimizer] table")
     d.add_argument("--steps", type=positive_int, default=10, help="optimizer steps to take (default: 10)")

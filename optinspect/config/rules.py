@@ -163,7 +163,8 @@ def double_clipping(ctx: RuleContext) -> Iterator[Finding]:
 def clip_threshold_nonpositive(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("clip_threshold")
     if v is not None and v <= 0:
-        what = "every update becomes 0: the optimizer does nothing" if v == 0 else "update clipping is disabled"
+        what = ("every update becomes 0, so nothing trains, and a tensor whose gradient is all zero (LoRA A on step "
+                "1) turns NaN (0/0)") if v == 0 else "update clipping is disabled"
         yield Finding(("clip_threshold",), f"`clip_threshold = {v:g}`: {what}", "use `clip_threshold = 1.0`",
                       severity=Severity.ERROR if v == 0 else None, on_value=True)
 
@@ -191,8 +192,7 @@ def prodigy_lr(ctx: RuleContext) -> Iterator[Finding]:
     if lr is not None and ctx.has("lr") and not (0.5 <= lr <= 2.0):
         yield Finding(("lr",), f"Prodigy `lr = {lr:g}` multiplies the estimated step size d"
                       + ("; this small a value stalls training" if lr <= 0.1 else ""),
-                      "use `lr = 1.0`; scale with `d_coef` if needed",
-                      severity=Severity.ERROR if lr <= 0.01 else None, on_value=True)
+                      "use `lr = 1.0`; scale with `d_coef` if needed", on_value=True)  # stalls, never crashes
 
 
 @register("OPT302", "prodigy-warmup-without-safeguard", "warning", "rule",
