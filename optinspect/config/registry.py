@@ -98,6 +98,13 @@ declare("OPT008", "inline-table-nested-array", "error", "input",
             "loses track inside nested arrays (\"Invalid inline table encountered\"); other readers accept it.",
         example="[model]\nx = { y = [[1], [2]] }",
         fix="Write the inline table as a [table] section of its own.")
+declare("OPT010", "other-trainer-config", "info", "input",
+        "A config of another trainer (kohya sd-scripts, musubi-tuner: `optimizer_type`, `optimizer_args`): nothing "
+        "in it was checked.",
+        why="optinspect judges the [optimizer] table of the diffusion-pipe family; without this finding such a file "
+            "would pass as \"no problems found\" although none of its settings was looked at.",
+        example="optimizer_type = 'AdamW8bit'\nlearning_rate = 2e-4",
+        fix="Nothing to fix in the file; `--require-optimizer` makes files without [optimizer] an error.")
 declare("OPT009", "findings-truncated", "info", "input",
         "More findings in one file than are shown: the rest are counted, not listed.",
         why="A generated or corrupted file can hold hundreds of thousands of the same mistake; listing them all "

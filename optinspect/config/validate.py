@@ -339,6 +339,13 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
         if options.require_optimizer:
             out.append(_diag(path, Span(1, 1, 1, 1), "OPT004", "no [optimizer] table in this file",
                              "add an [optimizer] table, or drop --require-optimizer for non-trainer files"))
+        other = sorted(k for k in data if k in OTHER_TRAINER_KEYS)
+        if other:  # said, so that "no problems found" is not read as "checked and fine"
+            out.append(_diag(path, smap.locate((other[0],)), "OPT010",
+                             f"a kohya sd-scripts / musubi-tuner style config ({', '.join(f'`{k}`' for k in other)}): "
+                             "optinspect checks diffusion-pipe's [optimizer] table, so nothing in this file was "
+                             "checked",
+                             "run optinspect on diffusion-pipe configs; this file's optimizer settings are not judged"))
         return out
     table = data["optimizer"]
     span = smap.locate(OPT)
@@ -607,6 +614,9 @@ def _rule_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> li
     return out
 
 
+# top-level keys of kohya sd-scripts and musubi-tuner configs: another trainer's layout, not checked here
+OTHER_TRAINER_KEYS = frozenset({"optimizer_type", "optimizer_args", "learning_rate", "lr_scheduler",
+                                "max_train_steps", "pretrained_model_name_or_path", "network_module"})
 MAX_FINDINGS = 200  # per file; the rest are counted by one OPT009 finding
 
 

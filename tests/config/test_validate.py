@@ -183,3 +183,24 @@ def test_a_flood_of_findings_is_cut_and_counted_with_the_worst_severity(tmp_path
     last = report.diagnostics[-1]
     assert last.code == "OPT009" and last.severity.value == "error"
     assert "4,799 more findings not shown" in last.message  # 4,999 duplicates - 200 and "OPT001" in last.message
+
+
+@pytest.mark.parametrize("text,flagged", [
+    ("pretrained_model_name_or_path = 'x'\noptimizer_type = 'AdamW8bit'\nlearning_rate = 2e-4\n"
+     "optimizer_args = ['weight_decay=0.1']\n", True),  # kohya sd-scripts
+    ("optimizer_type = 'adamw8bit'\nlearning_rate = 2e-4\nnetwork_module = 'networks.lora_flux'\n", True),  # musubi
+    ("[tool.ruff]\nline-length = 100\n", False),  # any other TOML file: quiet, as pre-commit hands over all of them
+])
+def test_another_trainers_config_is_said_to_be_unchecked(text, flagged, tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    report = validate_file(str(p))
+    codes = [d.code for d in report.diagnostics]
+    assert codes == (["OPT010"] if flagged else [])
+    if flagged:
+        assert report.diagnostics[0].severity.value == "info" and "nothing in this file was checked" in \
+            report.diagnostics[0].message
+        from optinspect.config.validate import Options
+
+        strict = validate_file(str(p), Options(require_optimizer=True))
+        assert "OPT004" in [d.code for d in strict.diagnostics]
