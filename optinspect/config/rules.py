@@ -18,7 +18,9 @@ RESET_TYPES = ("scorn", "remaster", "persona")
 
 
 def _truthy(v: object) -> bool:
-    return v is True
+    """A flag as the code that reads it sees it: the trainer (gradient_release) and the constructors test flags
+    with `if`, so 1 is on and so is the string 'false' (OPT104 says so)."""
+    return bool(v)
 
 
 def reset_steps(interval: int, increment: int, *, exact: bool, horizon: int, limit: int = 6) -> list[int]:

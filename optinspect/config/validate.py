@@ -498,8 +498,14 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
                      f"({show(key, prop.get('default'))})" if "default" in prop else "omit the key")
             elif _NUMBER_STR.match(value) or _BOOL_STR.match(value):
                 plain = value.strip().lower()
-                emit("OPT104", key, f"`{_key_name(key)}` is written as a string ({show(key, value)}); the trainer "
-                     "passes it to the constructor as text",
+                if _BOOL_STR.match(value):  # yes/on/no/off are not TOML: the boolean they mean is
+                    plain = "true" if plain in ("true", "yes", "on", "1") else "false"
+                if key[0] in catalog.TRAINER_KEYS:  # the trainer reads it itself, testing it for truth
+                    said = ("the trainer tests it for truth, so any non-empty string turns it on"
+                            + (f" ({show(key, value)} included)" if plain == "false" else ""))
+                else:
+                    said = "the trainer passes it to the constructor as text"
+                emit("OPT104", key, f"`{_key_name(key)}` is written as a string ({show(key, value)}); {said}",
                      f"remove the quotes: `{_key_name(key)} = {plain}`")
         if isinstance(value, float) and not math.isfinite(value):
             allow_inf = prop is not None and prop.get("default") == "inf" and math.isinf(value) and value > 0

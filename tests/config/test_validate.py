@@ -204,3 +204,19 @@ def test_another_trainers_config_is_said_to_be_unchecked(text, flagged, tmp_path
 
         strict = validate_file(str(p), Options(require_optimizer=True))
         assert "OPT004" in [d.code for d in strict.diagnostics]
+
+
+def test_quoted_gradient_release_is_what_the_trainer_switches_on():
+    """The trainer pops gradient_release and tests it for truth: 'false' turns it on, so the gradient-release rules
+    apply (here: two data-parallel ranks), and the message says so. Quoted yes/no/on/off get TOML booleans."""
+    from optinspect.config.validate import Options, validate_text
+
+    text = "[optimizer]\ntype = 'adamw'\nlr = 1e-4\ngradient_release = 'false'\n"
+    found = validate_text("c.toml", text, Options(world_size=2)).diagnostics
+    (quoted,) = [d for d in found if d.code == "OPT104"]
+    assert "tests it for truth" in quoted.message and "'false'" in quoted.message
+    assert quoted.hint == "remove the quotes: `gradient_release = false`"
+    assert "OPT601" in [d.code for d in found]
+    (no,) = [d for d in validate_text("c.toml", "[optimizer]\ntype = 'scorn'\northograd = 'no'\n").diagnostics
+             if d.code == "OPT104"]
+    assert no.hint == "remove the quotes: `orthograd = false`" and "passes it to the constructor" in no.message
