@@ -558,3 +558,40 @@ def adamw_integer_betas(ctx: RuleContext) -> Iterator[Finding]:
                           for b in betas)
         yield Finding(("betas",), "`betas` holds an integer: torch's AdamW raises ValueError (\"betas must be either "
                       "both floats or both Tensors\")", f"write `betas = [{fixed}]`", on_value=True)
+
+
+# Types whose lr default is the library's own (checked against the constructors' signatures in the tests)
+LIBRARY_LR_TYPES = ("adamw", "adamw8bit", "adamw8bitkahan", "sgd")
+DIFFUSION_LR = 1e-4  # the upper end of what diffusion fine-tunes use (1e-5 .. 1e-4)
+
+
+@register("OPT115", "lr-library-default", "warning", "rule",
+          "`lr` is not set, so the library's default applies (1e-3 for AdamW, AdamW8bit and SGD).",
+          why="The optimizer gets no lr keyword and uses its constructor's default, 10x or more above the 1e-5 to "
+              "1e-4 that diffusion fine-tunes train at: the run looks fine and diverges or overshoots.",
+          example="type = 'adamw8bit'\nweight_decay = 0.01", fix="write the lr you mean, e.g. `lr = 1e-4`",
+          types=LIBRARY_LR_TYPES)
+def lr_library_default(ctx: RuleContext) -> Iterator[Finding]:
+    default = ctx.num("lr")
+    if not ctx.has("lr") and default is not None and default > DIFFUSION_LR:
+        yield Finding(("type",), f"`lr` is not set: the constructor's default `lr = {default:g}` applies, "
+                      f"above the {DIFFUSION_LR:g} diffusion fine-tunes train at", "write e.g. `lr = 1e-4`")
+
+
+# top-level keys that mean an optimizer setting but are read by no one (the trainer reads [optimizer] only)
+STRAY_OPTIMIZER_KEYS = ("lr", "learning_rate", "weight_decay", "betas", "eps", "optimizer_type", "optimizer_args")
+
+
+@register("OPT116", "top-level-optimizer-setting", "warning", "rule",
+          "An optimizer setting written at the top level of the file, which the trainer never reads.",
+          why="diffusion-pipe builds the optimizer from the [optimizer] table alone; a top-level `learning_rate` "
+              "(a habit from other trainers) changes nothing, while the table's own value (or the default) runs.",
+          example="learning_rate = 2e-4\n[optimizer]\ntype = 'adamw'", fix="move it into [optimizer] as `lr`",
+          trainer_only=True)
+def top_level_optimizer_setting(ctx: RuleContext) -> Iterator[Finding]:
+    for key in STRAY_OPTIMIZER_KEYS:
+        if key in ctx.config:
+            name = "lr" if key in ("lr", "learning_rate") else key
+            yield Finding((key,), f"top-level `{key}` is not read by the trainer: the optimizer is built from "
+                          "[optimizer] alone", "move it into [optimizer]" + (f" as `{name}`" if name != key else ""),
+                          absolute=True)

@@ -74,6 +74,8 @@ CASES = {
     "OPT408": ("[optimizer]\ntype='adamw'\nlr=1e-4\neps=0", "[optimizer]\ntype='adamw'\nlr=1e-4\neps=1e-8"),
     "OPT704": ("[optimizer]\ntype='sgd'\nlr=1e-3\nnesterov=true", "[optimizer]\ntype='sgd'\nlr=1e-3\nnesterov=true\nmomentum=0.9"),
     "OPT705": ("[optimizer]\ntype='adamw'\nlr=1e-4\nbetas=[0, 0]", "[optimizer]\ntype='adamw'\nlr=1e-4\nbetas=[0.0, 0.0]"),
+    "OPT115": ("[optimizer]\ntype='adamw8bit'\nweight_decay=0.01", "[optimizer]\ntype='adamw8bit'\nlr=1e-4"),
+    "OPT116": ("learning_rate=2e-4\n[optimizer]\ntype='adamw'\nlr=1e-4", "epochs=1\n[optimizer]\ntype='adamw'\nlr=1e-4"),
     "OPT701": ("[optimizer]\ntype='automagic'\nlr=1e-2", "[optimizer]\ntype='automagic'\nlr=1e-6"),
     "OPT702": ("[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='adamw_optimi'\nlr=1e-4\nkahan_sum=false",
                "[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='adamw_optimi'\nlr=1e-4"),
