@@ -346,13 +346,14 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
         while i < len(params) and len(window) < BATCH_PARAMS and elements < S.BATCH_ELEMENTS:
             e = {k: _small(v) for k, v in params[i].entries.items()}
             jobs = _small_jobs(e)
-            elements += sum(t.numel() if isinstance(t, torch.Tensor) else t.numel for j in jobs for t in j[2::2])
+            elements += sum(t.numel() if isinstance(t, torch.Tensor) else t.numel
+                            for j in jobs for t in S.job_tensors(j))
             window.append((params[i], e, jobs))
             i += 1
         flat_jobs = [j for _, _, jobs in window for j in jobs]
         results = iter(S.batch_stats(flat_jobs) if flat_jobs else [])
         if progress and flat_jobs:
-            progress(sum(S.state_nbytes(t) for j in flat_jobs for t in j[2::2]))
+            progress(sum(S.state_nbytes(t) for j in flat_jobs for t in S.job_tensors(j)))
         for p, e, jobs in window:
             batched = {(j[0], j[1]): next(results) for j in jobs}
             group = ls.groups[p.group] if p.group < len(ls.groups) else {}

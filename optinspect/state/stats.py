@@ -385,6 +385,11 @@ BATCH_MAX = 4096  # tensors of at most this many elements are counted together w
 BATCH_ELEMENTS = 1 << 20  # elements per batch
 
 
+def job_tensors(job: tuple) -> tuple:
+    """The tensors of a batch job: ("one", key, t) -> (t,); ("pair", m_key, m, v_key, v) -> (m, v)."""
+    return (job[2],) if job[0] == "one" else (job[2], job[4])
+
+
 def _segment_partials(flat: torch.Tensor, seg: torch.Tensor, count: int) -> list[tuple]:
     """`_chunk`'s partial statistics for `count` tensors laid end to end in `flat` (segment ids in `seg`), in a
     fixed number of whole-batch operations instead of a dozen per tensor (a state of 100k small tensors spent
@@ -418,7 +423,7 @@ def batch_stats(jobs: list[tuple]) -> list:
     `moment_pair_stats` give them (sums in float64, so the last digits may differ from theirs)."""
     values: list[torch.Tensor] = []
     for job in jobs:
-        for t in job[2::2]:
+        for t in job_tensors(job):
             values.append(_part(t, 0, _numel(t)).reshape(-1).float())
     flat, seg = _segments(values)
     parts = _segment_partials(flat, seg, len(values))
@@ -432,7 +437,7 @@ def batch_stats(jobs: list[tuple]) -> list:
                 index.append(i)
                 ms.append(values[at])
                 vs.append(values[at + 1])
-            at += len(job[2::2])
+            at += len(job_tensors(job))
         a, pseg = _segments(ms)
         b = torch.cat(vs)
         r = torch.rsqrt(b).mul_(a).abs_().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).double()
