@@ -64,18 +64,13 @@ def write_json(report: StateReport, stream) -> None:
 
     from optinspect.state.report import plain
 
-    params = report.params
-    report.params = []
-    try:
-        doc = report.to_dict()
-    finally:
-        report.params = params
+    doc = report.to_dict(params=False)
     stream.write("{")
     for i, (key, value) in enumerate(doc.items()):
         stream.write(("," if i else "") + f"\n {json.dumps(key)}: ")
-        if key == "params" and params:
+        if key == "params" and report.params:
             stream.write("[")
-            for j, param in enumerate(params):
+            for j, param in enumerate(report.params):
                 stream.write(("," if j else "") + "\n  " + json.dumps(plain(param)))
             stream.write("\n ]")
         else:

@@ -61,10 +61,12 @@ class StateReport:
     total_state_bytes: int = 0
     definitions: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, params: bool = True) -> dict:
         """Plain JSON-able data, built without copying: a state of 100k tensors has 100k histograms, which
-        dataclasses.asdict deep-copied and a second pass walked again (minutes and gigabytes)."""
-        d = {name: plain(getattr(self, name)) for name in _field_names(type(self))}
+        dataclasses.asdict deep-copied and a second pass walked again (minutes and gigabytes). `params=False`
+        leaves the rows out (an empty list in their place), for a writer that streams them."""
+        d = {name: plain(getattr(self, name)) if params or name != "params" else []
+             for name in _field_names(type(self))}
         d["schema"] = "optinspect-state-report/1"
         return d
 
