@@ -14,6 +14,15 @@ from . import crafted as C
 F32 = 4
 
 
+def _stepped(opt_class=torch.optim.AdamW, n: int = 4, **kw) -> dict:
+    """The state_dict of a one-parameter optimizer after one step: the honest file the crafted ones start from."""
+    p = torch.nn.Parameter(torch.ones(n))
+    opt = opt_class([p], **kw)
+    p.grad = torch.ones(n)
+    opt.step()
+    return opt.state_dict()
+
+
 @pytest.fixture(autouse=True)
 def _bounded():
     """A case that hangs kills the run with a traceback instead of stalling the suite; memory growth is checked."""
@@ -83,11 +92,7 @@ def test_compressed_members_are_refused_not_expanded(run_cli, tmp_path):
 
 @pytest.mark.parametrize("command", [("inspect", "--json"), ("inspect",), ("diff", "SELF")])
 def test_billion_laughs_group_value_is_summarised(run_cli, tmp_path, command):
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.AdamW([p])
-    p.grad = torch.ones(4)
-    opt.step()
-    sd = opt.state_dict()
+    sd = _stepped()
     sd["param_groups"][0]["laughs"] = C.laughs()
     sd["param_groups"][0]["huge"] = 10**5000
     torch.save(sd, tmp_path / "s.pt")
@@ -167,11 +172,7 @@ def test_safetensors_headers_with_huge_numbers_or_deep_nesting(run_cli, tmp_path
 
 
 def test_truncated_zip_directories_are_named(run_cli, tmp_path):
-    p = torch.nn.Parameter(torch.ones(64))
-    opt = torch.optim.AdamW([p])
-    p.grad = torch.ones(64)
-    opt.step()
-    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    torch.save(_stepped(n=64), tmp_path / "s.pt")
     data = (tmp_path / "s.pt").read_bytes()
     for cut in (len(data) - 10, len(data) - 30, len(data) // 2):
         (tmp_path / "t.pt").write_bytes(data[:cut])
@@ -240,11 +241,8 @@ except CorruptData as e:
 def test_error_lines_escape_what_they_quote_from_the_file(run_cli, tmp_path):
     """A refused global's name is quoted in the error: a DEL or ESC in it must not reach the terminal raw
     (found by tests/fuzz_inputs.py)."""
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.SGD([p], lr=1.0, momentum=0.9)
-    p.grad = torch.ones(4)
-    opt.step()
-    torch.save(opt.state_dict(), tmp_path / "s.pt", _use_new_zipfile_serialization=False)
+    torch.save(_stepped(torch.optim.SGD, lr=1.0, momentum=0.9), tmp_path / "s.pt",
+               _use_new_zipfile_serialization=False)
     data = (tmp_path / "s.pt").read_bytes().replace(b"torch\nFloatStorage", b"\x1borch\nFloatStorage")
     (tmp_path / "s.pt").write_bytes(data)
     line = _refused(run_cli, tmp_path / "s.pt", "\\x1borch.FloatStorage")
@@ -252,11 +250,8 @@ def test_error_lines_escape_what_they_quote_from_the_file(run_cli, tmp_path):
 
 
 def _legacy(tmp_path) -> bytes:
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.SGD([p], lr=1.0, momentum=0.9)
-    p.grad = torch.ones(4)
-    opt.step()
-    torch.save(opt.state_dict(), tmp_path / "s.pt", _use_new_zipfile_serialization=False)
+    torch.save(_stepped(torch.optim.SGD, lr=1.0, momentum=0.9), tmp_path / "s.pt",
+               _use_new_zipfile_serialization=False)
     return (tmp_path / "s.pt").read_bytes()
 
 
@@ -310,11 +305,7 @@ def test_a_group_value_nested_100k_deep_is_summarised(run_cli, tmp_path):
 
 def test_a_zip_directory_with_a_name_that_is_not_utf8_is_named(run_cli, tmp_path):
     """Found by the fuzz harness: zipfile raised UnicodeDecodeError on a mangled member name."""
-    p = torch.nn.Parameter(torch.ones(4))
-    opt = torch.optim.AdamW([p])
-    p.grad = torch.ones(4)
-    opt.step()
-    torch.save(opt.state_dict(), tmp_path / "s.pt")
+    torch.save(_stepped(), tmp_path / "s.pt")
     data = bytearray((tmp_path / "s.pt").read_bytes())
     at = data.rindex(b"s/data.pkl")  # data.pkl's name in the central directory (the last of its two copies)
     data[at + 2] = 0xFF  # "data.pkl" mangled: the fast reader gives up, and zipfile cannot decode the name
