@@ -6,11 +6,10 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
-from optinspect.config import catalog, schemas
+from optinspect import specs
+from optinspect.config import catalog
 from optinspect.config.validate import Options, validate_table
 from optinspect.diagnostics import Diagnostic, Severity
-
-TORCH_CLASSES = {"adamw": ("torch.optim", "AdamW"), "sgd": ("torch.optim", "SGD")}
 
 
 class InvalidConfig(ValueError):
@@ -28,24 +27,31 @@ class NotBundled(LookupError):
 
 
 def resolve_class(type_name: str) -> type:
+    """The class optinspect builds for a `type` as written in a config: our implementation, or torch's own."""
     res = catalog.resolve_type(type_name)
-    key = (res.schema or "").lower()
-    if res.source != "unknown":
+    return class_for(res.schema if res.source != "unknown" and res.schema else "", type_name)
+
+
+def class_for(type_key: str, written: str | None = None) -> type:
+    """The class optinspect builds for a registry entry (`specs.TYPES` key)."""
+    spec = specs.TYPES.get(type_key)
+    if spec and spec.ours:
         from optinspect import optimizers
 
-        if key in optimizers.CLASSES:
-            return optimizers.load_class(key)
-        if key in TORCH_CLASSES:
-            module, cls = TORCH_CLASSES[key]
-            return getattr(importlib.import_module(module), cls)
-    bundled = ", ".join(schemas.meta(n).get("type", n) for n in schemas.available() if schemas.meta(n).get("bundled"))
+        return getattr(optimizers, spec.ours)
+    if spec and spec.torch_class:
+        module, cls = spec.torch_class.split(":")
+        return getattr(importlib.import_module(module), cls)
+    type_name = written or type_key
+    bundled = ", ".join(t.written for t in specs.TYPES.values() if t.bundled)
+    torch_built = ", ".join(t.written for t in specs.TYPES.values() if t.torch_class)
     raise NotBundled(f"optimizer type {type_name!r} is not bundled with optinspect (bundled: {bundled}; "
-                     "torch: adamw, sgd)")
+                     f"torch: {torch_built})")
 
 
 def constructor_kwargs(table: dict) -> dict[str, Any]:
     """What the trainer passes: every key but the trainer's own; arrays become tuples."""
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in table.items() if k not in catalog.TRAINER_KEYS}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in table.items() if k not in specs.TRAINER_KEYS}
 
 
 def build_optimizer(params: Iterable, table: dict, config: dict | None = None, *,

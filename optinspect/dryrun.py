@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from optinspect import memory
+from optinspect import specs as registry
 from optinspect.build import build_optimizer
 from optinspect.config import catalog
 
@@ -106,7 +106,7 @@ class DryRunReport:
 def trained_dtype(config: dict) -> str:
     for key in ("adapter", "model"):
         t = config.get(key)
-        if isinstance(t, dict) and isinstance(t.get("dtype"), str) and t["dtype"] in memory.DTYPE_BYTES:
+        if isinstance(t, dict) and isinstance(t.get("dtype"), str) and t["dtype"] in registry.DTYPE_BYTES:
             return t["dtype"]
     return "float32"
 
@@ -241,7 +241,7 @@ def _loss(params, targets, step: int, seed: int) -> torch.Tensor:
 
 
 def _predicted(schema: str, table: dict, specs: list[ParamSpec], dtype: str) -> int:
-    return sum(memory.state_bytes(schema, table, s.shape, dtype) for s in specs)
+    return sum(registry.state_bytes(schema, table, s.shape, dtype) for s in specs)
 
 
 def run(config_path: str, config: dict, *, steps: int = 10, dtype: str | None = None, device: str = "cpu",
@@ -262,8 +262,8 @@ def run(config_path: str, config: dict, *, steps: int = 10, dtype: str | None = 
     full = None
     if shapes:
         specs, trained, full = shapes_from(shapes, rank, max_params)
-        full.predicted_gib = sum(memory.state_bytes(res.schema, table, s, dtype) for _, s in trained) / 2**30
-        full.adamw_fp32_gib = sum(memory.adamw_fp32_bytes(s) for _, s in trained) / 2**30
+        full.predicted_gib = sum(registry.state_bytes(res.schema, table, s, dtype) for _, s in trained) / 2**30
+        full.adamw_fp32_gib = sum(registry.adamw_fp32_bytes(s) for _, s in trained) / 2**30
     else:
         specs = builtin_model(rank)
     torch_dtype = getattr(torch, dtype)
@@ -280,8 +280,8 @@ def run(config_path: str, config: dict, *, steps: int = 10, dtype: str | None = 
     if compare_fp32:
         shadow_params = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
         shadow_table = dict(table)
-        if res.schema == "adamw8bitkahan":
-            shadow_table["min_8bit_size"] = 2**62  # fp32 moments: what the 8-bit states cost
+        if res.schema in registry.TYPES:  # full-precision state, so the drift shows what the low-precision one costs
+            shadow_table.update(registry.TYPES[res.schema].fp32_shadow)
         shadow = (shadow_params, build_optimizer(shadow_params, shadow_table, config),
                   [p.detach().float().clone() for p in params])
     first_loss = None

@@ -1,7 +1,8 @@
 """Which `type` strings the trainer accepts and how it resolves them (train.py `get_optimizer`).
 
 Built-in types are compared lower-cased; anything else is looked up with `getattr(pytorch_optimizer, type)`,
-which is case-sensitive. The class list below is pytorch_optimizer 4.1.0's public optimizer classes.
+which is case-sensitive. The types we know in depth are in `optinspect.specs`; the class list below is
+pytorch_optimizer 4.1.0's public optimizer classes, every one of which the fallback accepts.
 """
 
 from __future__ import annotations
@@ -9,26 +10,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-# lower-cased trainer name -> schema name (file schemas/<name>.schema.json, lower-cased)
-BUILTIN_TYPES = {
-    "adamw": "adamw",
-    "adamw8bit": "adamw8bit",
-    "adamw_optimi": "adamw_optimi",
-    "stableadamw": "stableadamw",
-    "sgd": "sgd",
-    "adamw8bitkahan": "adamw8bitkahan",
-    "scorn": "scorn",
-    "adafactor": "adafactor",
-    "remaster": "remaster",
-    "persona": "persona",
-    "offload": "offload",
-    "automagic": "automagic",
-}
-# pytorch_optimizer classes with a schema of ours (exact class name -> schema name)
-PYTORCH_OPTIMIZER_SCHEMAS = {"Prodigy": "prodigy"}
+from optinspect import specs
 
-# keys the trainer pops from [optimizer] before calling the constructor
-TRAINER_KEYS = frozenset({"type", "gradient_release", "beta2_half_life"})
+TRAINER_KEYS = specs.TRAINER_KEYS
 
 PYTORCH_OPTIMIZER_CLASSES = frozenset(
     """
@@ -60,15 +44,17 @@ class Resolution:
 
 def resolve_type(written: str) -> Resolution:
     low = written.lower()
-    if low in BUILTIN_TYPES:
-        return Resolution(written, BUILTIN_TYPES[low], "builtin")
+    builtin = specs.builtin_types()
+    if low in builtin:
+        return Resolution(written, builtin[low].key, "builtin")
     if written in PYTORCH_OPTIMIZER_CLASSES:
-        return Resolution(written, PYTORCH_OPTIMIZER_SCHEMAS.get(written), "pytorch_optimizer")
+        known = specs.by_written(written)
+        return Resolution(written, known.key if known else None, "pytorch_optimizer")
     by_lower = {n.lower(): n for n in PYTORCH_OPTIMIZER_CLASSES}
     case_fix = by_lower.get(low)
-    known = sorted(set(BUILTIN_TYPES) | PYTORCH_OPTIMIZER_CLASSES)
+    known = sorted(set(builtin) | PYTORCH_OPTIMIZER_CLASSES)
     close = difflib.get_close_matches(written, known, n=3, cutoff=0.6)
     if not close:
         close = [by_lower[m] if m in by_lower else m
-                 for m in difflib.get_close_matches(low, list(BUILTIN_TYPES) + list(by_lower), n=3, cutoff=0.6)]
+                 for m in difflib.get_close_matches(low, list(builtin) + list(by_lower), n=3, cutoff=0.6)]
     return Resolution(written, None, "unknown", tuple(dict.fromkeys(close)), case_fix)

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from optinspect import specs
 from optinspect.config.registry import Finding, register
 from optinspect.config.validate import RuleContext, show
 from optinspect.diagnostics import Severity
 
 LOW_PRECISION = {"bfloat16", "float16"}
-SR_TYPES = ("scorn", "remaster", "persona")
-RESET_TYPES = ("scorn", "remaster", "persona")
+SR_TYPES = specs.with_feature("stochastic_rounding")
+RESET_TYPES = specs.with_feature("resets")
 
 
 def _truthy(v: object) -> bool:
@@ -216,7 +217,8 @@ def prodigy_warmup(ctx: RuleContext) -> Iterator[Finding]:
           example="type = 'Prodigy'\nuse_bias_correction = true", fix="use `bias_correction = true`",
           types=("prodigy",))
 def prodigy_spelling(ctx: RuleContext) -> Iterator[Finding]:
-    for k, right in (("use_bias_correction", "bias_correction"), ("decouple", "weight_decouple")):
+    for k in ("use_bias_correction", "decouple"):  # prodigyopt's names for pytorch_optimizer's keys
+        right = specs.TYPES["prodigy"].misspellings[k]
         if ctx.has(k):
             yield Finding((k,), f"`{k}` is prodigyopt's spelling; pytorch_optimizer.Prodigy ignores it silently",
                           f"rename it to `{right}`")

@@ -104,4 +104,9 @@ def defaults(name: str) -> dict:
 
 
 def meta(name: str) -> dict:
-    return load(name).get("x-optinspect", {})
+    """A type's `x-optinspect` facts, from the registry (its schema file carries a copy for editors and tools;
+    a test keeps the two equal)."""
+    from optinspect import specs
+
+    spec = specs.TYPES.get(name)
+    return spec.schema_meta() if spec else load(name).get("x-optinspect", {})

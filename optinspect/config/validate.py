@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from optinspect import specs
 from optinspect.config import catalog, schemas, source
 from optinspect.config.registry import RULES, Finding
 from optinspect.diagnostics import Diagnostic, FileReport, Severity, Span
@@ -531,8 +532,9 @@ def _schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> 
         others = _other_types_with(k, ctx.schema)
         label = schemas.meta(ctx.schema).get("type", ctx.schema)
         hint = f"did you mean `{close[0]}`?" if close else ""
-        if ctx.schema == "prodigy" and k in _PRODIGY_SPELLINGS:
-            hint = f"pytorch_optimizer spells it `{_PRODIGY_SPELLINGS[k]}`"
+        spec = specs.TYPES.get(ctx.schema)
+        if spec and k in spec.misspellings:
+            hint = f"{spec.source if spec.source != 'builtin' else label} spells it `{spec.misspellings[k]}`"
         if others and not close:
             hint = f"`{k}` is a key of {', '.join(others[:3])}, not of {label}; remove it"
         if swallow:
@@ -597,10 +599,6 @@ def _range_hint(key: tuple, s: dict) -> str:
     if key and key[0] == "betas":
         return "each beta must be in [0, 1): 1.0 divides by zero or gives NaN weights"
     return s.get("description", "")
-
-
-_PRODIGY_SPELLINGS = {"use_bias_correction": "bias_correction", "decouple": "weight_decouple",
-                      "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"}
 
 
 # -- rules -------------------------------------------------------------------------------------------

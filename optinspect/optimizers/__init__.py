@@ -5,36 +5,30 @@ generic top-level name such as `optimizers` into site-packages, where it would t
 `optimizers/` folder (a namespace package in diffusion-pipe) and silently change the code a training run imports.
 
 The repository's top-level `optimizers` folder is this same folder, kept as the drop-in for a trainer checkout: the
-modules import each other only relatively, so copied over a trainer's `optimizers/` files they work there under
-the trainer's import paths and class names (`optimizers.scorn.SCORN`, `optimizers.adafactor.EnhancedAdafactor`, ...).
+modules import each other only relatively (and nothing from optinspect), so copied over a trainer's `optimizers/`
+files they work there under the trainer's import paths and class names (`optimizers.scorn.SCORN`,
+`optimizers.adafactor.EnhancedAdafactor`, ...). Which type name builds which class is optinspect's registry's
+business (`optinspect.specs`); this package only says where each class lives.
 """
 
 from __future__ import annotations
 
 import importlib
 
-# type name (lower-cased, as the trainer matches it) -> (module inside this package, class)
-CLASSES = {
-    "adafactor": ("adafactor", "EnhancedAdafactor"),
-    "scorn": ("scorn", "SCORN"),
-    "remaster": ("remaster", "REMASTER"),
-    "persona": ("persona", "PersonaOptimizer"),
-    "adamw8bitkahan": ("adamw_8bit", "AdamW8bitKahan"),
-    "prodigy": ("prodigy", "Prodigy"),
+# class -> module inside this package; imported on first use, so importing the package stays cheap
+MODULES = {
+    "EnhancedAdafactor": "adafactor",
+    "SCORN": "scorn",
+    "REMASTER": "remaster",
+    "PersonaOptimizer": "persona",
+    "AdamW8bitKahan": "adamw_8bit",
+    "Prodigy": "prodigy",
 }
 
-__all__ = ["EnhancedAdafactor", "SCORN", "REMASTER", "PersonaOptimizer", "AdamW8bitKahan", "Prodigy", "CLASSES",
-           "load_class"]
-
-
-def load_class(type_key: str) -> type:
-    """The class for a lower-cased type name, imported from this package wherever it sits (installed or copied)."""
-    module, cls = CLASSES[type_key]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+__all__ = [*MODULES, "MODULES"]
 
 
 def __getattr__(name: str):
-    for key, (_module, cls) in CLASSES.items():
-        if cls == name:
-            return load_class(key)
+    if name in MODULES:
+        return getattr(importlib.import_module(f"{__name__}.{MODULES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

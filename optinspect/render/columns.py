@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from optinspect.state.keys import FIRST, RESETS, SECOND
+from optinspect.specs import FIRST, RESETS, SECOND
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from optinspect.specs import SHAPE_KEYS
 from optinspect.state.header import HeaderError, read_header
 from optinspect.state.ptindex import CorruptData, MappedTensor, Unsupported, check_extent, load_index
 
@@ -328,8 +329,7 @@ def _tensorish(v: Any) -> bool:
 
 
 def _infer_shape(entries: dict) -> tuple[int, ...] | None:
-    for key in ("exp_avg", "ema", "exp_avg_sq", "ema_squared", "s", "p0", "shift", "state1", "momentum_buffer",
-                "kahan_comp"):
+    for key in SHAPE_KEYS:
         v = entries.get(key)
         if _tensorish(v) and v.ndim >= 1:
             return tuple(v.shape)

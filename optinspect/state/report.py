@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from optinspect import specs
+from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
-from optinspect.state.keys import COUNTERS, FIRST, RESETS, SECOND
 from optinspect.state.load import LoadedState, ParamState, materialize
 from optinspect.state.ptindex import MappedTensor
 
@@ -167,30 +168,11 @@ def plain_value(value: Any) -> Any:
 
 
 def family_of(entries: dict, group: dict) -> str:
-    keys = set(entries)
-    if "state1" in keys:
-        if "shift" in keys:
-            return "AdamW8bitKahan"
-        return "bitsandbytes 8-bit Adam(W)"  # tensors below min_8bit_size keep fp32 state1/state2
-    if {"exp_avg_sq_row", "exp_avg_sq_col"} & keys or ("RMS" in keys and "exp_avg_sq" in keys):
-        return "Adafactor"
-    if {"s", "p0"} <= keys:
-        return "Prodigy"
-    if {"ema", "ema_squared"} <= keys:
-        if "times_reset" in keys or "ema_grad_var" in keys or "amp_factor" in group:
-            return "PersonaOptimizer"
-        if "pbar" in keys or "focus_ratio" in group or "spectral_update_scale" in group:
-            return "SCORN"
-        if "amp" in group or "times_zero" in keys:
-            return "REMASTER"
-        return "SCORN/REMASTER"
-    if "lr_mask" in keys:
-        return "Automagic"
-    if "exp_avg" in keys and "exp_avg_sq" in keys:
-        return "optimi AdamW (Kahan)" if "kahan_comp" in keys else "Adam/AdamW"
-    if "momentum_buffer" in keys:
-        return "SGD"
-    return "unknown" if keys else "no state"
+    """The name of the family a parameter's state belongs to (the registry's first matching signature)."""
+    fam = specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group)
+    if fam is not None:
+        return fam.name
+    return "unknown" if entries else "no state"
 
 
 def _as_int(v: Any) -> int | None:
@@ -323,7 +305,7 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
     rel = [t.quant.rel_rms_bound for t in r.tensors if t.quant]
     rel += [BF16_HALF_ULP_REL for t in r.tensors if t.dtype == "bfloat16" and t.key in FIRST + SECOND]
     r.quant_rel_error = max(rel) if rel else None
-    kahan = by_key.get("shift") or by_key.get("kahan_comp")
+    kahan = next((by_key[k] for k in KAHAN if k in by_key), None)
     r.kahan_rms = kahan.rms if kahan else None
     if any(not t.finite for t in r.tensors):
         bad = [t.key for t in r.tensors if not t.finite]

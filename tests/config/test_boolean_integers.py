@@ -8,15 +8,13 @@ import warnings
 import pytest
 import torch
 
-from optinspect import optimizers as bundled
-from optinspect.build import constructor_kwargs
+from optinspect.build import constructor_kwargs, resolve_class
 from optinspect.config import schemas
 from optinspect.config.validate import validate_table
 
 BASE = {"adafactor": {"lr": 1e-4, "relative_step": False, "scale_parameter": False}, "scorn": {"lr": 1e-4},
         "remaster": {"lr": 1e-4}, "persona": {"lr": 1e-4}, "AdamW8bitKahan": {"lr": 1e-4}, "Prodigy": {"lr": 1.0},
         "adamw": {"lr": 1e-4}, "sgd": {"lr": 1e-3, "momentum": 0.9}}
-CLASSES = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 def _cases():
@@ -29,7 +27,7 @@ def _cases():
 
 
 def _train(type_name: str, table: dict):
-    klass = CLASSES.get(type_name) or bundled.load_class(type_name.lower())
+    klass = resolve_class(type_name)
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(16, 8)), torch.nn.Parameter(torch.randn(8))]
     with warnings.catch_warnings():

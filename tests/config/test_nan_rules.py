@@ -60,13 +60,13 @@ def test_opt210_is_an_error_exactly_when_adafactor_stops_or_goes_nan(clip):
     table = {"type": "adafactor", "lr": 1e-3, "relative_step": False, "scale_parameter": False,
              "clip_threshold": clip}
     errors = {d.code for d in validate_table(dict(table)) if d.severity.value == "error"}
-    from optinspect import optimizers
+    from optinspect.build import class_for
 
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(64, 128) * 0.01)
     b = torch.nn.Parameter(torch.zeros(128, 64))
     b0 = b.detach().clone()
-    opt = optimizers.load_class("adafactor")([a, b], **{k: v for k, v in table.items() if k != "type"})
+    opt = class_for("adafactor")([a, b], **{k: v for k, v in table.items() if k != "type"})
     for step in range(3):
         a.grad = torch.zeros_like(a) if step == 0 else torch.randn_like(a) * 1e-3
         b.grad = torch.randn_like(b) * 1e-3

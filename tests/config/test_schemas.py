@@ -105,9 +105,9 @@ def _same(a, b):
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_schema_defaults_equal_constructor_defaults(name):
-    from optinspect import optimizers
+    from optinspect.build import class_for
 
-    klass = optimizers.load_class(name)
+    klass = class_for(name)
     ctor = _ctor_defaults(klass)
     schema_defaults = schemas.defaults(name)
     props = set(schemas.load(name)["properties"]) - {"type", "gradient_release", "beta2_half_life"}
@@ -197,3 +197,12 @@ def test_taplo_reports_each_mistake_of_broken_toml_at_its_own_key(tmp_path):
     for key in ("weight_decay_rat", "warmup_steps"):
         assert any(f"'{key}'" in m for m in found.get(line_of[key], [])), (key, found)
     assert not any("anyOf" in m for ms in found.values() for m in ms)
+
+
+@pytest.mark.parametrize("name", [n for n in schemas.available() if n != schemas.BUNDLE])
+def test_schema_file_metadata_is_the_registrys(name):
+    """Editors read `x-optinspect` from the file, optinspect from the registry: they must say the same."""
+    from optinspect import specs
+
+    assert name in specs.TYPES, f"schema {name} has no registry entry"
+    assert schemas.load(name)["x-optinspect"] == specs.TYPES[name].schema_meta()

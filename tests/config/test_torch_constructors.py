@@ -36,12 +36,12 @@ def test_opt115_defaults_are_the_constructors_own():
     """OPT115 reports the lr a table without `lr` gets: the schema default it quotes must be the constructor's."""
     import inspect
 
-    from optinspect import optimizers
+    from optinspect.build import class_for
     from optinspect.config import rules, schemas
 
     bnb = pytest.importorskip("bitsandbytes")
     classes = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adamw8bit": bnb.optim.AdamW8bit,
-               "adamw8bitkahan": optimizers.load_class("adamw8bitkahan")}
+               "adamw8bitkahan": class_for("adamw8bitkahan")}
     assert set(classes) == set(rules.LIBRARY_LR_TYPES)
     for name, klass in classes.items():
         assert schemas.defaults(name)["lr"] == inspect.signature(klass).parameters["lr"].default, name

@@ -82,9 +82,9 @@ BAD_ARGS = {
 
 @pytest.mark.parametrize("name,kw,needle", [(n, kw, s) for n, cases in BAD_ARGS.items() for kw, s in cases])
 def test_constructor_errors_name_the_argument(name, kw, needle):
-    from optinspect import optimizers
+    from optinspect.build import class_for
 
-    klass = optimizers.load_class(name.lower())
+    klass = class_for(name.lower())
     with pytest.raises(ValueError, match=None) as e:
         klass(model(), **kw)
     assert needle in str(e.value)
