@@ -77,7 +77,8 @@ class StateFamily:
     library: str
     keys: Mapping[str, Role]  # per-parameter state keys and what they hold
     signatures: tuple[Signature, ...]  # any one of them identifies the family
-    step_in_group: bool = False  # the step lives in the param group (optimi), not per parameter
+    step_where: str = "param"  # where the step count lives: "param" (its state), "group" (optimi), "none"
+    step_counts_next: bool = False  # the saved step is the number of the next step (pytorch_optimizer's Prodigy)
     step_restarts: bool = False  # the per-parameter step starts again at each reset (Persona)
     note: str = ""
 
@@ -95,6 +96,9 @@ _BNB = {"step": Role.STEP, "state1": Role.FIRST, "state2": Role.SECOND, "qmap1":
 FAMILIES: tuple[StateFamily, ...] = (
     StateFamily("AdamW8bitKahan", "diffusion trainer (optimizers/adamw_8bit.py)",
                 {**_BNB, "shift": Role.KAHAN}, (_sig("state1 shift"),)),
+    # bnb's Lion8bit: one 8-bit moment (state1, no state2) and Adam-style betas in its group
+    StateFamily("bitsandbytes 8-bit Lion", "bitsandbytes", {k: r for k, r in _BNB.items() if not k.endswith("2")},
+                (_sig("state1", no_keys="state2", group_any="betas"),)),
     StateFamily("bitsandbytes 8-bit Adam(W)", "bitsandbytes", _BNB, (_sig("state1"),),
                 note="tensors below min_8bit_size keep fp32 state1/state2"),
     StateFamily("Adafactor", "transformers / diffusion trainer",
@@ -103,7 +107,7 @@ FAMILIES: tuple[StateFamily, ...] = (
                 (_sig(any_keys="exp_avg_sq_row exp_avg_sq_col"), _sig("RMS exp_avg_sq"))),
     StateFamily("Prodigy", "pytorch_optimizer / optinspect",
                 {"step": Role.STEP, "exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND, "s": Role.SHAPED,
-                 "p0": Role.SHAPED}, (_sig("s p0"),)),
+                 "p0": Role.SHAPED}, (_sig("s p0"),), step_where="group", step_counts_next=True),
     StateFamily("PersonaOptimizer", "diffusion trainer (optimizers/persona.py)",
                 {"step": Role.STEP, "ema": Role.FIRST, "ema_squared": Role.SECOND, "times_reset": Role.RESETS,
                  "ema_grad_var": Role.SHAPED},
@@ -119,13 +123,12 @@ FAMILIES: tuple[StateFamily, ...] = (
                 {"step": Role.STEP, "lr_mask": Role.SHAPED, "exp_avg_sq_row": Role.SECOND_ROW,
                  "exp_avg_sq_col": Role.SECOND_COL, "exp_avg_sq": Role.SECOND}, (_sig("lr_mask"),)),
     StateFamily("optimi AdamW (Kahan)", "torch-optimi", {**_ADAM, "kahan_comp": Role.KAHAN},
-                (_sig("exp_avg exp_avg_sq kahan_comp"),), step_in_group=True),
+                (_sig("exp_avg exp_avg_sq kahan_comp"),), step_where="group"),
     StateFamily("Adam/AdamW", "torch", _ADAM, (_sig("exp_avg exp_avg_sq"),)),
     # Lion keeps one moment and no second: its groups have betas but no eps (Adam's have both).
-    StateFamily("Lion", "torch-optimi / pytorch_optimizer", {"step": Role.STEP, "exp_avg": Role.FIRST,
-                                                              "kahan_comp": Role.KAHAN},
-                (_sig("exp_avg", no_keys="exp_avg_sq", group_none="eps"),), step_in_group=True),
-    StateFamily("SGD", "torch", {"step": Role.STEP, "momentum_buffer": Role.FIRST}, (_sig("momentum_buffer"),)),
+    StateFamily("Lion", "torch-optimi / pytorch_optimizer", {"exp_avg": Role.FIRST, "kahan_comp": Role.KAHAN},
+                (_sig("exp_avg", no_keys="exp_avg_sq", group_none="eps"),), step_where="none"),
+    StateFamily("SGD", "torch", {"momentum_buffer": Role.FIRST}, (_sig("momentum_buffer"),), step_where="none"),
 )
 
 

@@ -167,9 +167,13 @@ def plain_value(value: Any) -> Any:
     return conv(value, 0)
 
 
+def _family(entries: dict, group: dict) -> specs.StateFamily | None:
+    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group)
+
+
 def family_of(entries: dict, group: dict) -> str:
     """The name of the family a parameter's state belongs to (the registry's first matching signature)."""
-    fam = specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group)
+    fam = _family(entries, group)
     if fam is not None:
         return fam.name
     return "unknown" if entries else "no state"
@@ -186,11 +190,14 @@ def _as_int(v: Any) -> int | None:
 
 
 def param_step(entries: dict, group: dict) -> int | None:
-    """The step a parameter has taken: its own counter, else the group's (optimi, SCORN/REMASTER), and the
-    group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on."""
+    """The steps a parameter has taken: its own counter, else the group's (optimi, Prodigy, SCORN/REMASTER), and
+    the group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on."""
     step = _as_int(_small(entries.get("step")))
-    group_step = _as_int(group.get("step"))
+    group_step = _as_int(_small(group.get("step")))  # optimi keeps it in the group, as a tensor
     if step is None or (step == 0 and "steps_since_reset" in entries and group_step):
+        fam = _family(entries, group)
+        if group_step is not None and fam is not None and fam.step_counts_next:
+            return group_step - 1  # it saves the number of the step to come: 1 before the first
         return group_step
     return step
 
