@@ -42,6 +42,14 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
+def all_rules() -> dict[str, Rule]:
+    """Every code: those declared below and the rule functions of `rules.py` (registered when it is imported,
+    which happens here, once, for every caller)."""
+    from optinspect.config import rules  # noqa: F401
+
+    return RULES
+
+
 def register(code: str, name: str, severity: str, kind: str, summary: str, *, why: str = "", example: str = "",
              fix: str = "", types: tuple[str, ...] = (), trainer_only: bool = False) -> Callable:
     """Register a rule; used as a decorator for rule functions, or called bare for input/schema codes."""

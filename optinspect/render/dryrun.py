@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optinspect.dryrun import DryRunReport
+from optinspect.dryrun.report import DryRunReport
 from optinspect.render import human_bytes, term
 
 

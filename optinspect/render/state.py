@@ -5,22 +5,14 @@ from __future__ import annotations
 import fnmatch
 
 from optinspect.render import term
-from optinspect.render.columns import STATE_COLUMNS, applicable, size, step_change
+from optinspect.render.view import STATE_COLUMNS, applicable, sort_rows, step_change
 from optinspect.state.diff import DiffReport
 from optinspect.state.report import ParamReport, StateReport
-
-SORT_KEYS = {
-    "name": lambda r: r.name, "index": lambda r: r.index, "step": lambda r: (r.step is None, r.step or 0),
-    "first": lambda r: -(r.first_rms or 0.0), "second": lambda r: -(r.second_rms or 0.0),
-    "scale": lambda r: -(r.update_scale_mean or 0.0), "quant": lambda r: -(r.quant_rel_error or 0.0),
-    "flags": lambda r: (-len(r.flags), r.index), "size": lambda r: -size(r),
-}
 
 
 def select(report: StateReport, sort: str = "index", pattern: str | None = None, top: int | None = None
            ) -> list[ParamReport]:
-    rows = [r for r in report.params if not pattern or fnmatch.fnmatch(r.name, pattern)]
-    rows.sort(key=SORT_KEYS[sort])
+    rows = sort_rows([r for r in report.params if not pattern or fnmatch.fnmatch(r.name, pattern)], sort)
     return rows[:top] if top else rows
 
 

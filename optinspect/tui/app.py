@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
 from optinspect.render import human_bytes
-from optinspect.render.columns import DIFF_COLUMNS, STATE_COLUMNS, applicable
+from optinspect.render.view import DIFF_COLUMNS, STATE_COLUMNS, PendingRow, applicable, pending
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
 from optinspect.tui.widgets.table import ParamTable
@@ -89,13 +89,8 @@ class StateApp(App[int]):
         except (StateLoadError, HeaderError, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
-        from optinspect.state.report import ParamReport
-
-        rows = []  # placeholders built here, off the UI thread (100k of them take a second)
-        for i, p in enumerate(ls.params):
-            row = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, "…", None, {})
-            row.index_in_file = i
-            rows.append(row)
+        # placeholders built here, off the UI thread (100k of them take a second)
+        rows = [PendingRow(p.index, p.name, p.group, list(p.shape) if p.shape else None) for p in ls.params]
         self.call_from_thread(self._loaded, ls, rows)
         total = max(1, ls.tensor_bytes)
         done = [0]
@@ -106,8 +101,7 @@ class StateApp(App[int]):
         position = {(p.index, p.name): i for i, p in enumerate(ls.params)}
 
         def on_param(row: Any) -> None:
-            row.index_in_file = position[(row.index, row.name)]
-            self._pending[row.index_in_file] = row
+            self._pending[position[(row.index, row.name)]] = row
             now = time.monotonic()
             if now - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = now
@@ -200,7 +194,7 @@ class StateApp(App[int]):
             return
         if self.other:
             pane.show_diff(row)
-        elif row.family == "…":
+        elif pending(row):
             pane.show_text(f"{row.name}: statistics are still being computed…")
         else:
             pane.show_param(row)

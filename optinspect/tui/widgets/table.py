@@ -16,7 +16,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from optinspect.render import term
-from optinspect.render.columns import Column
+from optinspect.render.view import Column
 
 
 def _cell(text: str, width: int, align: str) -> str:

@@ -1,10 +1,11 @@
-"""Column definitions: how a report row is shown and sorted (formatting only), shared by the `inspect` table
-and the TUI so both say the same thing the same way."""
+"""The view model shared by the `inspect` table and the TUI: columns (how a report row is shown and sorted),
+the named sort orders of `inspect --sort`, and the placeholder row the TUI shows while statistics are computed.
+Formatting only, and torch-free: the TUI paints with it before torch is imported."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optinspect.specs import FIRST, RESETS, SECOND
@@ -17,15 +18,38 @@ class Column:
     text: Callable[[Any], str]
     key: Callable[[Any], Any]
     align: str = "left"
+    sort: str | None = None  # its name for `inspect --sort`, where it has one
+    largest_first: bool = False  # `inspect --sort` puts the largest first (moments, errors, sizes)
 
 
 # the state tensors whose dtype the dtype column shows: the moments (as the engine names them) and Prodigy's s
 MOMENTS = FIRST + SECOND + ("s", "exp_avg_sq_row", "exp_avg_sq_col")
 
 
+@dataclass
+class PendingRow:
+    """A parameter whose statistics are still being computed: what the TUI shows before its row arrives."""
+
+    index: int
+    name: str
+    group: int
+    shape: list[int] | None
+    family: str = ""
+    step: int | None = None
+    counters: dict = field(default_factory=dict)
+    first_rms: float | None = None
+    second_rms: float | None = None
+    update_scale_mean: float | None = None
+    update_scale_max: float | None = None
+    quant_rel_error: float | None = None
+    kahan_rms: float | None = None
+    flags: list[str] = field(default_factory=list)
+    tensors: list = field(default_factory=list)
+    scalars: dict = field(default_factory=dict)
+
+
 def pending(r) -> bool:
-    """A TUI placeholder row whose statistics are still being computed."""
-    return r.family == "…"
+    return isinstance(r, PendingRow)
 
 
 def _g(r, v: float | None, spec: str = ".3g") -> str:
@@ -72,17 +96,28 @@ def size(r) -> int:
 
 
 STATE_COLUMNS = [
-    Column("name", 0, lambda r: r.name, lambda r: r.name),
-    Column("shape", 11, _shape, size),
+    Column("name", 0, lambda r: r.name, lambda r: r.name, sort="name"),
+    Column("shape", 11, _shape, size, sort="size", largest_first=True),
     Column("dtype", 9, _dtype, _dtype),
-    Column("step", 6, lambda r: _g(r, r.step, "d"), lambda r: _num(r.step), "right"),
+    Column("step", 6, lambda r: _g(r, r.step, "d"), lambda r: (r.step is None, r.step or 0), "right", sort="step"),
     Column("resets", 7, _resets, lambda r: tuple(r.counters.values())),
-    Column("m RMS", 9, lambda r: _g(r, r.first_rms), lambda r: _num(r.first_rms), "right"),
-    Column("v RMS", 9, lambda r: _g(r, r.second_rms), lambda r: _num(r.second_rms), "right"),
-    Column("update", 8, lambda r: _g(r, r.update_scale_mean), lambda r: _num(r.update_scale_mean), "right"),
-    Column("quant", 7, lambda r: _g(r, r.quant_rel_error, ".2%"), lambda r: _num(r.quant_rel_error), "right"),
-    Column("flags", 14, lambda r: "; ".join(r.flags), lambda r: len(r.flags)),
+    Column("m RMS", 9, lambda r: _g(r, r.first_rms), lambda r: _num(r.first_rms), "right", "first", True),
+    Column("v RMS", 9, lambda r: _g(r, r.second_rms), lambda r: _num(r.second_rms), "right", "second", True),
+    Column("update", 8, lambda r: _g(r, r.update_scale_mean), lambda r: _num(r.update_scale_mean), "right", "scale",
+           True),
+    Column("quant", 7, lambda r: _g(r, r.quant_rel_error, ".2%"), lambda r: _num(r.quant_rel_error), "right",
+           "quant", True),
+    Column("flags", 14, lambda r: "; ".join(r.flags), lambda r: len(r.flags), sort="flags", largest_first=True),
 ]
+# `inspect --sort`: checkpoint order, or a column's order (largest first where that is what one looks for)
+SORTS: dict[str, tuple[Callable[[Any], Any], bool]] = {
+    "index": (lambda r: r.index, False), **{c.sort: (c.key, c.largest_first) for c in STATE_COLUMNS if c.sort}}
+SORT_CHOICES = list(SORTS)
+
+
+def sort_rows(rows: list, sort: str) -> list:
+    key, largest_first = SORTS[sort]
+    return sorted(rows, key=key, reverse=largest_first)
 
 
 def _drift(r, key_prefixes: tuple) -> float | None:

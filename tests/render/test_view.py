@@ -7,8 +7,8 @@ import torch
 from rich.console import Console
 
 import optinspect
-from optinspect.render.columns import STATE_COLUMNS
 from optinspect.render.state import fit_columns, render
+from optinspect.render.view import SORTS, STATE_COLUMNS, PendingRow, sort_rows
 from optinspect.state.load import load_state
 from optinspect.state.report import ParamReport, build_report
 
@@ -24,7 +24,7 @@ def _row(**kw) -> ParamReport:
 
 
 def test_missing_values_read_pending_while_computing_and_dash_once_computed():
-    pending = _row(family="…", step=None)
+    pending = PendingRow(0, "blocks.0.attn.qkv.weight", 0, [3072, 1024])
     done = _row(step=None)
     for title in ("step", "m RMS", "v RMS", "update", "quant", "resets", "dtype"):
         assert COL[title].text(pending) == "…", title
@@ -75,3 +75,15 @@ def test_numbers_are_never_cut_on_a_narrow_terminal(tmp_path, width):
     if hidden:
         assert f"hidden to fit {width} columns: {', '.join(hidden)}" in " ".join(out.split())
     assert (width >= 72) == (hidden == [])
+
+
+def test_sort_orders_are_the_columns_orders():
+    """`inspect --sort` and the TUI sort by the same keys: largest first for the figures one hunts for, missing
+    values last, checkpoint order for ties."""
+    rows = [_row(index=0, name="b", first_rms=None, step=3, shape=[2]), _row(index=1, name="a", first_rms=0.5, step=None,
+                                                                            shape=[8]),
+            _row(index=2, name="c", first_rms=2.0, step=1, shape=[4], flags=["x"])]
+    order = {name: [r.index for r in sort_rows(rows, name)] for name in SORTS}
+    assert order["index"] == [0, 1, 2] and order["name"] == [1, 0, 2]
+    assert order["first"] == [2, 1, 0] and order["step"] == [2, 0, 1] and order["size"] == [1, 2, 0]
+    assert order["flags"] == [2, 0, 1]

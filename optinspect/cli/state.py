@@ -1,0 +1,85 @@
+"""`optinspect inspect` and `diff`: saved state → report → table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from optinspect.cli.common import EXIT_OK, err, missing_extra
+from optinspect.render import make_console
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = missing_extra(args.command, ("torch",), "torch")
+    if missing is not None:
+        return missing
+    return _inspect(args) if args.command == "inspect" else _diff(args)
+
+
+def _load(path: str, model: str | None):
+    from optinspect.state.header import HeaderError
+    from optinspect.state.load import StateLoadError, load_state
+
+    try:
+        return load_state(path, model=model), None
+    except (StateLoadError, HeaderError, OSError) as e:
+        return None, str(e)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    ls, error = _load(args.state, args.model)
+    if error:
+        return err(error)
+    from optinspect.state.pages import CorruptData
+
+    try:
+        report = _report(ls, make_console(stderr=True), quiet=args.json)
+    except CorruptData as e:
+        return err(str(e))
+    if args.json:
+        from optinspect.render.state import write_json
+
+        write_json(report, sys.stdout)
+        return EXIT_OK
+    from optinspect.render.state import render, select
+
+    render(report, make_console(tables=True), select(report, args.sort, args.filter, args.top))
+    return EXIT_OK
+
+
+def _report(ls, console, quiet: bool):
+    from optinspect.state.report import build_report
+
+    total = ls.tensor_bytes
+    if console.is_terminal and not quiet and total > 256 * 2**20:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("reading", total=total)
+            return build_report(ls, progress=lambda n: bar.advance(task, n))
+    return build_report(ls)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    a, error = _load(args.a, args.model)
+    if error:
+        return err(error)
+    b, error = _load(args.b, args.model)
+    if error:
+        return err(error)
+    from optinspect.state.diff import diff_states
+    from optinspect.state.pages import CorruptData
+
+    try:
+        d = diff_states(a, b)
+    except CorruptData as e:
+        return err(str(e))
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=1, default=str))
+        return EXIT_OK
+    from optinspect.render.state import render_diff
+
+    render_diff(d, make_console(tables=True))
+    return EXIT_OK
