@@ -59,7 +59,7 @@ if mode == "baseline":
     pass
 elif mode == "engine":
     from optinspect.state.load import load_state
-    from optinspect.state.report import build_report
+    from optinspect.state.analyse import build_report
     first = []
     t1 = time.perf_counter()
     ls = load_state(path)

@@ -49,7 +49,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(ls, console, quiet: bool):
-    from optinspect.state.report import build_report
+    from optinspect.state.analyse import build_report
 
     total = ls.tensor_bytes
     if console.is_terminal and not quiet and total > 256 * 2**20:

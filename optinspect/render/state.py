@@ -6,8 +6,7 @@ import fnmatch
 
 from optinspect.render import term
 from optinspect.render.view import STATE_COLUMNS, applicable, sort_rows, step_change
-from optinspect.state.diff import DiffReport
-from optinspect.state.report import ParamReport, StateReport
+from optinspect.state.report import DiffReport, ParamReport, StateReport
 
 
 def select(report: StateReport, sort: str = "index", pattern: str | None = None, top: int | None = None

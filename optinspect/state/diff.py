@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import torch
 
+from optinspect.state.analyse import param_step, plain_value, reset_count, tensorish
 from optinspect.state.load import LoadedState, materialize
-from optinspect.state.report import param_step, plain_value, reset_count, tensorish
+from optinspect.state.report import DiffReport, KeyDrift, ParamDiff
 from optinspect.state.stats import value_chunks
-
-
-@dataclass
-class KeyDrift:
-    key: str
-    rel: float  # ||b - a|| / ||a||
-    max_abs: float
-
-
-@dataclass
-class ParamDiff:
-    name: str
-    step_a: int | None
-    step_b: int | None
-    drifts: list[KeyDrift] = field(default_factory=list)
-    note: str = ""
-    resets: int | None = None  # resets between A and B, where the state counts them
-    step_delta: int | None = None  # steps from A to B; None where the counter restarted at a reset (Persona)
-
-
-@dataclass
-class DiffReport:
-    a: str
-    b: str
-    params: list[ParamDiff]
-    only_a: list[str]
-    only_b: list[str]
-    group_changes: list[str]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["schema"] = "optinspect-state-diff/1"
-        return d
 
 
 def _chunks(entries: dict, key: str, mapped: bool):

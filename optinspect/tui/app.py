@@ -80,9 +80,9 @@ class StateApp(App[int]):
     # -- background work --------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False)
     def analyse(self) -> None:
+        from optinspect.state.analyse import build_report
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
-        from optinspect.state.report import build_report
 
         try:
             ls = load_state(self.path, model=self.model)

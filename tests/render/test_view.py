@@ -9,8 +9,9 @@ from rich.console import Console
 import optinspect
 from optinspect.render.state import fit_columns, render
 from optinspect.render.view import SORTS, STATE_COLUMNS, PendingRow, sort_rows
+from optinspect.state.analyse import build_report
 from optinspect.state.load import load_state
-from optinspect.state.report import ParamReport, build_report
+from optinspect.state.report import ParamReport
 
 from ..state.test_load import trained
 

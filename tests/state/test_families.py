@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from optinspect import specs
+from optinspect.state.analyse import build_report
 from optinspect.state.load import load_state
-from optinspect.state.report import build_report
 
 
 def _lib(name: str):

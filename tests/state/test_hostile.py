@@ -221,7 +221,7 @@ def test_a_file_truncated_while_it_is_read_is_a_clean_error(tmp_path):
 import os, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from optinspect.state.load import load_state
-from optinspect.state.report import build_report
+from optinspect.state.analyse import build_report
 from optinspect.state.pages import CorruptData
 p = torch.nn.Parameter(torch.randn(1 << 21)); opt = torch.optim.AdamW([p]); p.grad = torch.randn(1 << 21); opt.step()
 torch.save(opt.state_dict(), sys.argv[1])

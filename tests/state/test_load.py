@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 
+from optinspect.state.analyse import build_report
 from optinspect.state.load import StateLoadError, load_state
-from optinspect.state.report import build_report
 
 
 def model():

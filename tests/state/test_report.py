@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import optinspect
+from optinspect.state.analyse import build_report
 from optinspect.state.load import load_state
-from optinspect.state.report import build_report
 from optinspect.state.stats import quantized_stats, tensor_stats
 
 from .test_load import trained

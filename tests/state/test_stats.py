@@ -114,8 +114,8 @@ def test_tiny_values_keep_their_rms():
 def test_a_report_of_many_small_tensors_matches_per_tensor_statistics(tmp_path):
     """Through build_report: a state of many small parameters gives the same rows with batching as without."""
     from optinspect.state import stats as S
+    from optinspect.state.analyse import build_report
     from optinspect.state.load import load_state
-    from optinspect.state.report import build_report
 
     params = [torch.nn.Parameter(torch.randn(n)) for n in (3, 17, 300, 5000, 70000, 1)]
     opt = torch.optim.AdamW(params, lr=1e-2)

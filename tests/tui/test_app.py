@@ -63,7 +63,7 @@ def test_open_sort_filter_select_detail_quit(state_dir, size):
 
 
 def test_ui_answers_keys_while_statistics_are_loading(tmp_path, monkeypatch):
-    import optinspect.state.report as report_mod
+    import optinspect.state.analyse as report_mod
 
     monkeypatch.chdir(tmp_path)
     make_state(str(tmp_path), n_extra=40)
