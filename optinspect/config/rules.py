@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from optinspect import specs
+from optinspect.config.context import RuleContext, show
 from optinspect.config.registry import Finding, register
-from optinspect.config.validate import RuleContext, show
 from optinspect.diagnostics import Severity
 
 LOW_PRECISION = {"bfloat16", "float16"}
