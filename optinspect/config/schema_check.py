@@ -69,126 +69,159 @@ def _schema_errors(schema: dict, table: dict) -> list:
     return list(Draft4Validator(schema).iter_errors(table))
 
 
+class _Out:
+    """Diagnostics of one table, and the keys already explained (a later, more generic finding skips them)."""
+
+    def __init__(self, path: str, smap: source.SourceMap):
+        self.path, self.smap = path, smap
+        self.items: list[Diagnostic] = []
+        self.explained: set[tuple] = set()
+
+    def emit(self, code: str, key: tuple, message: str, hint: str = "", on_value: bool = True) -> None:
+        self.explained.add(key)
+        self.items.append(diag(self.path, self.smap.locate(OPT + key, prefer_value=on_value), code, message, hint))
+
+    def covers(self, key: tuple) -> bool:
+        return any(key[:n] in self.explained for n in range(1, len(key) + 1))
+
+
 def schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> list[Diagnostic]:
-    schema = schemas.load(ctx.schema)
-    props = schema["properties"]
-    swallow = schemas.meta(ctx.schema).get("kwargs") == "swallow"
-    out: list[Diagnostic] = []
-    seen_keys: set[tuple] = set()
-
-    def emit(code: str, key: tuple, message: str, hint: str = "", on_value: bool = True) -> None:
-        seen_keys.add(key)
-        out.append(diag(path, smap.locate(OPT + key, prefer_value=on_value), code, message, hint))
-
-    # value-level checks first: quoted numbers, "None", nan/inf (they explain the type errors that follow)
-    def walk(key: tuple, value: Any, prop: dict | None) -> None:
-        if isinstance(value, list):
-            item = (prop or {}).get("items") if isinstance((prop or {}).get("items"), dict) else None
-            for i, v in enumerate(value):
-                walk(key + (i,), v, item)
-            return
-        if isinstance(value, str) and prop and prop.get("type") != "string":
-            if _NONE_STR.match(value):
-                emit("OPT105", key, f"`{key_name(key)} = {show(key, value)}` is a string, not None "
-                     "(TOML has no null)",
-                     f"omit `{key_name(key[:1])}` to get the default "
-                     f"({show(key, prop.get('default'))})" if "default" in prop else "omit the key")
-            elif _NUMBER_STR.match(value) or _BOOL_STR.match(value):
-                plain = value.strip().lower()
-                if _BOOL_STR.match(value):  # yes/on/no/off are not TOML: the boolean they mean is
-                    plain = "true" if plain in ("true", "yes", "on", "1") else "false"
-                if key[0] in catalog.TRAINER_KEYS:  # the trainer reads it itself, testing it for truth
-                    said = ("the trainer tests it for truth, so any non-empty string turns it on"
-                            + (f" ({show(key, value)} included)" if plain == "false" else ""))
-                else:
-                    said = "the trainer passes it to the constructor as text"
-                emit("OPT104", key, f"`{key_name(key)}` is written as a string ({show(key, value)}); {said}",
-                     f"remove the quotes: `{key_name(key)} = {plain}`")
-        if isinstance(value, float) and not math.isfinite(value):
-            allow_inf = prop is not None and prop.get("default") == "inf" and math.isinf(value) and value > 0
-            if not allow_inf:
-                emit("OPT109", key, f"`{key_name(key)} = {show(key, value)}` is not a finite number",
-                     "write a finite value")
-
+    """Value-level findings first (they explain the type errors that would follow), then unknown keys, then what
+    jsonschema finds on what is left, then keys only optinspect's optimizers accept."""
+    out = _Out(path, smap)
+    props = schemas.load(ctx.schema)["properties"]
     for k, v in ctx.table.items():
-        walk((k,), v, props.get(k))
-
-    extra = [k for k in ctx.table if k not in props]
-    for k in extra:
-        kp = (k,)
-        seen_keys.add(kp)
-        span = smap.locate(OPT + kp)
-        if k in TOP_LEVEL_KEYS:
-            out.append(diag(path, span, "OPT111",
-                             f"`{k}` is a top-level trainer setting, but it is written below [optimizer], so "
-                             "TOML puts it into the optimizer table",
-                             "move it above the first [table] header of the file"))
-            continue
-        close = difflib.get_close_matches(k, list(props), n=1, cutoff=0.7)
-        others = _other_types_with(k, ctx.schema)
-        label = schemas.meta(ctx.schema).get("type", ctx.schema)
-        hint = f"did you mean `{close[0]}`?" if close else ""
-        spec = specs.TYPES.get(ctx.schema)
-        if spec and k in spec.misspellings:
-            hint = f"{spec.source if spec.source != 'builtin' else label} spells it `{spec.misspellings[k]}`"
-        if others and not close:
-            hint = f"`{k}` is a key of {', '.join(others[:3])}, not of {label}; remove it"
-        if swallow:
-            out.append(diag(path, span, "OPT103", f"`{k}` is not a parameter of {label}: its constructor "
-                             "takes **kwargs and silently ignores it", hint or "remove it"))
-        else:
-            out.append(diag(path, span, "OPT102", f"unknown key `{k}` for {label}: the constructor raises "
-                             "TypeError", hint or f"known keys: {', '.join(sorted(props))}"))
-
-    truthy_flags = bool(schemas.meta(ctx.schema).get("truthy_flags"))  # written per type in its schema
-    strict_flags = set(schemas.meta(ctx.schema).get("strict_flags", ()))
-    for err in _schema_errors(schema, ctx.table):
+        _values(out, ctx, (k,), v, props.get(k))
+    for k in ctx.table:
+        if k not in props:
+            _unknown_key(out, ctx, k, props)
+    for err in _schema_errors(schemas.load(ctx.schema), ctx.table):
         key = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" or any(key[:n] in seen_keys for n in range(1, len(key) + 1)):
-            continue
-        name = key_name(key)
-        s = err.schema if isinstance(err.schema, dict) else {}
-        if err.validator == "type":
-            want = err.validator_value
-            want = " or ".join(_TOML_TYPE.get(w, w) for w in (want if isinstance(want, list) else [want]))
-            hint = ""
-            if want == "an array" and key and key[0] in props and "minItems" in props[key[0]]:
-                ex = props[key[0]].get("default")
-                hint = f"write e.g. `{name} = {show(key, ex)}`" if isinstance(ex, list) else ""
-            if want == "an integer" and isinstance(err.instance, float) and err.instance.is_integer():
-                hint = f"write `{name} = {int(err.instance)}`"
-            if want == _TOML_TYPE["boolean"] and type(err.instance) is int and truthy_flags \
-                    and key[0] not in strict_flags:  # the optimizer tests the flag for truth: runs as intended
-                word = "true" if err.instance else "false"
-                emit("OPT114", key, f"`{name} = {err.instance}` is an integer where a boolean is meant: the optimizer "
-                     f"tests it for truth, so it behaves as `{word}`", f"write `{name} = {word}`")
-                continue
-            emit("OPT107", key, f"`{name}` must be {want}, not a {toml_kind(err.instance)} "
-                 f"({show(key, err.instance)})", hint)
-        elif err.validator in ("minimum", "maximum"):
-            emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is out of range: must be {_range_text(s)}",
-                 _range_hint(key, s))
-        elif err.validator in ("minItems", "maxItems"):
-            n = s.get("minItems")
-            emit("OPT108", key, f"`{name}` must be an array of {n} numbers, but it has {len(err.instance)}",
-                 f"write e.g. `{name} = {show(key, s.get('default'))}`" if "default" in s else "")
-        elif err.validator == "enum":
-            allowed = " or ".join(show(key, v) for v in err.validator_value)
-            emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is not supported: must be {allowed}",
-                 s.get("description", ""))
-        elif err.validator == "required":
-            missing = err.message.split("'")[1] if "'" in err.message else "?"
-            emit("OPT110", (), f"[optimizer] of type {ctx.type_name} requires `{missing}`",
-                 f"add `{missing} = ...`", on_value=False)
-        else:
-            emit("OPT107", key, f"`{name}`: {err.message}")
+        if err.validator != "additionalProperties" and not out.covers(key):
+            _schema_error(out, ctx, key, err, props)
     for k in ctx.table:
         if k in props and props[k].get("x-optinspect-only"):
-            out.append(diag(path, smap.locate(OPT + (k,)), "OPT113",
-                             f"`{k}` exists only in optinspect's bundled {schemas.meta(ctx.schema).get('type')}; "
-                             "the trainer's original class raises TypeError on it",
-                             "keep it only if the trainer imports optinspect's `optimizers` package"))
-    return out
+            _optinspect_only(out, ctx, k)
+    return out.items
+
+
+def _values(out: _Out, ctx: RuleContext, key: tuple, value: Any, prop: dict | None) -> None:
+    """OPT105 ("None" as a string), OPT104 (a quoted number or boolean), OPT109 (nan/inf), element by element."""
+    if isinstance(value, list):
+        item = (prop or {}).get("items") if isinstance((prop or {}).get("items"), dict) else None
+        for i, v in enumerate(value):
+            _values(out, ctx, key + (i,), v, item)
+        return
+    if isinstance(value, str) and prop and prop.get("type") != "string":
+        if _NONE_STR.match(value):
+            _none_string(out, key, value, prop)
+        elif _NUMBER_STR.match(value) or _BOOL_STR.match(value):
+            _quoted_value(out, key, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        allow_inf = prop is not None and prop.get("default") == "inf" and math.isinf(value) and value > 0
+        if not allow_inf:
+            out.emit("OPT109", key, f"`{key_name(key)} = {show(key, value)}` is not a finite number",
+                     "write a finite value")
+
+
+def _none_string(out: _Out, key: tuple, value: str, prop: dict) -> None:
+    out.emit("OPT105", key, f"`{key_name(key)} = {show(key, value)}` is a string, not None (TOML has no null)",
+             f"omit `{key_name(key[:1])}` to get the default ({show(key, prop.get('default'))})"
+             if "default" in prop else "omit the key")
+
+
+def _quoted_value(out: _Out, key: tuple, value: str) -> None:
+    plain = value.strip().lower()
+    if _BOOL_STR.match(value):  # yes/on/no/off are not TOML: the boolean they mean is
+        plain = "true" if plain in ("true", "yes", "on", "1") else "false"
+    if key[0] in catalog.TRAINER_KEYS:  # the trainer reads it itself, testing it for truth
+        said = ("the trainer tests it for truth, so any non-empty string turns it on"
+                + (f" ({show(key, value)} included)" if plain == "false" else ""))
+    else:
+        said = "the trainer passes it to the constructor as text"
+    out.emit("OPT104", key, f"`{key_name(key)}` is written as a string ({show(key, value)}); {said}",
+             f"remove the quotes: `{key_name(key)} = {plain}`")
+
+
+def _unknown_key(out: _Out, ctx: RuleContext, k: str, props: dict) -> None:
+    """OPT111 (a top-level setting that TOML put into the table), else OPT102 (the constructor raises) or OPT103
+    (a **kwargs constructor drops it silently)."""
+    kp = (k,)
+    if k in TOP_LEVEL_KEYS:
+        out.emit("OPT111", kp, f"`{k}` is a top-level trainer setting, but it is written below [optimizer], so "
+                 "TOML puts it into the optimizer table", "move it above the first [table] header of the file",
+                 on_value=False)
+        return
+    close = difflib.get_close_matches(k, list(props), n=1, cutoff=0.7)
+    others = _other_types_with(k, ctx.schema)
+    meta = schemas.meta(ctx.schema)
+    label = meta.get("type", ctx.schema)
+    hint = f"did you mean `{close[0]}`?" if close else ""
+    spec = specs.TYPES.get(ctx.schema)
+    if spec and k in spec.misspellings:
+        hint = f"{spec.source if spec.source != 'builtin' else label} spells it `{spec.misspellings[k]}`"
+    if others and not close:
+        hint = f"`{k}` is a key of {', '.join(others[:3])}, not of {label}; remove it"
+    if meta.get("kwargs") == "swallow":
+        out.emit("OPT103", kp, f"`{k}` is not a parameter of {label}: its constructor takes **kwargs and silently "
+                 "ignores it", hint or "remove it", on_value=False)
+    else:
+        out.emit("OPT102", kp, f"unknown key `{k}` for {label}: the constructor raises TypeError",
+                 hint or f"known keys: {', '.join(sorted(props))}", on_value=False)
+
+
+def _schema_error(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict) -> None:
+    """One jsonschema error as the finding it means: OPT107/OPT114 (type), OPT106 (range, enum), OPT108 (length),
+    OPT110 (required)."""
+    name = key_name(key)
+    s = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "type":
+        _wrong_type(out, ctx, key, err, props)
+    elif err.validator in ("minimum", "maximum"):
+        out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is out of range: must be {_range_text(s)}",
+                 _range_hint(key, s))
+    elif err.validator in ("minItems", "maxItems"):
+        out.emit("OPT108", key, f"`{name}` must be an array of {s.get('minItems')} numbers, but it has "
+                 f"{len(err.instance)}", f"write e.g. `{name} = {show(key, s.get('default'))}`" if "default" in s
+                 else "")
+    elif err.validator == "enum":
+        allowed = " or ".join(show(key, v) for v in err.validator_value)
+        out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is not supported: must be {allowed}",
+                 s.get("description", ""))
+    elif err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else "?"
+        out.emit("OPT110", (), f"[optimizer] of type {ctx.type_name} requires `{missing}`", f"add `{missing} = ...`",
+                 on_value=False)
+    else:
+        out.emit("OPT107", key, f"`{name}`: {err.message}")
+
+
+def _wrong_type(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict) -> None:
+    """OPT107, or OPT114 where an integer stands for a boolean the optimizer tests for truth (it runs as meant)."""
+    name = key_name(key)
+    want = err.validator_value
+    want = " or ".join(_TOML_TYPE.get(w, w) for w in (want if isinstance(want, list) else [want]))
+    meta = schemas.meta(ctx.schema)
+    if want == _TOML_TYPE["boolean"] and type(err.instance) is int and meta.get("truthy_flags") \
+            and key[0] not in meta.get("strict_flags", ()):
+        word = "true" if err.instance else "false"
+        out.emit("OPT114", key, f"`{name} = {err.instance}` is an integer where a boolean is meant: the optimizer "
+                 f"tests it for truth, so it behaves as `{word}`", f"write `{name} = {word}`")
+        return
+    hint = ""
+    if want == "an array" and key and key[0] in props and "minItems" in props[key[0]]:
+        ex = props[key[0]].get("default")
+        hint = f"write e.g. `{name} = {show(key, ex)}`" if isinstance(ex, list) else ""
+    if want == "an integer" and isinstance(err.instance, float) and err.instance.is_integer():
+        hint = f"write `{name} = {int(err.instance)}`"
+    out.emit("OPT107", key, f"`{name}` must be {want}, not a {toml_kind(err.instance)} ({show(key, err.instance)})",
+             hint)
+
+
+def _optinspect_only(out: _Out, ctx: RuleContext, k: str) -> None:
+    out.emit("OPT113", (k,), f"`{k}` exists only in optinspect's bundled {schemas.meta(ctx.schema).get('type')}; "
+             "the trainer's original class raises TypeError on it",
+             "keep it only if the trainer imports optinspect's `optimizers` package", on_value=False)
 
 
 def _range_hint(key: tuple, s: dict) -> str:
