@@ -45,7 +45,9 @@ def reset_steps(interval: int, increment: int, *, exact: bool, horizon: int, lim
           "Adafactor: `lr` is set while `relative_step` is true (its default).",
           why="transformers raises 'Cannot combine manual `lr` and `relative_step=True`'; the default of "
               "relative_step is true, so a table with only `lr` fails.",
-          example="[optimizer]\ntype = 'adafactor'\nlr = 1e-4", fix="add `relative_step = false` and "
+          bad="[optimizer]\ntype='adafactor'\nlr=1e-4\nscale_parameter=false",
+          good="[optimizer]\ntype='adafactor'\nlr=1e-4\nscale_parameter=false\nrelative_step=false",
+          fix="add `relative_step = false` and "
           "`scale_parameter = false`", types=("adafactor",))
 def adafactor_lr_with_relative_step(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("lr") is not None and _truthy(ctx.get("relative_step")):
@@ -58,7 +60,8 @@ def adafactor_lr_with_relative_step(ctx: RuleContext) -> Iterator[Finding]:
           "Adafactor with `relative_step = true`: the trainer's LR scheduler cannot handle lr = None.",
           why="train.py always wraps the optimizer in ConstantLR/LinearLR, which multiply group['lr']; with "
               "relative_step the lr is None and the scheduler raises TypeError at start-up.",
-          example="[optimizer]\ntype = 'adafactor'\nrelative_step = true",
+          bad="[optimizer]\ntype='adafactor'\nscale_parameter=false",
+          good="[optimizer]\ntype='adafactor'\nscale_parameter=false\nrelative_step=false\nlr=1e-4",
           fix="set `relative_step = false` and give `lr`", types=("adafactor",), trainer_only=True)
 def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("relative_step")) and ctx.get("lr") is None:
@@ -71,7 +74,9 @@ def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT203", "adafactor-missing-lr", "error", "rule",
           "Adafactor: `relative_step = false` without `lr`.",
           why="With relative_step off Adafactor multiplies by lr = None: TypeError at the first step().",
-          example="[optimizer]\ntype = 'adafactor'\nrelative_step = false", fix="add `lr = 1e-4`",
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nscale_parameter=false",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nscale_parameter=false\nlr=1e-4",
+          fix="add `lr = 1e-4`",
           types=("adafactor",))
 def adafactor_missing_lr(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("relative_step") is False and ctx.get("lr") is None:
@@ -82,7 +87,9 @@ def adafactor_missing_lr(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT204", "adafactor-warmup-init-without-relative-step", "error", "rule",
           "Adafactor: `warmup_init = true` requires `relative_step = true`.",
           why="transformers raises ValueError; other trainers silently flip relative_step on.",
-          example="warmup_init = true\nrelative_step = false", fix="remove `warmup_init`",
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nwarmup_init=true",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false",
+          fix="remove `warmup_init`",
           types=("adafactor",))
 def adafactor_warmup_init(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("warmup_init")) and ctx.get("relative_step") is False:
@@ -94,7 +101,9 @@ def adafactor_warmup_init(ctx: RuleContext) -> Iterator[Finding]:
           "Adafactor: `scale_parameter` (default true) with an explicit `lr`.",
           why="The step becomes lr x max(eps2, RMS(p)): a zero-initialised LoRA-up matrix trains at lr x 1e-3 "
               "and every tensor gets a different effective lr.",
-          example="lr = 1e-4\nrelative_step = false", fix="add `scale_parameter = false`", types=("adafactor",))
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false",
+          fix="add `scale_parameter = false`", types=("adafactor",))
 def adafactor_scale_parameter(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("lr") is not None and _truthy(ctx.get("scale_parameter")):
         key = ("scale_parameter",) if ctx.has("scale_parameter") else ("lr",)
@@ -107,7 +116,9 @@ def adafactor_scale_parameter(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT206", "adafactor-beta1-zero", "info", "rule",
           "Adafactor `beta1 = 0`: a full-size first moment that gives no momentum.",
           why="Momentum is on whenever beta1 is not None; 0 allocates exp_avg and keeps it equal to the update.",
-          example="beta1 = 0", fix="omit `beta1` to disable momentum (TOML cannot write None)",
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nbeta1=0",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nbeta1=0.9",
+          fix="omit `beta1` to disable momentum (TOML cannot write None)",
           types=("adafactor",))
 def adafactor_beta1_zero(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.has("beta1") and ctx.num("beta1") == 0:
@@ -119,7 +130,11 @@ def adafactor_beta1_zero(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT207", "adafactor-decay-rate-sign", "error", "rule",
           "Adafactor `decay_rate` must be negative (-0.8 typical).",
           why="beta2_t = 1 - t^decay_rate: 0 disables averaging and a positive value gives negative EMA weights "
-              "and NaN weights within a few steps.", example="decay_rate = 0.8", fix="use `decay_rate = -0.8`",
+              "and NaN weights within a few steps.",
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\ndecay_rate=0.8",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\n"
+               "decay_rate=-0.8",
+          fix="use `decay_rate = -0.8`",
           types=("adafactor",))
 def adafactor_decay_rate(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("decay_rate")
@@ -132,7 +147,9 @@ def adafactor_decay_rate(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT208", "adafactor-eps-scalar", "error", "rule",
           "Adafactor/Automagic `eps` written as one number instead of `[eps1, eps2]`.",
           why="The optimizer indexes eps[0] and eps[1]: 'float object is not subscriptable' at step 1.",
-          example="eps = 1e-30", fix="write `eps = [1e-30, 1e-3]`", types=("adafactor", "automagic"))
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\neps=1e-30",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\neps=[1e-30, 1e-3]",
+          fix="write `eps = [1e-30, 1e-3]`", types=("adafactor", "automagic"))
 def adafactor_eps_scalar(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.get("eps")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -144,7 +161,10 @@ def adafactor_eps_scalar(ctx: RuleContext) -> Iterator[Finding]:
           "Adafactor `clip_threshold` and the trainer's `gradient_clipping` both clip.",
           why="DeepSpeed clips gradients to global norm `gradient_clipping` (1.0 when the key is absent) before "
               "Adafactor clips its update RMS: two mechanisms that interact.",
-          example="gradient_clipping = 1.0\n[optimizer]\ntype = 'adafactor'",
+          bad="gradient_clipping=1.0\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\n"
+              "scale_parameter=false",
+          good="gradient_clipping=0.0\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\n"
+               "scale_parameter=false",
           fix="set top-level `gradient_clipping = 0.0` to rely on Adafactor's clip_threshold",
           types=("adafactor", "automagic"))
 def double_clipping(ctx: RuleContext) -> Iterator[Finding]:
@@ -162,7 +182,9 @@ def double_clipping(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT210", "clip-threshold-nonpositive", "warning", "rule",
           "`clip_threshold <= 0`: 0 makes every update zero, negative disables clipping.",
-          example="clip_threshold = 0", fix="use `clip_threshold = 1.0`", types=("adafactor", "automagic"))
+          bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nclip_threshold=0",
+          good="[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\nscale_parameter=false\nclip_threshold=1",
+          fix="use `clip_threshold = 1.0`", types=("adafactor", "automagic"))
 def clip_threshold_nonpositive(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("clip_threshold")
     if v is not None and v <= 0:
@@ -176,7 +198,10 @@ def clip_threshold_nonpositive(ctx: RuleContext) -> Iterator[Finding]:
           "Adafactor on bf16 weights: moments come back bf16 after a resume.",
           why="torch's load_state_dict casts floating state to the parameter dtype, so the fp32 moments of bf16 "
               "weights lose precision on every resume (the next step casts them back up).",
-          example="[model]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adafactor'",
+          bad="[model]\ndtype='bfloat16'\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\n"
+              "scale_parameter=false",
+          good="[model]\ndtype='bfloat16'\n[optimizer]\ntype='adafactor'\nrelative_step=false\nlr=1e-4\n"
+               "scale_parameter=false\nfp32_state_on_load=true",
           fix="set `fp32_state_on_load = true` with optinspect's EnhancedAdafactor", types=("adafactor",))
 def adafactor_bf16_reload(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.trained_dtype == "bfloat16" and not _truthy(ctx.get("fp32_state_on_load")):
@@ -188,7 +213,8 @@ def adafactor_bf16_reload(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT301", "prodigy-lr-not-one", "warning", "rule",
           "Prodigy `lr` far from 1.0.",
           why="Prodigy estimates the step size d itself; lr multiplies it. lr = 1e-4 (an Adam habit) stalls "
-              "training (the golden problem moves 1e5x less).", example="type = 'Prodigy'\nlr = 1e-4",
+              "training (the golden problem moves 1e5x less).", bad="[optimizer]\ntype='Prodigy'\nlr=1e-4",
+          good="[optimizer]\ntype='Prodigy'\nlr=1.0",
           fix="use `lr = 1.0` and scale with `d_coef`", types=("prodigy",))
 def prodigy_lr(ctx: RuleContext) -> Iterator[Finding]:
     lr = ctx.num("lr")
@@ -201,7 +227,9 @@ def prodigy_lr(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT302", "prodigy-warmup-without-safeguard", "warning", "rule",
           "Prodigy with LR warm-up but without `safeguard_warmup = true`.",
           why="During warm-up the small lr makes d overestimate; the authors recommend safeguard_warmup.",
-          example="warmup_steps = 100\n[optimizer]\ntype = 'Prodigy'", fix="add `safeguard_warmup = true`",
+          bad="warmup_steps=100\n[optimizer]\ntype='Prodigy'",
+          good="warmup_steps=100\n[optimizer]\ntype='Prodigy'\nsafeguard_warmup=true",
+          fix="add `safeguard_warmup = true`",
           types=("prodigy",))
 def prodigy_warmup(ctx: RuleContext) -> Iterator[Finding]:
     ws = ctx.top("warmup_steps", 0)
@@ -214,7 +242,8 @@ def prodigy_warmup(ctx: RuleContext) -> Iterator[Finding]:
           "Prodigy keys in the original prodigyopt spelling, which pytorch_optimizer silently ignores.",
           why="`use_bias_correction` and `decouple` are prodigyopt names; pytorch_optimizer spells them "
               "`bias_correction` and `weight_decouple` and drops unknown keys, so the setting never applies.",
-          example="type = 'Prodigy'\nuse_bias_correction = true", fix="use `bias_correction = true`",
+          bad="[optimizer]\ntype='Prodigy'\nuse_bias_correction=true",
+          good="[optimizer]\ntype='Prodigy'\nbias_correction=true", fix="use `bias_correction = true`",
           types=("prodigy",))
 def prodigy_spelling(ctx: RuleContext) -> Iterator[Finding]:
     for k in ("use_bias_correction", "decouple"):  # prodigyopt's names for pytorch_optimizer's keys
@@ -227,7 +256,8 @@ def prodigy_spelling(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT304", "prodigy-coupled-decay-noop", "warning", "rule",
           "Prodigy `weight_decouple = false`: coupled weight decay has no effect in pytorch_optimizer.",
           why="The decay is added to the gradient after the moments were computed (measured: identical to "
-              "weight_decay = 0).", example="weight_decouple = false\nweight_decay = 0.05",
+              "weight_decay = 0).", bad="[optimizer]\ntype='Prodigy'\nweight_decay=0.05\nweight_decouple=false",
+          good="[optimizer]\ntype='Prodigy'\nweight_decay=0.05",
           fix="keep `weight_decouple = true`", types=("prodigy",))
 def prodigy_coupled(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("weight_decouple") is False and (ctx.num("weight_decay") or 0) > 0:
@@ -238,7 +268,8 @@ def prodigy_coupled(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT305", "prodigy-gradient-release", "warning", "rule",
           "Prodigy with `gradient_release = true`: d is estimated per tensor.",
           why="Gradient release builds one optimizer per parameter, so each tensor gets its own d (measured: "
-              "1e-6 to 5.6e-3 instead of one global value).", example="type = 'Prodigy'\ngradient_release = true",
+              "1e-6 to 5.6e-3 instead of one global value).", bad="[optimizer]\ntype='Prodigy'\ngradient_release=true",
+          good="[optimizer]\ntype='Prodigy'",
           fix="turn gradient_release off for Prodigy", types=("prodigy",))
 def prodigy_gradient_release(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("gradient_release")):
@@ -249,7 +280,9 @@ def prodigy_gradient_release(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT306", "prodigy-diffusion-defaults", "info", "rule",
           "Prodigy's maintainers recommend `safeguard_warmup = true` and `bias_correction = true` for diffusion.",
           why="konstmish/prodigy README: diffusion models train better with both on, weight_decay ~0.01.",
-          example="type = 'Prodigy'", fix="add `safeguard_warmup = true` and `bias_correction = true`",
+          bad="[optimizer]\ntype='Prodigy'",
+          good="[optimizer]\ntype='Prodigy'\nsafeguard_warmup=true\nbias_correction=true",
+          fix="add `safeguard_warmup = true` and `bias_correction = true`",
           types=("prodigy",))
 def prodigy_defaults(ctx: RuleContext) -> Iterator[Finding]:
     missing = [k for k in ("safeguard_warmup", "bias_correction") if not _truthy(ctx.get(k))]
@@ -263,7 +296,8 @@ def prodigy_defaults(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT401", "adamw-on-bf16", "warning", "rule",
           "`type = 'adamw'` (no stochastic rounding or Kahan summation) on bf16 weights.",
           why="Updates below bf16 resolution, weight decay first, are rounded away.",
-          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adamw'",
+          bad="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='adamw'",
+          good="[adapter]\ndtype='float32'\n[optimizer]\ntype='adamw'",
           fix="use `type = 'adamw_optimi'` (Kahan summation)", types=("adamw", "sgd", "offload"))
 def adamw_on_bf16(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.trained_dtype in LOW_PRECISION:
@@ -273,7 +307,8 @@ def adamw_on_bf16(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT402", "stochastic-rounding-on-fp32", "info", "rule",
           "`stochastic_fp = true` while the trained weights are fp32: it does nothing.",
-          example="[adapter]\ndtype = 'float32'\n[optimizer]\ntype = 'scorn'\nstochastic_fp = true",
+          bad="[model]\ndtype='float32'\n[optimizer]\ntype='scorn'\nstochastic_fp=true",
+          good="[model]\ndtype='bfloat16'\n[optimizer]\ntype='scorn'\nstochastic_fp=true",
           fix="remove `stochastic_fp`", types=SR_TYPES)
 def sr_on_fp32(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.has("stochastic_fp") and _truthy(ctx.get("stochastic_fp")) and ctx.trained_dtype == "float32":
@@ -285,7 +320,9 @@ def sr_on_fp32(ctx: RuleContext) -> Iterator[Finding]:
           "AdamW8bitKahan `stabilize` (class default true) misbehaves.",
           why="It divides by the previous raw second moment: the first step is skipped, and on the 8-bit path "
               "it divides gradients by uint8 code indices. The README's example sets it false.",
-          example="type = 'AdamW8bitKahan'", fix="set `stabilize = false` (or, with optinspect's optimizer, "
+          bad="[optimizer]\ntype='AdamW8bitKahan'\nweight_decay=0",
+          good="[optimizer]\ntype='AdamW8bitKahan'\nweight_decay=0\nstabilize=false",
+          fix="set `stabilize = false` (or, with optinspect's optimizer, "
           "`fix_stabilize = true`)", types=("adamw8bitkahan",))
 def adamw8bit_stabilize(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("stabilize")) and not _truthy(ctx.get("fix_stabilize")):
@@ -300,7 +337,8 @@ def adamw8bit_stabilize(ctx: RuleContext) -> Iterator[Finding]:
           "AdamW8bitKahan `weight_decay` has no effect (it decays the Kahan buffer, not the weights).",
           why="bitsandbytes applies decoupled decay to the tensor it updates, which is the ~0 Kahan buffer: "
               "weight_decay 1.0 vs 0.0 changed weights by 6e-8 in 25 steps.",
-          example="type = 'AdamW8bitKahan'\nweight_decay = 0.01",
+          bad="[optimizer]\ntype='AdamW8bitKahan'\nstabilize=false\nweight_decay=0.01",
+          good="[optimizer]\ntype='AdamW8bitKahan'\nstabilize=false\nweight_decay=0",
           fix="accept no decay, or set `decay_weights = true` with optinspect's AdamW8bitKahan",
           types=("adamw8bitkahan",))
 def adamw8bit_wd(ctx: RuleContext) -> Iterator[Finding]:
@@ -313,7 +351,8 @@ def adamw8bit_wd(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT405", "bitsandbytes-removed-kwargs", "warning", "rule",
           "`percentile_clipping`/`block_wise`: accepted by trainer-era bitsandbytes, TypeError on >= 0.46.",
-          example="type = 'adamw8bit'\npercentile_clipping = 100", fix="remove the key",
+          bad="[optimizer]\ntype='adamw8bit'\npercentile_clipping=100",
+          good="[optimizer]\ntype='adamw8bit'", fix="remove the key",
           types=("adamw8bit", "adamw8bitkahan"))
 def bnb_removed(ctx: RuleContext) -> Iterator[Finding]:
     for k in ("percentile_clipping", "block_wise"):
@@ -325,7 +364,8 @@ def bnb_removed(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT406", "low-precision-math", "warning", "rule",
           "SCORN/REMASTER `stochastic_fp = false` on bf16/fp16 weights: the whole update is computed in bf16.",
           why="Without stochastic_fp the working copies keep the weights' precision.",
-          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'scorn'\nstochastic_fp = false",
+          bad="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='scorn'\nstochastic_fp=false",
+          good="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='scorn'",
           fix="keep `stochastic_fp = true`", types=("scorn", "remaster"))
 def low_precision_math(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("stochastic_fp") is False and ctx.trained_dtype in LOW_PRECISION:
@@ -336,7 +376,8 @@ def low_precision_math(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT407", "fp16-rounds-to-bf16", "warning", "rule",
           "SCORN/REMASTER/Persona stochastic rounding on fp16 weights keeps only bf16 precision.",
           why="The originals truncate to 16 high bits of fp32 (the bf16 grid) before copying into fp16.",
-          example="[adapter]\ndtype = 'float16'\n[optimizer]\ntype = 'scorn'",
+          bad="[adapter]\ndtype='float16'\n[optimizer]\ntype='persona'",
+          good="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='persona'",
           fix="train in bfloat16, or set `fp16_rounding = true` with optinspect's optimizers", types=SR_TYPES)
 def fp16_rounding(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.trained_dtype == "float16" and _truthy(ctx.get("stochastic_fp")) and not _truthy(ctx.get("fp16_rounding")):
@@ -350,7 +391,9 @@ def fp16_rounding(ctx: RuleContext) -> Iterator[Finding]:
               "+ eps[0]; Persona's focus: by its gradient variance + focus_eps). A tensor whose gradient is exactly "
               "zero has both moments 0, so with eps = 0 the update is 0/0 = NaN and the weights are NaN from then "
               "on, without an error. LoRA's A matrices get exactly zero gradients on the first step (B starts at 0).",
-          example="type = 'adamw'\nlr = 1e-4\neps = 0", fix="keep the default eps (1e-8; Adafactor [1e-30, 1e-3])",
+          bad="[optimizer]\ntype='adamw'\nlr=1e-4\neps=0",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4\neps=1e-8",
+          fix="keep the default eps (1e-8; Adafactor [1e-30, 1e-3])",
           types=("adamw", "adamw8bit", "adamw8bitkahan", "prodigy", "adafactor", "persona"))
 def zero_eps_nan(ctx: RuleContext) -> Iterator[Finding]:
     eps = ctx.get("eps")
@@ -378,7 +421,8 @@ def _number(v: Any) -> float | None:
 @register("OPT501", "reset-interval-small", "warning", "rule",
           "`reset_interval` between 1 and 99.",
           why="The docs recommend >= 100; 1 resets every step (the optimizer becomes stateless).",
-          example="reset_interval = 10", fix="use `reset_interval >= 100` or 0", types=RESET_TYPES)
+          bad="[optimizer]\ntype='scorn'\nreset_interval=10",
+          good="[optimizer]\ntype='scorn'\nreset_interval=0", fix="use `reset_interval >= 100` or 0", types=RESET_TYPES)
 def reset_small(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.get("reset_interval")
     if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 100:
@@ -389,7 +433,9 @@ def reset_small(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT502", "reset-increment-without-interval", "warning", "rule",
           "`reset_increment` set while `reset_interval = 0`: resets are off, so it does nothing.",
-          example="reset_increment = 100", fix="set `reset_interval` too, or remove `reset_increment`",
+          bad="[optimizer]\ntype='remaster'\nreset_increment=100\northograd=false",
+          good="[optimizer]\ntype='remaster'\northograd=false",
+          fix="set `reset_interval` too, or remove `reset_increment`",
           types=RESET_TYPES)
 def reset_increment_alone(ctx: RuleContext) -> Iterator[Finding]:
     inc = ctx.get("reset_increment")
@@ -400,7 +446,8 @@ def reset_increment_alone(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT503", "focus-ratio-range", "warning", "rule",
           "SCORN `focus_ratio` outside the documented 0.0-0.2.",
-          example="focus_ratio = 0.5", fix="use a value in 0.0-0.2", types=("scorn",))
+          bad="[optimizer]\ntype='scorn'\nfocus_ratio=0.5",
+          good="[optimizer]\ntype='scorn'\nfocus_ratio=0.1", fix="use a value in 0.0-0.2", types=("scorn",))
 def focus_ratio_range(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("focus_ratio")
     if v is not None and not (0.0 <= v <= 0.2):
@@ -411,7 +458,9 @@ def focus_ratio_range(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT504", "reset-period-off-by-one", "info", "rule",
           "The originals reset one step earlier than documented after the first reset.",
           why="Resets happen on step T0, then every T_n - 1 steps (100 -> 100, 199, 298...).",
-          example="reset_interval = 100", fix="accept it, or set `exact_reset_period = true` with optinspect's "
+          bad="[optimizer]\ntype='persona'\nreset_interval=100",
+          good="[optimizer]\ntype='persona'\nreset_interval=100\nexact_reset_period=true",
+          fix="accept it, or set `exact_reset_period = true` with optinspect's "
           "optimizers", types=RESET_TYPES)
 def reset_schedule(ctx: RuleContext) -> Iterator[Finding]:
     iv, inc = ctx.get("reset_interval"), ctx.get("reset_increment") or 0
@@ -429,7 +478,8 @@ def reset_schedule(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT505", "cautious-min-range", "warning", "rule",
           "SCORN/REMASTER `cautious_min` outside [0, 1]: >= 1 is off, < 0 acts as 0.",
-          example="cautious_min = 2.0", fix="use a value in [0, 1]", types=("scorn", "remaster"))
+          bad="[optimizer]\ntype='scorn'\ncautious_min=2.0",
+          good="[optimizer]\ntype='scorn'\ncautious_min=0.5", fix="use a value in [0, 1]", types=("scorn", "remaster"))
 def cautious_range(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("cautious_min")
     if v is not None and not (0 <= v <= 1):
@@ -439,7 +489,8 @@ def cautious_range(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT506", "constrain-ignores-weight-decay", "warning", "rule",
           "`constrain = true` ignores `weight_decay`.",
-          example="constrain = true\nweight_decay = 0.01", fix="remove one of them", types=("scorn", "persona"))
+          bad="[optimizer]\ntype='scorn'\nconstrain=true\nweight_decay=0.01",
+          good="[optimizer]\ntype='scorn'\nconstrain=true", fix="remove one of them", types=("scorn", "persona"))
 def constrain_wd(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("constrain")) and ctx.has("weight_decay") and (ctx.num("weight_decay") or 0) > 0:
         yield Finding(("weight_decay",), "`weight_decay` is ignored because `constrain = true` shrinks the "
@@ -449,8 +500,9 @@ def constrain_wd(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT507", "remaster-orthograd-floor", "info", "rule",
           "REMASTER `orthograd` (default true) shrinks tiny gradients, as LoRA's are.",
           why="The orthogonalised gradient is renormalised with a floor of 1e-3: LoRA gradients with norm below "
-              "it are shrunk rather than renormalised.", example="[adapter]\ntype = 'lora'\n[optimizer]\n"
-          "type = 'remaster'", fix="set `orthograd = false`, or `orthograd_floor = 1e-6` with optinspect's "
+              "it are shrunk rather than renormalised.", bad="[adapter]\ntype='lora'\n[optimizer]\ntype='remaster'",
+          good="[adapter]\ntype='lora'\n[optimizer]\ntype='remaster'\northograd=false",
+          fix="set `orthograd = false`, or `orthograd_floor = 1e-6` with optinspect's "
           "REMASTER", types=("remaster",))
 def remaster_floor(ctx: RuleContext) -> Iterator[Finding]:
     if isinstance(ctx.config.get("adapter"), dict) and _truthy(ctx.get("orthograd")) and not ctx.has("orthograd_floor"):
@@ -463,7 +515,8 @@ def remaster_floor(ctx: RuleContext) -> Iterator[Finding]:
 @register("OPT601", "gradient-release-data-parallel", "error", "rule",
           "`gradient_release = true` needs a data-parallel world size of 1.",
           why="The trainer asserts world size == pipeline_stages before training.",
-          example="pipeline_stages = 1   # with --world-size 2\n[optimizer]\ngradient_release = true",
+          bad="pipeline_stages=1\n[optimizer]\ntype='adamw'\ngradient_release=true",
+          good="pipeline_stages=2\n[optimizer]\ntype='adamw'\ngradient_release=true", options={"world_size": 2},
           fix="use one GPU per pipeline, or turn gradient_release off")
 def gradient_release_dp(ctx: RuleContext) -> Iterator[Finding]:
     ws = ctx.options.world_size
@@ -476,7 +529,8 @@ def gradient_release_dp(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT602", "gradient-release-accumulation", "info", "rule",
           "`gradient_release` with gradient accumulation rescales betas to beta^(1/N).",
-          example="gradient_accumulation_steps = 4\n[optimizer]\ngradient_release = true",
+          bad="gradient_accumulation_steps=4\n[optimizer]\ntype='adamw'\ngradient_release=true\nbetas=[0.9, 0.99]",
+          good="gradient_accumulation_steps=1\n[optimizer]\ntype='adamw'\ngradient_release=true\nbetas=[0.9, 0.99]",
           fix="expect the effective betas shown")
 def gradient_release_gas(ctx: RuleContext) -> Iterator[Finding]:
     gas = ctx.top("gradient_accumulation_steps", 1)
@@ -493,7 +547,8 @@ def gradient_release_gas(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT603", "gradient-release-clipping", "info", "rule",
           "`gradient_release` forces gradient clipping off.",
-          example="gradient_clipping = 1.0\n[optimizer]\ngradient_release = true",
+          bad="gradient_clipping=1.0\n[optimizer]\ntype='adamw'\ngradient_release=true",
+          good="gradient_clipping=0.0\n[optimizer]\ntype='adamw'\ngradient_release=true",
           fix="remove `gradient_clipping`, it has no effect")
 def gradient_release_clip(ctx: RuleContext) -> Iterator[Finding]:
     gc = ctx.top("gradient_clipping")
@@ -504,7 +559,8 @@ def gradient_release_clip(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT701", "automagic-start-lr", "warning", "rule",
           "Automagic `lr` above 1e-3 is silently replaced by 1e-6.",
-          example="type = 'automagic'\nlr = 1e-2", fix="use a start lr <= 1e-3", types=("automagic",))
+          bad="[optimizer]\ntype='automagic'\nlr=1e-2",
+          good="[optimizer]\ntype='automagic'\nlr=1e-6", fix="use a start lr <= 1e-3", types=("automagic",))
 def automagic_lr(ctx: RuleContext) -> Iterator[Finding]:
     lr = ctx.num("lr")
     if lr is not None and lr > 1e-3:
@@ -514,8 +570,9 @@ def automagic_lr(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT702", "optimi-kahan-off-on-bf16", "warning", "rule",
           "optimi `kahan_sum = false` on bf16 weights: small updates are rounded away.",
-          example="[adapter]\ndtype = 'bfloat16'\n[optimizer]\ntype = 'adamw_optimi'\nlr = 1e-4\n"
-          "kahan_sum = false", fix="remove `kahan_sum = false`", types=("adamw_optimi", "stableadamw"))
+          bad="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='adamw_optimi'\nlr=1e-4\nkahan_sum=false",
+          good="[adapter]\ndtype='bfloat16'\n[optimizer]\ntype='adamw_optimi'\nlr=1e-4",
+          fix="remove `kahan_sum = false`", types=("adamw_optimi", "stableadamw"))
 def optimi_kahan(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.get("kahan_sum") is False and ctx.trained_dtype in LOW_PRECISION:
         yield Finding(("kahan_sum",), f"`kahan_sum = false` on {ctx.trained_dtype} weights: updates below "
@@ -523,7 +580,8 @@ def optimi_kahan(ctx: RuleContext) -> Iterator[Finding]:
 
 
 @register("OPT703", "automagic-lr-bounds", "error", "rule",
-          "Automagic `min_lr` above `max_lr`.", example="min_lr = 1e-3\nmax_lr = 1e-4",
+          "Automagic `min_lr` above `max_lr`.", bad="[optimizer]\ntype='automagic'\nmin_lr=1e-3\nmax_lr=1e-4",
+          good="[optimizer]\ntype='automagic'\nmin_lr=1e-7\nmax_lr=1e-4",
           fix="swap them", types=("automagic",))
 def automagic_bounds(ctx: RuleContext) -> Iterator[Finding]:
     lo, hi = ctx.num("min_lr"), ctx.num("max_lr")
@@ -535,7 +593,9 @@ def automagic_bounds(ctx: RuleContext) -> Iterator[Finding]:
           "`nesterov = true` without momentum, or with dampening: torch's SGD raises ValueError at construction.",
           why="Nesterov momentum is defined only with a momentum buffer and no dampening; torch refuses the "
               "arguments before the first step, after the model has loaded.",
-          example="type = 'sgd'\nlr = 1e-3\nnesterov = true", fix="add `momentum = 0.9` (and no `dampening`)",
+          bad="[optimizer]\ntype='sgd'\nlr=1e-3\nnesterov=true",
+          good="[optimizer]\ntype='sgd'\nlr=1e-3\nnesterov=true\nmomentum=0.9",
+          fix="add `momentum = 0.9` (and no `dampening`)",
           types=("sgd",))
 def sgd_nesterov(ctx: RuleContext) -> Iterator[Finding]:
     if _truthy(ctx.get("nesterov")):
@@ -551,7 +611,9 @@ def sgd_nesterov(ctx: RuleContext) -> Iterator[Finding]:
           "torch's AdamW with an integer in `betas` (`[0, 0.999]`, `[0, 0]`): it raises ValueError.",
           why="torch.optim.AdamW requires both betas to be floats (\"betas must be either both floats or both "
               "Tensors\"); TOML reads 0 as an integer. (A mixed [0, 0.999] fails even earlier, in the reader: OPT007.)",
-          example="type = 'adamw'\nlr = 1e-4\nbetas = [0, 0]", fix="write the betas as floats: `betas = [0.0, 0.0]`",
+          bad="[optimizer]\ntype='adamw'\nlr=1e-4\nbetas=[0, 0]",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4\nbetas=[0.0, 0.0]",
+          fix="write the betas as floats: `betas = [0.0, 0.0]`",
           types=("adamw",))
 def adamw_integer_betas(ctx: RuleContext) -> Iterator[Finding]:
     betas = ctx.get("betas")
@@ -571,7 +633,8 @@ DIFFUSION_LR = 1e-4  # the upper end of what diffusion fine-tunes use (1e-5 .. 1
           "`lr` is not set, so the library's default applies (1e-3 for AdamW, AdamW8bit and SGD).",
           why="The optimizer gets no lr keyword and uses its constructor's default, 10x or more above the 1e-5 to "
               "1e-4 that diffusion fine-tunes train at: the run looks fine and diverges or overshoots.",
-          example="type = 'adamw8bit'\nweight_decay = 0.01", fix="write the lr you mean, e.g. `lr = 1e-4`",
+          bad="[optimizer]\ntype='adamw8bit'\nweight_decay=0.01",
+          good="[optimizer]\ntype='adamw8bit'\nlr=1e-4", fix="write the lr you mean, e.g. `lr = 1e-4`",
           types=LIBRARY_LR_TYPES)
 def lr_library_default(ctx: RuleContext) -> Iterator[Finding]:
     default = ctx.num("lr")
@@ -588,7 +651,8 @@ STRAY_OPTIMIZER_KEYS = ("lr", "learning_rate", "weight_decay", "betas", "eps", "
           "An optimizer setting written at the top level of the file, which the trainer never reads.",
           why="diffusion-pipe builds the optimizer from the [optimizer] table alone; a top-level `learning_rate` "
               "(a habit from other trainers) changes nothing, while the table's own value (or the default) runs.",
-          example="learning_rate = 2e-4\n[optimizer]\ntype = 'adamw'", fix="move it into [optimizer] as `lr`",
+          bad="learning_rate=2e-4\n[optimizer]\ntype='adamw'\nlr=1e-4",
+          good="epochs=1\n[optimizer]\ntype='adamw'\nlr=1e-4", fix="move it into [optimizer] as `lr`",
           trainer_only=True)
 def top_level_optimizer_setting(ctx: RuleContext) -> Iterator[Finding]:
     for key in STRAY_OPTIMIZER_KEYS:
