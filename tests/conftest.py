@@ -15,7 +15,9 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    """Run the CLI in-process; returns (exit code, stdout, stderr). In-process, an exception would never print a
+    traceback: the CLI's last resort turns it into one "unexpected" line, so that line fails the test here (every
+    error a test provokes must be one the code names)."""
     from optinspect.cli import main
 
     def _run(*args: str, env: dict | None = None):
@@ -30,6 +32,7 @@ def run_cli(capsys):
                 else:
                     os.environ[k] = v
         out, err = capsys.readouterr()
+        assert "optinspect: error: unexpected " not in err, err
         return rc, out, err
 
     return _run

