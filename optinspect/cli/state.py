@@ -31,7 +31,7 @@ def _inspect(args: argparse.Namespace) -> int:
     ls, error = _load(args.state, args.model)
     if error:
         return err(error)
-    from optinspect.state.pages import CorruptData
+    from optinspect.state.mapped import CorruptData
 
     try:
         report = _report(ls, make_console(stderr=True), quiet=args.json)
@@ -70,7 +70,7 @@ def _diff(args: argparse.Namespace) -> int:
     if error:
         return err(error)
     from optinspect.state.diff import diff_states
-    from optinspect.state.pages import CorruptData
+    from optinspect.state.mapped import CorruptData
 
     try:
         d = diff_states(a, b)

@@ -14,7 +14,7 @@ from optinspect import specs
 from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
 from optinspect.state.load import LoadedState, ParamState, materialize
-from optinspect.state.ptindex import MappedTensor
+from optinspect.state.mapped import MappedTensor
 from optinspect.state.report import DEFINITIONS, Flag, ParamReport, StateReport
 
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
@@ -112,13 +112,13 @@ BATCH_PARAMS = 2048  # parameters whose small tensors are counted in one batch
 
 
 def _small(v: Any) -> Any:
-    if hasattr(v, "chunks") and (v.numel <= SMALL or v.is_scalar):
+    if isinstance(v, MappedTensor) and (v.numel <= SMALL or v.is_scalar):
         return v.scalar() if v.is_scalar else materialize(v)
     return v
 
 
 def tensorish(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) or hasattr(x, "chunks")
+    return isinstance(x, torch.Tensor) or isinstance(x, MappedTensor)
 
 
 def _moment_keys(e: dict) -> tuple[str, str] | None:
@@ -131,7 +131,7 @@ def _moment_keys(e: dict) -> tuple[str, str] | None:
 
 
 def _batchable(t: Any) -> bool:
-    return tensorish(t) and t.dtype.is_floating_point and 0 < (t.numel if hasattr(t, "chunks") else t.numel()) \
+    return tensorish(t) and t.dtype.is_floating_point and 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) \
         <= S.BATCH_MAX
 
 
@@ -181,7 +181,7 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
     for k, v in e.items():
         if k in done:
             continue
-        lazy = hasattr(v, "chunks")
+        lazy = isinstance(v, MappedTensor)
         if not (isinstance(v, torch.Tensor) or lazy):
             if isinstance(v, (int, float, bool, str)):
                 r.scalars[k] = plain_value(v)

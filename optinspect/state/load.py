@@ -98,9 +98,9 @@ class LoadedState:
     @property
     def tensor_bytes(self) -> int:
         """Bytes of every state tensor (mapped lazily or not): the total a progress bar counts towards."""
-        return sum(int(v.nbytes) if hasattr(v, "chunks") else v.numel() * v.element_size()
+        return sum(int(v.nbytes) if isinstance(v, MappedTensor) else v.numel() * v.element_size()
                    for p in self.params for v in p.entries.values()
-                   if isinstance(v, torch.Tensor) or hasattr(v, "chunks"))
+                   if isinstance(v, torch.Tensor) or isinstance(v, MappedTensor))
 
 
 # -- reading files -----------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def load_safetensors(path: str) -> LoadedState:
         header = read_header(path)
     except HeaderError as e:
         raise StateLoadError(str(e)) from None
-    from optinspect.state.pages import MappedFile
+    from optinspect.state.mapped import MappedFile
 
     meta = header.metadata
     mapped = MappedFile(path)

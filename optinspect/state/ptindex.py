@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import io
-import math
 import pickle
 import re
 import struct
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from optinspect.state.pages import CorruptData, MappedFile
+from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor, _itemsize, check_extent
 
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -35,125 +34,6 @@ class Unsupported(Exception):
     """Something this reader does not handle; torch.load(weights_only=True) decides instead."""
 
 
-class MappedTensor:
-    """A tensor in a file mapping: shape and dtype known, bytes read on demand (chunks, or all at once)."""
-
-    __slots__ = ("mapped", "byte_start", "dtype", "shape", "stride", "storage_numel", "_numel")
-
-    def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype, shape: tuple[int, ...],
-                 stride: tuple[int, ...] | None = None, storage_numel: int | None = None) -> None:
-        self.mapped = mapped
-        self.byte_start = byte_start
-        self.dtype = dtype
-        self.shape = shape
-        self.stride = stride
-        self.storage_numel = storage_numel
-        self._numel = -1
-
-    @property
-    def numel(self) -> int:
-        if self._numel < 0:
-            self._numel = math.prod(self.shape)
-        return self._numel
-
-    @property
-    def itemsize(self) -> int:
-        return _itemsize(self.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.itemsize
-
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
-
-    @property
-    def contiguous(self) -> bool:
-        return self.stride is None or self.numel <= 1 or tuple(self.stride) == _contiguous(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def is_scalar(self) -> bool:
-        return self.shape == ()
-
-    def scalar(self) -> Any:
-        t = self.load()
-        return t.item() if t.numel() == 1 and (t.dtype.is_floating_point or t.dtype in (torch.int64, torch.int32)) \
-            else t
-
-    def view(self, start: int, count: int) -> torch.Tensor:
-        if not self.contiguous:  # elements [start, start + count) in C order, copying only those
-            return _strided_range(self._strided(), start, count)
-        end = self.byte_start + (start + count) * self.itemsize
-        if (self.storage_numel is not None and start + count > self.storage_numel) or end > self.mapped.size:
-            raise CorruptData(f"{self.mapped.path}: a tensor extends past its data (truncated or corrupt file)")
-        return self.mapped.view(self.byte_start + start * self.itemsize, count, self.dtype)
-
-    def release(self, start: int, count: int) -> None:
-        if self.contiguous:
-            self.mapped.release(self.byte_start + start * self.itemsize, count * self.itemsize)
-
-    def chunks(self, chunk: int):
-        for i in range(0, self.numel, chunk):
-            n = min(chunk, self.numel - i)
-            yield self.view(i, n), (lambda i=i, n=n: self.release(i, n))
-
-    def load(self) -> torch.Tensor:
-        if self.contiguous:
-            return self.view(0, self.numel).clone().reshape(self.shape)
-        return self._strided().clone()
-
-    def _strided(self) -> torch.Tensor:
-        """A zero-copy strided view over the mapping (its extent was checked against the storage)."""
-        base = self.mapped.view(self.byte_start, self.storage_numel or 0, self.dtype)
-        return torch.as_strided(base, self.shape, self.stride)
-
-    def meta_tensor(self) -> torch.Tensor:
-        return torch.empty(self.shape, device="meta")
-
-
-def _strided_range(full: torch.Tensor, start: int, count: int) -> torch.Tensor:
-    """Elements [start, start + count) of a strided tensor in C order, copying only those: whole rows in one
-    slice, the partial first and last rows recursively."""
-    if full.dim() <= 1:
-        return full.reshape(-1)[start:start + count].clone()
-    inner = math.prod(full.shape[1:])
-    if inner == 0 or count <= 0:
-        return torch.empty(0, dtype=full.dtype)
-    pieces = []
-    end = start + count
-    row = start // inner
-    while row * inner < end:
-        lo, hi = max(start - row * inner, 0), min(end - row * inner, inner)
-        if lo == 0 and hi == inner:  # a run of whole rows
-            last = min(end // inner, full.shape[0])
-            pieces.append(full[row:last].reshape(-1))
-            row = last
-        else:
-            pieces.append(_strided_range(full[row], lo, hi - lo))
-            row += 1
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-_ITEMSIZE: dict[torch.dtype, int] = {}
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    if dtype not in _ITEMSIZE:
-        _ITEMSIZE[dtype] = torch.empty(0, dtype=dtype).element_size()
-    return _ITEMSIZE[dtype]
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(out))
 
 
 class _StorageRef:
@@ -167,23 +47,6 @@ def _dims(value: Any, what: str) -> tuple[int, ...]:
             not all(type(v) is int and 0 <= v < 1 << 62 for v in value):
         raise CorruptData(f"a tensor's {what} is not a list of non-negative integers: {str(value)[:80]}")
     return tuple(value)
-
-
-def check_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int, storage_numel: int) -> None:
-    """What a tensor claims must lie inside its storage, and may not claim more elements than the storage holds
-    (an overlapping view: a few stored bytes that would be read as a huge tensor)."""
-    if len(stride) != len(shape):
-        raise CorruptData(f"a tensor has {len(shape)} dimensions but {len(stride)} strides")
-    numel = math.prod(shape)
-    if numel == 0:
-        return
-    last = offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
-    if offset < 0 or last >= storage_numel:
-        raise CorruptData(f"a tensor of shape {list(shape)} reaches element {last} of a storage of {storage_numel} "
-                          "(truncated or corrupt file)")
-    if numel > storage_numel:
-        raise CorruptData(f"a tensor of shape {list(shape)} claims {numel:,} elements over {storage_numel:,} stored "
-                          "(an overlapping view); refused: reading it would take time unbounded by the file")
 
 
 class _StorageType:

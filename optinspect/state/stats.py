@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optinspect.optimizers._quant import code_error_bound, dequantize_blockwise, infer_block
-from optinspect.state.pages import release_tensor
+from optinspect.state.mapped import MappedTensor, release_tensor
 
 CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)
 HIST_BINS = 256
@@ -240,15 +240,15 @@ def _dtype_name(t) -> str:
 
 
 def _numel(obj) -> int:
-    return obj.numel if hasattr(obj, "chunks") else obj.numel()
+    return obj.numel if isinstance(obj, MappedTensor) else obj.numel()
 
 
 def _part(obj, i: int, n: int) -> torch.Tensor:
-    return obj.view(i, n) if hasattr(obj, "chunks") else obj.reshape(-1)[i:i + n]
+    return obj.view(i, n) if isinstance(obj, MappedTensor) else obj.reshape(-1)[i:i + n]
 
 
 def _release(obj, i: int, n: int, mapped: bool) -> None:
-    if hasattr(obj, "chunks"):
+    if isinstance(obj, MappedTensor):
         obj.release(i, n)
     elif mapped:
         release_tensor(obj.reshape(-1)[i:i + n])
@@ -281,7 +281,7 @@ def tensor_chunks(t: torch.Tensor, chunk: int = CHUNK, mapped: bool = False):
 def tensor_stats(key: str, t, progress: Callable[[int], None] | None = None, chunk: int = CHUNK,
                  mapped: bool = False) -> TensorStats:
     """Statistics of a tensor (or a lazily mapped file tensor with `.chunks()`), read chunk by chunk."""
-    if hasattr(t, "chunks"):
+    if isinstance(t, MappedTensor):
         st = TensorStats(key, list(t.shape), t.dtype_name, t.nbytes, t.numel)
         chunks = t.chunks(chunk)
     else:
@@ -480,7 +480,7 @@ def _dequant(table: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, star
 
 def state_nbytes(t) -> int:
     """Bytes of a state tensor, in memory or mapped."""
-    return t.nbytes if hasattr(t, "chunks") else t.numel() * t.element_size()
+    return t.nbytes if isinstance(t, MappedTensor) else t.numel() * t.element_size()
 
 
 def factored_second_moment(row: torch.Tensor, col: torch.Tensor, chunk: int = CHUNK) -> TensorStats:

@@ -182,7 +182,7 @@ def test_truncated_zip_directories_are_named(run_cli, tmp_path):
 def test_diff_streams_instead_of_loading_tensors_whole(run_cli, tmp_path, monkeypatch):
     """diff reads state tensors chunk by chunk: reading a large one whole is an error here, and the figures equal
     the ones computed directly."""
-    from optinspect.state.ptindex import MappedTensor
+    from optinspect.state.mapped import MappedTensor
 
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(1 << 18))
@@ -222,7 +222,7 @@ import os, sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from optinspect.state.load import load_state
 from optinspect.state.analyse import build_report
-from optinspect.state.pages import CorruptData
+from optinspect.state.mapped import CorruptData
 p = torch.nn.Parameter(torch.randn(1 << 21)); opt = torch.optim.AdamW([p]); p.grad = torch.randn(1 << 21); opt.step()
 torch.save(opt.state_dict(), sys.argv[1])
 ls = load_state(sys.argv[1])

@@ -239,8 +239,8 @@ def test_missing_paths_and_empty_folders(tmp_path):
 
 def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
     from optinspect.state.load import HARMLESS_GLOBALS
-    from optinspect.state.pages import MappedFile
-    from optinspect.state.ptindex import CorruptData, MappedTensor, load_index
+    from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor
+    from optinspect.state.ptindex import load_index
 
     g = torch.Generator().manual_seed(0)
     base = torch.randn(10, 6, generator=g)

@@ -1,0 +1,225 @@
+"""Tensors read straight from a file: `MappedFile` (memory-mapped chunk views whose pages are given back after use)
+and `MappedTensor` (a tensor of a checkpoint, read chunk by chunk; the one type the engine streams from).
+
+Statistics read each chunk once; dropping its pages afterwards keeps the resident set bounded by a few
+chunks even for a state file larger than RAM (the pages are clean file-backed pages: dropping them only
+means a later read faults them in again).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import os
+import sys
+import warnings
+from typing import Any
+
+import torch
+
+PAGE = mmap.PAGESIZE
+
+
+class CorruptData(ValueError):
+    """Tensor bytes that are not where the file says they are (or no longer are: the file shrank)."""
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+_libc = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        _libc = None
+
+
+def release(ptr: int, nbytes: int) -> None:
+    """Drop the whole pages inside [ptr, ptr + nbytes) of a read-only file mapping (best effort, Linux)."""
+    if _libc is None or nbytes <= 0:
+        return
+    start = (ptr + PAGE - 1) // PAGE * PAGE
+    end = (ptr + nbytes) // PAGE * PAGE
+    if end > start:
+        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def release_tensor(t: torch.Tensor) -> None:
+    """Give back the pages of a tensor that torch.load(mmap=True) mapped from a file."""
+    if t.device.type == "cpu" and t.numel():
+        release(t.data_ptr(), t.numel() * t.element_size())
+
+
+class MappedFile:
+    """A read-only mapping of a whole file; `view` makes zero-copy tensors over byte ranges."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else None
+
+    def view(self, start: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        # Touching a mapped page past the end of a file that shrank (a trainer re-saving in place) is SIGBUS,
+        # which kills the process: the size is checked before each chunk is viewed, so a truncation shows as a
+        # clean error (a truncation in the microseconds between this check and the read is not covered).
+        end = start + count * dtype.itemsize
+        if end > self.size or os.fstat(self.fd).st_size < end:
+            raise CorruptData(f"{self.path}: the file is shorter than its tensors need (truncated, or being "
+                              "rewritten while it is read)")
+        with warnings.catch_warnings():  # the mapping is read-only and so is every use of the view
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(self.mm, dtype=dtype, count=count, offset=start)
+
+    def release(self, start: int, nbytes: int) -> None:
+        a = start // PAGE * PAGE
+        b = min(self.size, -(-(start + nbytes) // PAGE) * PAGE)
+        if b > a and hasattr(self.mm, "madvise"):
+            try:
+                self.mm.madvise(_MADV_DONTNEED, a, b - a)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+        os.close(self.fd)
+
+
+class MappedTensor:
+    """A tensor in a file mapping: shape and dtype known, bytes read on demand (chunks, or all at once)."""
+
+    __slots__ = ("mapped", "byte_start", "dtype", "shape", "stride", "storage_numel", "_numel")
+
+    def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype, shape: tuple[int, ...],
+                 stride: tuple[int, ...] | None = None, storage_numel: int | None = None) -> None:
+        self.mapped = mapped
+        self.byte_start = byte_start
+        self.dtype = dtype
+        self.shape = shape
+        self.stride = stride
+        self.storage_numel = storage_numel
+        self._numel = -1
+
+    @property
+    def numel(self) -> int:
+        if self._numel < 0:
+            self._numel = math.prod(self.shape)
+        return self._numel
+
+    @property
+    def itemsize(self) -> int:
+        return _itemsize(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+    @property
+    def contiguous(self) -> bool:
+        return self.stride is None or self.numel <= 1 or tuple(self.stride) == _contiguous(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+    def scalar(self) -> Any:
+        t = self.load()
+        return t.item() if t.numel() == 1 and (t.dtype.is_floating_point or t.dtype in (torch.int64, torch.int32)) \
+            else t
+
+    def view(self, start: int, count: int) -> torch.Tensor:
+        if not self.contiguous:  # elements [start, start + count) in C order, copying only those
+            return _strided_range(self._strided(), start, count)
+        end = self.byte_start + (start + count) * self.itemsize
+        if (self.storage_numel is not None and start + count > self.storage_numel) or end > self.mapped.size:
+            raise CorruptData(f"{self.mapped.path}: a tensor extends past its data (truncated or corrupt file)")
+        return self.mapped.view(self.byte_start + start * self.itemsize, count, self.dtype)
+
+    def release(self, start: int, count: int) -> None:
+        if self.contiguous:
+            self.mapped.release(self.byte_start + start * self.itemsize, count * self.itemsize)
+
+    def chunks(self, chunk: int):
+        for i in range(0, self.numel, chunk):
+            n = min(chunk, self.numel - i)
+            yield self.view(i, n), (lambda i=i, n=n: self.release(i, n))
+
+    def load(self) -> torch.Tensor:
+        if self.contiguous:
+            return self.view(0, self.numel).clone().reshape(self.shape)
+        return self._strided().clone()
+
+    def _strided(self) -> torch.Tensor:
+        """A zero-copy strided view over the mapping (its extent was checked against the storage)."""
+        base = self.mapped.view(self.byte_start, self.storage_numel or 0, self.dtype)
+        return torch.as_strided(base, self.shape, self.stride)
+
+    def meta_tensor(self) -> torch.Tensor:
+        return torch.empty(self.shape, device="meta")
+
+
+def _strided_range(full: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Elements [start, start + count) of a strided tensor in C order, copying only those: whole rows in one
+    slice, the partial first and last rows recursively."""
+    if full.dim() <= 1:
+        return full.reshape(-1)[start:start + count].clone()
+    inner = math.prod(full.shape[1:])
+    if inner == 0 or count <= 0:
+        return torch.empty(0, dtype=full.dtype)
+    pieces = []
+    end = start + count
+    row = start // inner
+    while row * inner < end:
+        lo, hi = max(start - row * inner, 0), min(end - row * inner, inner)
+        if lo == 0 and hi == inner:  # a run of whole rows
+            last = min(end // inner, full.shape[0])
+            pieces.append(full[row:last].reshape(-1))
+            row = last
+        else:
+            pieces.append(_strided_range(full[row], lo, hi - lo))
+            row += 1
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+_ITEMSIZE: dict[torch.dtype, int] = {}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    if dtype not in _ITEMSIZE:
+        _ITEMSIZE[dtype] = torch.empty(0, dtype=dtype).element_size()
+    return _ITEMSIZE[dtype]
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(out))
+
+
+def check_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int, storage_numel: int) -> None:
+    """What a tensor claims must lie inside its storage, and may not claim more elements than the storage holds
+    (an overlapping view: a few stored bytes that would be read as a huge tensor)."""
+    if len(stride) != len(shape):
+        raise CorruptData(f"a tensor has {len(shape)} dimensions but {len(stride)} strides")
+    numel = math.prod(shape)
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
+    if offset < 0 or last >= storage_numel:
+        raise CorruptData(f"a tensor of shape {list(shape)} reaches element {last} of a storage of {storage_numel} "
+                          "(truncated or corrupt file)")
+    if numel > storage_numel:
+        raise CorruptData(f"a tensor of shape {list(shape)} claims {numel:,} elements over {storage_numel:,} stored "
+                          "(an overlapping view); refused: reading it would take time unbounded by the file")
