@@ -13,7 +13,7 @@ import torch
 from optinspect import specs
 from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
-from optinspect.state.load import LoadedState, ParamState, materialize
+from optinspect.state.loaded import LoadedState, ParamState, materialize
 from optinspect.state.mapped import MappedTensor
 from optinspect.state.report import DEFINITIONS, Flag, ParamReport, StateReport
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from optinspect.state.analyse import param_step, plain_value, reset_count, tensorish
-from optinspect.state.load import LoadedState, materialize
+from optinspect.state.loaded import LoadedState, materialize
 from optinspect.state.report import DiffReport, KeyDrift, ParamDiff
 from optinspect.state.stats import value_chunks
 

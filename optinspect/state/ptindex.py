@@ -30,6 +30,26 @@ STORAGE_DTYPES = {
 }
 
 
+class _Stub:
+    """Inert stand-in for a harmless non-tensor object: keeps its constructor arguments and state."""
+
+    _name = "object"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<skipped {self._name}>"
+
+
+def stub_for(name: str) -> type:
+    return type(name.rsplit(".", 1)[-1], (_Stub,), {"_name": name})
+
+
 class Unsupported(Exception):
     """Something this reader does not handle; torch.load(weights_only=True) decides instead."""
 
@@ -151,10 +171,9 @@ def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
                             stride, storage.numel - offset)
 
     def make_stub(name: str):
-        from optinspect.state.load import _stub_for
 
         skipped.append(name)
-        return _stub_for(name)
+        return stub_for(name)
 
     allowed = {
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,

@@ -238,9 +238,9 @@ def test_missing_paths_and_empty_folders(tmp_path):
 
 
 def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
-    from optinspect.state.load import HARMLESS_GLOBALS
     from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor
     from optinspect.state.ptindex import load_index
+    from optinspect.state.unpickle import HARMLESS_GLOBALS
 
     g = torch.Generator().manual_seed(0)
     base = torch.randn(10, 6, generator=g)

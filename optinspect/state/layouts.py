@@ -1,0 +1,258 @@
+"""Which layout a loaded object is (a torch state_dict, a dry-run file, DeepSpeed, gradient-release dicts,
+flattened safetensors), turned into a LoadedState."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import torch
+
+from optinspect.specs import SHAPE_KEYS
+from optinspect.state.header import HeaderError, read_header
+from optinspect.state.loaded import LoadedState, ParamState, StateLoadError
+from optinspect.state.mapped import MappedTensor
+
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "optimizer_state", "opt", "optimizer_states")
+
+
+# -- recognising layouts -----------------------------------------------------------------------------
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and "state" in obj and "param_groups" in obj and isinstance(obj["param_groups"], list)
+
+
+def _check_state_dict(sd: dict, path: str) -> None:
+    """An optimizer state_dict's shape, checked before it is walked: named, never crashed on."""
+    if not isinstance(sd["state"], dict):
+        raise StateLoadError(f"{path}: `state` is a {type(sd['state']).__name__}, not a dict of per-parameter state")
+    for i, g in enumerate(sd["param_groups"]):
+        if not isinstance(g, dict):
+            raise StateLoadError(f"{path}: param_groups[{i}] is a {type(g).__name__}, not a dict")
+        if not isinstance(g.get("params", []), (list, tuple)):
+            raise StateLoadError(f"{path}: param_groups[{i}]['params'] is a {type(g['params']).__name__}, not a list")
+
+
+def _is_grad_release(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj and all(isinstance(k, int) for k in obj) and \
+        all(_is_state_dict(v) for v in obj.values())
+
+
+def _flatten_entries(st: dict) -> dict[str, Any]:
+    out = {}
+    for k, v in st.items():
+        if k == "__bnb_optimizer_quant_state__" and isinstance(v, dict):
+            out.update(v)
+        else:
+            out[str(k)] = v
+    return out
+
+
+def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = None) -> LoadedState:
+    _check_state_dict(sd, path)
+    params: list[ParamState] = []
+    groups = []
+    for gi, g in enumerate(sd["param_groups"]):
+        groups.append({k: v for k, v in g.items() if k != "params"})
+        for idx in g.get("params", []):
+            try:
+                st = sd["state"].get(idx, sd["state"].get(str(idx), {}))
+            except TypeError:  # an unhashable parameter id
+                raise StateLoadError(f"{path}: a parameter id of type {type(idx).__name__}") from None
+            params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi,
+                                     _flatten_entries(st) if isinstance(st, dict) else {}))
+    names_from = "index"
+    if names and len(names) == len(params):
+        for p, n in zip(params, names, strict=True):
+            p.name = n
+        names_from = "checkpoint"
+    for gi, g in enumerate(sd["param_groups"]):
+        if g.get("param_names") and names_from == "index":
+            for p, n in zip([p for p in params if p.group == gi], g["param_names"], strict=False):
+                p.name = str(n)
+            names_from = "param_names"
+    for p in params:
+        if not p.name:
+            p.name = f"{p.group}/{p.index}"
+        p.shape = _infer_shape(p.entries)
+    return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
+
+
+def _tensorish(v: Any) -> bool:
+    return isinstance(v, (torch.Tensor, MappedTensor))
+
+
+def _infer_shape(entries: dict) -> tuple[int, ...] | None:
+    for key in SHAPE_KEYS:
+        v = entries.get(key)
+        if _tensorish(v) and v.ndim >= 1:
+            return tuple(v.shape)
+    row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
+    if _tensorish(row) and _tensorish(col):
+        return tuple(row.shape) + (col.shape[-1],)
+    return None
+
+
+def _names_from_param_shapes(ps: Any) -> list[str] | None:
+    """DeepSpeed's `param_shapes`: a list (per group) of ordered name -> shape maps, or one map."""
+    if isinstance(ps, dict):
+        ps = [ps]
+    if isinstance(ps, list) and all(isinstance(d, dict) for d in ps):
+        return [str(n) for d in ps for n in d]
+    return None
+
+
+def _zero_stage(v: Any) -> str:
+    if isinstance(v, int):
+        return str(v)
+    args = getattr(v, "args", ())
+    return str(args[0]) if args and isinstance(args[0], int) else "?"
+
+
+def interpret(obj: Any, path: str) -> LoadedState:
+    """Turn whatever torch.load returned into a LoadedState, saying which layout and key were used."""
+    if isinstance(obj, dict) and obj.get("format") == "optinspect-state/1" and _is_state_dict(obj.get("optimizer")):
+        ls = from_state_dict(obj["optimizer"], path, "optinspect dry-run state (.pt)", obj.get("param_names"))
+        ls.key_used = "optimizer"
+        ls.extra["report"] = obj.get("report")
+        return ls
+    if _is_state_dict(obj):
+        return from_state_dict(obj, path, "torch optimizer.state_dict()")
+    if _is_grad_release(obj):
+        merged = {"state": {}, "param_groups": []}
+        for i, (_, sd) in enumerate(sorted(obj.items())):
+            _check_state_dict(sd, path)
+            ids = [j for g in sd["param_groups"] for j in g.get("params", [])]
+            for j in ids:
+                if j in sd["state"]:
+                    merged["state"][i] = sd["state"][j]
+            for g in sd["param_groups"]:
+                merged["param_groups"].append({**g, "params": [i] if ids else []})
+        return from_state_dict(merged, path, "gradient-release wrapper (one optimizer per parameter)")
+    if isinstance(obj, dict):
+        deepspeed = "ds_version" in obj or "ds_config" in obj or "dp_world_size" in obj
+        for key in OPTIMIZER_KEYS:
+            inner = obj.get(key)
+            if inner is None:
+                continue
+            if isinstance(inner, dict) and "zero_stage" in inner and _is_state_dict(inner.get("optimizer_state_dict")):
+                stage = _zero_stage(inner["zero_stage"])
+                ls = from_state_dict(inner["optimizer_state_dict"], path, f"DeepSpeed ZeRO stage {stage} "
+                                     "optimizer states (partitioned base-optimizer state)")
+                ls.key_used = f"{key}.optimizer_state_dict"
+                ls.warnings.append("ZeRO partitions flatten parameters: state tensors are flat per partition")
+                return ls
+            if _is_state_dict(inner) or _is_grad_release(inner):
+                ls = interpret(inner, path)
+                names = _names_from_param_shapes(obj.get("param_shapes"))
+                if names and len(names) == len(ls.params):
+                    for p, n in zip(ls.params, names, strict=True):
+                        p.name = n
+                    ls.names_from = "param_shapes"
+                elif names:
+                    ls.warnings.append(f"param_shapes lists {len(names)} names for {len(ls.params)} state entries")
+                ls.layout = ("DeepSpeed checkpoint" if deepspeed else "training checkpoint") + f" -> {ls.layout}"
+                ls.key_used = key
+                if deepspeed:
+                    ls.extra.update({k: obj[k] for k in ("global_steps", "global_samples", "ds_version", "step")
+                                     if k in obj and isinstance(obj[k], (int, float, str))})
+                return ls
+        if deepspeed and obj.get("optimizer", "absent") is None:
+            raise StateLoadError(f"{path}: a DeepSpeed checkpoint whose `optimizer` is None: the state lives in "
+                                 "*_optim_states.pt files (ZeRO or DeepSpeed's bf16 optimizer)")
+        keys = ", ".join(sorted(map(str, obj))[:12])
+        raise StateLoadError(f"{path}: no optimizer state found (looked for a state_dict and under "
+                             f"{', '.join(OPTIMIZER_KEYS)}; top-level keys: {keys})")
+    raise StateLoadError(f"{path}: holds a {type(obj).__name__}, not optimizer state")
+
+
+def looks_like_safetensors(path: str) -> bool:
+    """A safetensors file under another name: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False  # the torch path reports the error
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+# -- safetensors -------------------------------------------------------------------------------------
+def load_safetensors(path: str) -> LoadedState:
+    try:
+        header = read_header(path)
+    except HeaderError as e:
+        raise StateLoadError(str(e)) from None
+    from optinspect.state.mapped import MappedFile
+
+    meta = header.metadata
+    mapped = MappedFile(path)
+    infos = {t.name: t for t in header.tensors}
+    names = list(infos)
+    pattern = re.compile(r"^(?:optimizer\.)?state\.(.+)\.([^.]+)$")
+    per: dict[str, dict[str, Any]] = {}
+    groups_tensors: dict[int, dict[str, Any]] = {}
+    for n in names:
+        m = pattern.match(n)
+        if m:
+            per.setdefault(m.group(1), {})[m.group(2)] = _mapped_tensor(mapped, infos[n])
+            continue
+        g = re.match(r"^(?:optimizer\.)?(?:param_groups|group)\.(\d+)\.(.+)$", n)
+        if g:
+            groups_tensors.setdefault(int(g.group(1)), {})[g.group(2)] = _mapped_tensor(mapped, infos[n]).load()
+    if not per:
+        raise StateLoadError(f"{path}: a safetensors file without optimizer state keys (expected "
+                             f"`state.<param>.<key>`; found e.g. {', '.join(names[:5])})")
+    groups: list[dict[str, Any]] = []
+    order = list(per)
+    if meta.get("param_groups"):
+        groups = _json_list(meta["param_groups"])
+        if not all(isinstance(g, dict) and isinstance(g.get("params", []), list) for g in groups):
+            groups = []
+    if meta.get("param_names"):
+        listed = [n for n in _json_list(meta["param_names"]) if isinstance(n, str)]
+        order = [n for n in listed if n in per] + [n for n in per if n not in set(listed)]
+    params = []
+    group_of = {}
+    for gi, g in enumerate(groups):
+        for n in g.get("params", []):
+            if isinstance(n, str):
+                group_of[n] = gi
+    for i, name in enumerate(order):
+        entries = {}
+        for k, v in per[name].items():
+            entries[k] = v.scalar() if v.is_scalar else v
+        params.append(ParamState(i, name, group_of.get(name, 0), entries))
+    for p in params:
+        p.shape = _infer_shape(p.entries)
+    if not groups:
+        groups = [{}]
+    for gi, extra in groups_tensors.items():
+        while len(groups) <= gi:
+            groups.append({})
+        groups[gi].update(extra)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    layout = "optinspect dry-run state (.safetensors)" if meta.get("format", "").startswith("optinspect-state") \
+        else "flattened optimizer state (.safetensors)"
+    ls = LoadedState(path=path, layout=layout, params=params, groups=groups, names_from="file")
+    if meta.get("report"):
+        ls.extra["report"] = meta["report"]
+    return ls
+
+
+def _json_list(text: str) -> list:
+    """A JSON list from safetensors metadata; anything else (or JSON nested past reason) counts as absent."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _mapped_tensor(mapped: Any, info: Any) -> MappedTensor:
+    return MappedTensor(mapped, info.start, getattr(torch, info.torch_dtype), tuple(info.shape))
+
+
+def has_mapped(ls: LoadedState) -> bool:
+    return any(isinstance(v, MappedTensor) for p in ls.params for v in p.entries.values())

@@ -1,0 +1,51 @@
+"""Saved optimizer state in one neutral shape, whatever wrote it: parameters with their state entries, and the
+param groups. Every layout reader produces a LoadedState; every engine reads one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optinspect.state.mapped import MappedTensor
+
+
+class StateLoadError(Exception):
+    """The input cannot be read as optimizer state; the message says why (exit 2)."""
+
+
+@dataclass
+class ParamState:
+    index: int
+    name: str
+    group: int
+    entries: dict[str, Any]  # key -> tensor or scalar (bitsandbytes' nested quant state flattened)
+    shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class LoadedState:
+    path: str
+    layout: str
+    params: list[ParamState]
+    groups: list[dict[str, Any]]
+    source_file: str = ""
+    key_used: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    names_from: str = "index"
+    extra: dict[str, Any] = field(default_factory=dict)
+    mapped: bool = False  # tensors are views of a read-only file mapping (their pages may be released)
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Bytes of every state tensor (mapped lazily or not): the total a progress bar counts towards."""
+        return sum(int(v.nbytes) if isinstance(v, MappedTensor) else v.numel() * v.element_size()
+                   for p in self.params for v in p.entries.values()
+                   if isinstance(v, torch.Tensor) or isinstance(v, MappedTensor))
+
+
+def materialize(v: Any) -> Any:
+    """A real tensor for a mapped one (read fully: only for small tensors or diffs); anything else as is."""
+    return v.load() if isinstance(v, MappedTensor) else v
