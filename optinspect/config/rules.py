@@ -25,7 +25,7 @@ def _truthy(v: object) -> bool:
 
 
 def reset_steps(interval: int, increment: int, *, exact: bool, horizon: int, limit: int = 6) -> list[int]:
-    """Steps on which the optimizer resets its state (spec 4.4: the originals' period is one step short)."""
+    """Steps on which the optimizer resets its state: the originals reset one step early after the first reset (they count the reset step itself as step 1 of the next period), unless `exact` (optinspect's exact_reset_period)."""
     steps: list[int] = []
     n, s = 0, 0
     while len(steps) < limit:

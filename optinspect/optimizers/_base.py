@@ -1,11 +1,14 @@
-"""Argument checks shared by the bundled optimizers: one message style, naming the argument and range."""
+"""What the bundled optimizers share: argument checks (one message style, naming the argument and range), the
+per-parameter loop with its `_init_state` hook, and the one low-precision write-back."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
+
+from ._rounding import copy_stochastic_
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
@@ -43,11 +46,34 @@ def closure_loss(closure) -> torch.Tensor | None:
         return closure()
 
 
+def working(t: torch.Tensor, upcast: bool) -> torch.Tensor:
+    """The tensor the arithmetic runs on: an fp32 copy of a bf16/fp16 tensor when upcasting, else the tensor
+    itself (updated in place)."""
+    return t.float() if upcast else t
+
+
+def write_back_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], *, fp16_exact: bool = False,
+                fp16_nearest: bool = False) -> None:
+    """Store fp32 working copies back into their low-precision homes with stochastic rounding; a pair whose
+    working tensor is its home (nothing was upcast) is skipped. The pairs are written in the order given: each
+    one draws random bits from the global generator, so the order is part of the result (the originals' kept).
+    `fp16_nearest`: fp16 homes get plain round-to-nearest (Adafactor's original does this; bf16 stays stochastic)."""
+    for home, work in pairs:
+        if work is home:
+            continue
+        if fp16_nearest and home.dtype == torch.float16:
+            home.copy_(work)
+        else:
+            copy_stochastic_(home, work, fp16_exact=fp16_exact)
+
+
 class PerParameterOptimizer(torch.optim.Optimizer):
     """The loop the trainer's optimizers share: groups in order, parameters with a gradient in order.
 
-    Subclasses implement `_step_param(p, group)`; `_begin_group(group)` runs before each group's parameters
-    (SCORN and REMASTER count `group['step']` there).
+    Subclasses implement `_init_state(p, group)` (the state of a parameter's first step) and
+    `_step_param(p, group)`, which calls it where the original creates the state (SCORN and Persona build
+    theirs from the gradient after orthograd has changed it); `_begin_group(group)` runs before each group's
+    parameters (SCORN and REMASTER count `group['step']` there).
     """
 
     def __setstate__(self, state: dict) -> None:
@@ -60,6 +86,9 @@ class PerParameterOptimizer(torch.optim.Optimizer):
 
     def _begin_group(self, group: dict) -> None:
         pass
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         raise NotImplementedError

@@ -12,9 +12,8 @@ import math
 
 import torch
 
-from ._base import PerParameterOptimizer, check_range
+from ._base import PerParameterOptimizer, check_range, working, write_back_
 from ._common import scratch, windows
-from ._rounding import copy_stochastic_
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
@@ -87,6 +86,22 @@ class EnhancedAdafactor(PerParameterOptimizer):
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         self.step_parameter(p, group)
 
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        """fp32 state whatever the parameter's dtype (the gradient is upcast first); momentum only when beta1 is
+        set, and row/column statistics instead of a full second moment for matrices."""
+        state = self.state[p]
+        grad = p.grad.float() if p.grad.dtype in (torch.float16, torch.bfloat16) else p.grad
+        shape = grad.shape
+        state["step"] = 0
+        if group["beta1"] is not None:
+            state["exp_avg"] = torch.zeros_like(grad)
+        if len(shape) >= 2:
+            state["exp_avg_sq_row"] = torch.zeros(shape[:-1]).to(grad)
+            state["exp_avg_sq_col"] = torch.zeros(shape[:-2] + shape[-1:]).to(grad)
+        else:
+            state["exp_avg_sq"] = torch.zeros_like(grad)
+        state["RMS"] = 0
+
     @torch.no_grad()
     def step_parameter(self, p: torch.Tensor, group: dict) -> None:
         """One parameter's update (also the gradient-release entry point, as in the trainer)."""
@@ -98,23 +113,14 @@ class EnhancedAdafactor(PerParameterOptimizer):
         state = self.state[p]
         shape = grad.shape
         factored = len(shape) >= 2
-        use_first_moment = group["beta1"] is not None
         if len(state) == 0:
-            state["step"] = 0
-            if use_first_moment:
-                state["exp_avg"] = torch.zeros_like(grad)
-            if factored:
-                state["exp_avg_sq_row"] = torch.zeros(shape[:-1]).to(grad)
-                state["exp_avg_sq_col"] = torch.zeros(shape[:-2] + shape[-1:]).to(grad)
-            else:
-                state["exp_avg_sq"] = torch.zeros_like(grad)
-            state["RMS"] = 0
+            self._init_state(p, group)
         else:
             for k in _MOMENTS:
                 if k in state:
                     state[k] = state[k].to(grad)
 
-        p32 = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
+        p32 = working(p, p.dtype in (torch.float16, torch.bfloat16))
         state["step"] += 1
         state["RMS"] = _rms(p32)
         lr = self._get_lr(group, state)
@@ -142,10 +148,7 @@ class EnhancedAdafactor(PerParameterOptimizer):
         # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
         for _, window in windows([update, p32, state.get("exp_avg")]):
             self._finish(*window, clip, lr, group)
-        if p.dtype == torch.bfloat16:
-            copy_stochastic_(p, p32)
-        elif p.dtype == torch.float16:
-            p.copy_(p32)
+        write_back_([(p, p32)], fp16_nearest=True)
 
     @staticmethod
     def _finish(update: torch.Tensor, p32: torch.Tensor, exp_avg: torch.Tensor | None, clip: torch.Tensor,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range
+from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
 from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
-from ._rounding import copy_stochastic_, is_low_precision
+from ._rounding import is_low_precision
 
 __all__ = ["PersonaOptimizer"]
 
@@ -43,32 +43,34 @@ class PersonaOptimizer(PerParameterOptimizer):
                         exact_reset_period=exact_reset_period, fp16_rounding=fp16_rounding)
         super().__init__(params, defaults)
 
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        """The second moment starts at the first gradient squared (after orthograd), not at zero."""
+        state = self.state[p]
+        state["step"] = 0
+        state["ema"] = torch.zeros_like(p)
+        state["ema_squared"] = p.grad.pow(2)
+        if group["reset_interval"] > 0:
+            state["steps_since_reset"] = 0
+            state["times_reset"] = 0
+        if group["focus_boost"] > 0:
+            state["ema_grad_var"] = torch.zeros_like(p)
+
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
         eps = group["eps"]
         if group["orthograd"] and p.ndim >= 2:
+            # the original passes its constructor's eps, not the group's (they differ only after a group edit)
             orthograd_persona_(p, self.defaults["eps"])
-        grad = p.grad
         state = self.state[p]
         if len(state) == 0:
-            state["step"] = 0
-            state["ema"] = torch.zeros_like(p)
-            state["ema_squared"] = grad.pow(2)
-            if group["reset_interval"] > 0:
-                state["steps_since_reset"] = 0
-                state["times_reset"] = 0
-            if group["focus_boost"] > 0:
-                state["ema_grad_var"] = torch.zeros_like(p)
-        if group["focus_boost"] > 0 and "ema_grad_var" not in state:
+            self._init_state(p, group)
+        if group["focus_boost"] > 0 and "ema_grad_var" not in state:  # focus turned on for a resumed state
             state["ema_grad_var"] = torch.zeros_like(p)
+        # Persona always computes in fp32; `stochastic_fp` chooses only how the results go back (see below)
         low = is_low_precision(p)
-        g = grad.float() if low else grad
-        p_w = p.float() if low else p
-        ema = state["ema"].float() if low else state["ema"]
-        v = state["ema_squared"].float() if low else state["ema_squared"]
-        egv = None
-        if group["focus_boost"] > 0:
-            egv = state["ema_grad_var"].float() if low else state["ema_grad_var"]
+        g, p_w = working(p.grad, low), working(p, low)
+        ema, v = working(state["ema"], low), working(state["ema_squared"], low)
+        egv = working(state["ema_grad_var"], low) if group["focus_boost"] > 0 else None
 
         state["step"] += 1
         k = state["step"]
@@ -102,17 +104,14 @@ class PersonaOptimizer(PerParameterOptimizer):
             self._update(*window, group, scalars, None if buffers[0] is None else buffers)
 
         if low:
-            if egv is not None:
+            if egv is not None:  # the original rounds this one to nearest, always
                 state["ema_grad_var"].copy_(egv)
+            pairs = [(p, p_w), (state["ema"], ema), (state["ema_squared"], v)]
             if group["stochastic_fp"]:
-                fp16_exact = group["fp16_rounding"]
-                copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
-                copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
-                copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
+                write_back_(pairs, fp16_exact=group["fp16_rounding"])
             else:
-                p.copy_(p_w)
-                state["ema"].copy_(ema)
-                state["ema_squared"].copy_(v)
+                for home, work in pairs:
+                    home.copy_(work)
 
     @staticmethod
     def _update(p_w: torch.Tensor, g: torch.Tensor, ema: torch.Tensor, v: torch.Tensor, egv: torch.Tensor | None,

@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from ._base import check_range, closure_loss
+from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, windows
-from ._rounding import copy_stochastic_, is_low_precision
+from ._rounding import is_low_precision
 
 __all__ = ["Prodigy"]
 
@@ -75,12 +75,8 @@ class Prodigy(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("Prodigy does not support sparse gradients")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["s"] = torch.zeros_like(p)
-                    state["p0"] = p.clone()
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                if len(self.state[p]) == 0:
+                    self._init_state(p)
             group["step"] += 1
             for p in group["params"]:
                 if p.grad is None:
@@ -90,9 +86,8 @@ class Prodigy(torch.optim.Optimizer):
                     grad.neg_()
                 state = self.state[p]
                 low = is_low_precision(p)
-                g = grad.float() if low else grad
-                p32 = p.float() if low else p
-                s, p0, m, v = ((state[k].float() if low else state[k]) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
+                g, p32 = working(grad, low), working(p, low)
+                s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
                 d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
                 s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
                 alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
@@ -132,8 +127,7 @@ class Prodigy(torch.optim.Optimizer):
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
                 for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
                     self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
-                if p32 is not p:
-                    copy_stochastic_(p, p32)
+                write_back_([(p, p32)])
                 self._write_state(p, tmp)
         return loss
 
@@ -158,8 +152,14 @@ class Prodigy(torch.optim.Optimizer):
         else:
             p32.add_(m.atan2(denom), alpha=-d_lr)
 
+    def _init_state(self, p: torch.Tensor) -> None:
+        """`p0` keeps the starting weights: d's numerator is the gradient's dot product with how far p moved."""
+        state = self.state[p]
+        state["s"] = torch.zeros_like(p)
+        state["p0"] = p.clone()
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+
     def _write_state(self, p: torch.Tensor, tmp: dict) -> None:
         state = self.state[p]
-        for k, v in tmp.items():
-            if v is not state[k]:
-                copy_stochastic_(state[k], v)
+        write_back_((state[k], v) for k, v in tmp.items())

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range
+from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
-from ._rounding import copy_stochastic_, is_low_precision
+from ._rounding import is_low_precision
 
 __all__ = ["REMASTER"]
 
@@ -44,23 +44,25 @@ class REMASTER(PerParameterOptimizer):
     def _begin_group(self, group: dict) -> None:
         group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        state["ema"] = torch.zeros_like(p)
+        state["ema_squared"] = torch.zeros_like(p)
+        if group["reset_interval"] > 0:
+            state["times_zero"] = 0
+            state["steps_since_reset"] = 1
+        state["step"] = 0
+
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, group["orthograd_floor"])
         state = self.state[p]
         if len(state) == 0:
-            state["ema"] = torch.zeros_like(p)
-            state["ema_squared"] = torch.zeros_like(p)
-            if group["reset_interval"] > 0:
-                state["times_zero"] = 0
-                state["steps_since_reset"] = 1
-            state["step"] = 0
+            self._init_state(p, group)
         upcast = is_low_precision(p) and group["stochastic_fp"]
         g = p.grad.float() if upcast else p.grad.clone()
-        p_w = p.float() if upcast else p
-        ema = state["ema"].float() if upcast else state["ema"]
-        v = state["ema_squared"].float() if upcast else state["ema_squared"]
+        p_w, ema, v = working(p, upcast), working(state["ema"], upcast), working(state["ema_squared"], upcast)
 
         def reset() -> None:
             ema.zero_()
@@ -86,10 +88,6 @@ class REMASTER(PerParameterOptimizer):
             update.mul_(agreement_mask(update, g, group["cautious_min"], 1e-3))
         p_w.add_(update, alpha=-step_size)
 
-        if upcast:
-            fp16_exact = group["fp16_rounding"]
-            copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
-            copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
-            copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
+        write_back_([(state["ema"], ema), (state["ema_squared"], v), (p, p_w)], fp16_exact=group["fp16_rounding"])
         if group["reset_interval"] > 0:
             state["steps_since_reset"] += 1

@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range
+from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
-from ._rounding import copy_stochastic_, is_low_precision
+from ._rounding import is_low_precision
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 
@@ -85,30 +85,31 @@ class SCORN(PerParameterOptimizer):
     def _begin_group(self, group: dict) -> None:
         group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
 
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        """The second moment starts at the first gradient squared (after orthograd), not at zero."""
+        state = self.state[p]
+        state["ema"] = torch.zeros_like(p)
+        state["ema_squared"] = p.grad.pow(2).to(p.dtype)
+        if group["reset_interval"] > 0:
+            state["times_zero"] = 0
+            state["steps_since_reset"] = 1
+        if group["focus_ratio"] > 0:
+            state["pbar"] = torch.zeros_like(p)
+        state["step"] = 0
+
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, 1e-6)
-        grad = p.grad
         state = self.state[p]
         if len(state) == 0:
-            state["ema"] = torch.zeros_like(p)
-            state["ema_squared"] = grad.pow(2).to(p.dtype)
-            if group["reset_interval"] > 0:
-                state["times_zero"] = 0
-                state["steps_since_reset"] = 1
-            if group["focus_ratio"] > 0:
-                state["pbar"] = torch.zeros_like(p)
-            state["step"] = 0
-        low = is_low_precision(p)
-        upcast = low and group["stochastic_fp"]
+            self._init_state(p, group)
+        upcast = is_low_precision(p) and group["stochastic_fp"]
         # working tensors: for fp32 parameters the state itself, updated in place (the original clones)
-        g = grad.float() if upcast else grad.clone()
-        p_w = p.float() if upcast else p
-        ema = state["ema"].float() if upcast else state["ema"]
-        v = state["ema_squared"].float() if upcast else state["ema_squared"]
+        g = p.grad.float() if upcast else p.grad.clone()
+        p_w, ema, v = working(p, upcast), working(state["ema"], upcast), working(state["ema_squared"], upcast)
         focus = group["focus_ratio"] > 0 and "pbar" in state
-        pbar = (state["pbar"].float() if upcast else state["pbar"]) if focus else None
+        pbar = working(state["pbar"], upcast) if focus else None
 
         def reset() -> None:
             ema.zero_()
@@ -138,12 +139,7 @@ class SCORN(PerParameterOptimizer):
             p_w.mul_(1 - group["lr"])
         p_w.add_(update, alpha=-group["lr"])
 
-        if upcast:
-            fp16_exact = group["fp16_rounding"]
-            copy_stochastic_(state["ema"], ema, fp16_exact=fp16_exact)
-            copy_stochastic_(state["ema_squared"], v, fp16_exact=fp16_exact)
-            if pbar is not None:
-                copy_stochastic_(state["pbar"], pbar, fp16_exact=fp16_exact)
-            copy_stochastic_(p, p_w, fp16_exact=fp16_exact)
+        write_back_([(state["ema"], ema), (state["ema_squared"], v)] + ([(state["pbar"], pbar)] if focus else [])
+                    + [(p, p_w)], fp16_exact=group["fp16_rounding"])
         if group["reset_interval"] > 0:
             state["steps_since_reset"] += 1

@@ -257,7 +257,7 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
     anomalies = finalize(rows, steps)
     notes = list(ls.warnings)
     restarted = [r for r in rows if r.counters.get("times_reset")]
-    if restarted:  # Persona: `step` starts again at 1 on each reset (spec 6.2), unlike SCORN/REMASTER's group count
+    if restarted:  # Persona sets `step` back to 1 on each reset; SCORN/REMASTER keep counting
         most = max(r.counters["times_reset"] for r in restarted)
         notes.append(f"PersonaOptimizer starts its step counter again at every reset: `step` counts from the last "
                      f"reset ({most} so far), not from the start of the run")
