@@ -25,7 +25,9 @@ def _truthy(v: object) -> bool:
 
 
 def reset_steps(interval: int, increment: int, *, exact: bool, horizon: int, limit: int = 6) -> list[int]:
-    """Steps on which the optimizer resets its state: the originals reset one step early after the first reset (they count the reset step itself as step 1 of the next period), unless `exact` (optinspect's exact_reset_period)."""
+    """Steps on which the optimizer resets its state. After the first reset the originals come one step early:
+    the reset step itself counts as step 1 of the next period. `exact` (optinspect's exact_reset_period) gives
+    the documented schedule."""
     steps: list[int] = []
     n, s = 0, 0
     while len(steps) < limit:
