@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 
 from optinspect.render import term
-from optinspect.render.view import STATE_COLUMNS, applicable, sort_rows, step_change
+from optinspect.render.view import STATE_COLUMNS, applicable, sort_rows, state_summary, step_change
 from optinspect.state.report import DiffReport, ParamReport, StateReport
 
 
@@ -73,17 +73,9 @@ def render(report: StateReport, console, rows: list[ParamReport]) -> None:
     from rich.table import Table
 
     head = Table.grid(padding=(0, 2))  # every value is Text: paths and names may hold [brackets]
-    head.add_row("file", _text(report.path + ("" if report.source_file == report.path
-                                             else f"  ({report.source_file})")))
-    head.add_row("layout", _text(report.layout + (f"  [key: {report.key_used}]" if report.key_used else "")))
-    head.add_row("optimizer", _text(report.family))
-    head.add_row("step", _text(", ".join(map(str, report.steps)) or "-"))
-    for i, g in enumerate(report.groups):
-        hp = ", ".join(f"{k}={v}" for k, v in g.items() if not isinstance(v, (list, dict)) or k == "betas")
-        head.add_row(f"group {i}", _text(hp[:300]))
-    head.add_row("totals", _text(f"{len(report.params)} parameters, {report.total_numel:,} elements, "
-                                f"{report.total_state_bytes / 2**20:.1f} MiB of state; names from {report.names_from}"))
-    head.add_row("anomalies", _text(str(len(report.anomalies)), style="bold red" if report.anomalies else "green"))
+    for label, text in state_summary(report).items():
+        style = ("bold red" if report.anomalies else "green") if label == "anomalies" else ""
+        head.add_row(_text(label), _text(text, style=style))
     console.print(head)
     if not rows:
         console.print(_text(f"no parameter selected (of {len(report.params)}); names look like: "

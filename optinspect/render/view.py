@@ -151,3 +151,35 @@ def applicable(columns: list[Column], rows: list) -> list[Column]:
     """The columns worth a place: the name, and every column that says something other than "-" on some row
     (no resets column for AdamW, no quant column without 8-bit or bf16 state). Shared by `inspect` and the TUI."""
     return [c for c in columns if c.title == "name" or any(c.text(r) not in ("-", "") for r in rows)]
+
+
+def hyper(v) -> str:
+    """A hyper-parameter as written: 0.9999 stays 0.9999 (three significant digits made it 1, an invalid
+    beta); only long computed values (Prodigy's d) are cut to six digits."""
+    if isinstance(v, float):
+        text = repr(v).removesuffix(".0")
+        return text if len(text) <= 10 else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(hyper(x) for x in v) + ")"
+    return str(v)
+
+
+def group_text(group: dict, limit: int = 300) -> str:
+    """One param group's hyper-parameters: every scalar, and betas (other lists and tables are left out)."""
+    text = ", ".join(f"{k}={hyper(v)}" for k, v in group.items() if not isinstance(v, (list, dict)) or k == "betas")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def state_summary(report) -> dict[str, str]:
+    """The header of a state report, the same in `inspect` and the TUI: label -> text (before escaping)."""
+    out = {"file": report.path + ("" if report.source_file in (report.path, "") else f"  ({report.source_file})"),
+           "layout": report.layout + (f"  [key: {report.key_used}]" if report.key_used else ""),
+           "optimizer": report.family,
+           "step": ", ".join(map(str, report.steps)) or "-"}
+    for i, g in enumerate(report.groups):
+        out[f"group {i}"] = group_text(g)
+    out["totals"] = (f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
+                     f"{report.total_state_bytes / 2**20:.1f} MiB of state; names from {report.names_from}")
+    out["anomalies"] = str(len(report.anomalies))
+    return out
+

@@ -13,8 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
-from optinspect.render import human_bytes
-from optinspect.render.view import DIFF_COLUMNS, STATE_COLUMNS, PendingRow, applicable, pending
+from optinspect.render.view import DIFF_COLUMNS, STATE_COLUMNS, PendingRow, applicable, pending, state_summary
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
 from optinspect.tui.widgets.table import ParamTable
@@ -160,16 +159,7 @@ class StateApp(App[int]):
         table.set_columns(columns)
         self.query_one(ProgressBar).update(progress=100)
         self.query_one("#progress").add_class("done")
-        groups = []
-        for i, g in enumerate(report.groups):
-            hp = ", ".join(f"{k}={_short(v)}" for k, v in g.items() if k in ("lr", "betas", "weight_decay", "eps", "d",
-                                                                               "reset_interval", "min_8bit_size"))
-            groups.append(f"group {i}: {hp}")
-        info = {"file": self.path, "layout": report.layout, "optimizer": report.family,
-                "step": ", ".join(map(str, report.steps)) or "-", "groups": " | ".join(groups) or "-",
-                "totals": f"{len(report.params):,} parameters, {report.total_numel:,} elements, "
-                          f"{human_bytes(report.total_state_bytes)} of state",
-                "anomalies": str(len(report.anomalies))}
+        info = state_summary(report)
         if report.warnings:  # what inspect prints as "note:" (skipped objects, Persona's restarting step)
             info["notes"] = "\n".join(report.warnings)
         self.query_one(SummaryBar).show(info)
@@ -256,17 +246,6 @@ class StateApp(App[int]):
         yield SystemCommand("Next flagged tensor", "Jump to the next tensor with a flag", self.action_next_anomaly)
         yield SystemCommand("Filter", "Filter rows by name", self.action_filter)
         yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
-
-
-def _short(v: Any) -> str:
-    """A hyper-parameter as written: 0.9999 stays 0.9999 (three significant digits made it 1, an invalid
-    beta); only long computed values (Prodigy's d) are cut to six digits."""
-    if isinstance(v, float):
-        text = repr(v).removesuffix(".0")
-        return text if len(text) <= 10 else f"{v:.6g}"
-    if isinstance(v, (list, tuple)):
-        return "(" + ", ".join(_short(x) for x in v) + ")"
-    return str(v)
 
 
 def make_app(path: str, other: str | None = None, model: str | None = None) -> StateApp:
