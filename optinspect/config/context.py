@@ -70,20 +70,12 @@ def diag(path: str, span: Span, code: str, message: str, hint: str = "",
                       severity or RULES[code].severity, code, message, hint)
 
 
+# TOML's kinds of value, as Python holds them (bool before int: True is an int too)
+_KINDS = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (list, "array"), (dict, "table"))
+
+
 def toml_kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "table"
-    return "date/time" if v is not None else "nothing"
+    return next((name for t, name in _KINDS if isinstance(v, t)), "date/time" if v is not None else "nothing")
 
 
 def key_name(path: tuple) -> str:
