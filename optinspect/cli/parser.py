@@ -21,6 +21,22 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+class _SortKeys:
+    """The sort orders the view model defines, looked up only when --sort is used or help is shown (the view is
+    not needed, and not imported, for any other command)."""
+
+    def _keys(self) -> list[str]:
+        from optinspect.render.view import SORT_CHOICES
+
+        return SORT_CHOICES
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys()
+
+    def __iter__(self):
+        return iter(self._keys())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from optinspect import __version__
 
@@ -71,14 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="overwrite --save's file")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    from optinspect.render.view import SORT_CHOICES
-
     i = command("inspect", "state", "statistics of a saved optimizer state, per tensor")
     i.add_argument("state", metavar="STATE", help=STATE_HELP)
     i.add_argument("--json", action="store_true", help="the full report as JSON")
-    i.add_argument("--sort", default="index", choices=SORT_CHOICES,
+    i.add_argument("--sort", default="index", choices=_SortKeys(), metavar="KEY",
                    help="row order: checkpoint order, name, or largest first (moments, update scale, "
-                        "quantization error, flags, size)")
+                        "quantization error, flags, size); one of %(choices)s")
     i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches, e.g. '*attn*'")
     i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help=MODEL_HELP)
