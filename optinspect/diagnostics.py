@@ -60,6 +60,8 @@ class FileReport:
     source: str | None = None
     data: dict | None = None  # the parsed document (plain Python), when it parsed
     optimizer_type: str | None = None
+    trainer: str | None = None  # the trainer profile it was judged by (None: either trainer)
+    trainer_reason: str = ""  # why that profile: --trainer, or what in the table implies it
     suppressed: int = 0
     unreadable: bool = False
     secrets: set[str] = field(default_factory=set)  # values under secret-looking keys: never shown

@@ -213,7 +213,38 @@ def _automagic_bytes(t: Mapping, shape: Shape, pb: int) -> int:
 
 # -- optimizer types -------------------------------------------------------------------------------------
 UPSTREAM, CHROMA = "upstream", "chroma"
-TRAINERS = (UPSTREAM, CHROMA)
+
+
+@dataclass(frozen=True)
+class TrainerProfile:
+    """How one trainer's `get_optimizer` reads the [optimizer] table (its train.py)."""
+
+    name: str
+    title: str
+    builtin: tuple[str, ...]  # types matched lower-cased; anything else is getattr(pytorch_optimizer, type)
+    popped: frozenset[str]  # keys it reads itself and does not pass to the constructor
+    half_life_sets_beta2: bool  # pops `beta2_half_life` and sets betas[1] from it (needs `betas`, two of them)
+    broken: Mapping[str, str] = field(default_factory=dict)  # built-in types that fail in this trainer, and why
+
+
+PROFILES: dict[str, TrainerProfile] = {p.name: p for p in (
+    TrainerProfile(UPSTREAM, "upstream diffusion-pipe",
+                   ("adamw", "adamw8bit", "adamw_optimi", "stableadamw", "sgd", "adamw8bitkahan", "offload",
+                    "automagic", "genericoptim"),
+                   frozenset({"type", "gradient_release", "beta2_half_life"}), True),
+    TrainerProfile(CHROMA, "diffusion-chroma",
+                   ("adamw", "adamw8bit", "adamw_optimi", "stableadamw", "sgd", "adamw8bitkahan", "scorn",
+                    "adafactor", "remaster", "persona", "offload", "automagic"),
+                   frozenset({"type", "gradient_release"}), False,
+                   broken={"automagic": "its optimizer imports optimum.quanto, which diffusion-chroma does not "
+                                        "install: the import fails before training"}),
+)}
+TRAINERS = tuple(PROFILES)
+
+
+def trainers_of(type_key: str) -> tuple[str, ...]:
+    """The trainers whose get_optimizer has `type_key` as a built-in type."""
+    return tuple(p.name for p in PROFILES.values() if type_key in p.builtin)
 
 
 @dataclass(frozen=True)
@@ -224,7 +255,6 @@ class OptimizerType:
     written: str  # the canonical spelling (case matters for pytorch_optimizer classes)
     original: str  # import path of the class the trainer builds
     source: str = "builtin"  # "builtin" (matched lower-cased) | "pytorch_optimizer" (getattr, case-sensitive)
-    trainers: frozenset[str] = frozenset(TRAINERS)  # the trainers whose get_optimizer knows the type
     ours: str | None = None  # class name in optinspect.optimizers, when we ship an implementation
     torch_class: str | None = None  # "module:Class" when torch itself builds it
     family: str | None = None  # the StateFamily its saved state belongs to
@@ -252,9 +282,7 @@ class OptimizerType:
         return meta
 
 
-_CHROMA_ONLY = frozenset({CHROMA})
-_RESETTING = dict(family=None, kwargs="strict", truthy_flags=True, stochastic_rounding=True, resets=True,
-                  trainers=_CHROMA_ONLY)
+_RESETTING = dict(family=None, kwargs="strict", truthy_flags=True, stochastic_rounding=True, resets=True)
 
 TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("adamw", "adamw", "torch.optim.AdamW", torch_class="torch.optim:AdamW", family="Adam/AdamW",
@@ -273,7 +301,7 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("scorn", "scorn", "optimizers.scorn.SCORN", ours="SCORN",
                   **{**_RESETTING, "family": "SCORN"}, state_bytes=_ema_bytes("focus_ratio")),
     OptimizerType("adafactor", "adafactor", "optimizers.adafactor.EnhancedAdafactor", ours="EnhancedAdafactor",
-                  trainers=_CHROMA_ONLY, family="Adafactor", truthy_flags=True, state_bytes=_adafactor_bytes),
+                  family="Adafactor", truthy_flags=True, state_bytes=_adafactor_bytes),
     OptimizerType("remaster", "remaster", "optimizers.remaster.REMASTER", ours="REMASTER",
                   **{**_RESETTING, "family": "REMASTER"}, state_bytes=_ema_bytes(None)),
     OptimizerType("persona", "persona", "optimizers.persona.PersonaOptimizer", ours="PersonaOptimizer",
@@ -288,13 +316,16 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
                                 "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"}),
 )}
 
-# Keys the trainer reads itself and pops before calling the constructor.
-TRAINER_KEYS = frozenset({"type", "gradient_release", "beta2_half_life"})
+# Keys a trainer reads itself (and, in some trainers, pops before calling the constructor).
+TRAINER_KEYS = frozenset().union(*(p.popped for p in PROFILES.values()))
 
 
-def builtin_types() -> dict[str, OptimizerType]:
-    """The types matched lower-cased, by that lower-cased name."""
-    return {k: t for k, t in TYPES.items() if t.source == "builtin"}
+def builtin_types(trainer: str | None = None) -> dict[str, OptimizerType | None]:
+    """The built-in type names (lower-cased) of one trainer, or of either: their registry entry, or None for a
+    built-in we have no schema for (upstream's genericoptim)."""
+    names = PROFILES[trainer].builtin if trainer else tuple(dict.fromkeys(n for p in PROFILES.values()
+                                                                          for n in p.builtin))
+    return {n: TYPES.get(n) for n in names}
 
 
 def by_written(name: str) -> OptimizerType | None:

@@ -40,16 +40,20 @@ class Resolution:
     source: str  # "builtin" | "pytorch_optimizer" | "unknown"
     suggestions: tuple[str, ...] = ()
     case_fix: str | None = None  # the right casing for a case-sensitive fallback name
+    other_trainer: str | None = None  # unknown here, but a built-in type of this other trainer
 
 
-def resolve_type(written: str) -> Resolution:
+def resolve_type(written: str, trainer: str | None = None) -> Resolution:
+    """How `trainer`'s get_optimizer resolves `type` (either trainer's built-ins when it is not known)."""
     low = written.lower()
-    builtin = specs.builtin_types()
+    builtin = specs.builtin_types(trainer)
     if low in builtin:
-        return Resolution(written, builtin[low].key, "builtin")
+        spec = builtin[low]
+        return Resolution(written, spec.key if spec else None, "builtin")
     if written in PYTORCH_OPTIMIZER_CLASSES:
         known = specs.by_written(written)
         return Resolution(written, known.key if known else None, "pytorch_optimizer")
+    other = next((t for t in specs.trainers_of(low) if t != trainer), None)
     by_lower = {n.lower(): n for n in PYTORCH_OPTIMIZER_CLASSES}
     case_fix = by_lower.get(low)
     known = sorted(set(builtin) | PYTORCH_OPTIMIZER_CLASSES)
@@ -57,4 +61,13 @@ def resolve_type(written: str) -> Resolution:
     if not close:
         close = [by_lower[m] if m in by_lower else m
                  for m in difflib.get_close_matches(low, list(builtin) + list(by_lower), n=3, cutoff=0.6)]
-    return Resolution(written, None, "unknown", tuple(dict.fromkeys(close)), case_fix)
+    return Resolution(written, None, "unknown", tuple(dict.fromkeys(close)), case_fix, other)
+
+
+def infer_trainer(written: str) -> tuple[str | None, str]:
+    """The trainer a table's `type` implies, and why: a built-in type of only one trainer means that trainer."""
+    trainers = specs.trainers_of(written.lower())
+    if len(trainers) == 1:
+        title = specs.PROFILES[trainers[0]].title
+        return trainers[0], f"type '{written}' is a built-in type of {title} only"
+    return None, ""

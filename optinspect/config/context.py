@@ -23,6 +23,7 @@ class Options:
     ignore: frozenset[str] = frozenset()
     world_size: int | None = None
     trainer: bool = True  # also apply rules about the trainer around the optimizer
+    trainer_profile: str | None = None  # "upstream" | "chroma"; None: inferred from the table where it can be
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RuleContext:
     schema: str | None
     options: Options
     _defaults: dict = field(default_factory=dict)
+    trainer: str | None = None  # the trainer profile the table is judged by; None: it could be either
 
     def has(self, key: str) -> bool:
         return key in self.table

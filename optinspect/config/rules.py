@@ -663,3 +663,69 @@ def top_level_optimizer_setting(ctx: RuleContext) -> Iterator[Finding]:
             yield Finding((key,), f"top-level `{key}` is not read by the trainer: the optimizer is built from "
                           "[optimizer] alone", "move it into [optimizer]" + (f" as `{name}`" if name != key else ""),
                           absolute=True)
+
+
+# -- the trainers ------------------------------------------------------------------------------------
+def _either(ctx: RuleContext) -> str:
+    return "pass `--trainer upstream` or `--trainer chroma` to say which trainer runs it"
+
+
+def _half_life_upstream_problem(ctx: RuleContext) -> str | None:
+    """Why upstream's rewrite of betas[1] from beta2_half_life fails, or None."""
+    v = ctx.table["beta2_half_life"]
+    betas = ctx.table.get("betas")
+    if betas is None:
+        return "upstream diffusion-pipe rewrites `betas[1]` from it and reads `betas` from the table: KeyError"
+    if not isinstance(betas, list) or len(betas) != 2:
+        return "upstream diffusion-pipe asserts that `betas` has two elements: AssertionError"
+    n = _number(v)
+    if n is None:
+        return "upstream diffusion-pipe divides by it: TypeError"
+    if n <= 0:
+        return ("upstream diffusion-pipe computes 0.5 ** (batch / half-life): " +
+                ("ZeroDivisionError" if n == 0 else "a beta2 above 1"))
+    return None
+
+
+@register("OPT117", "beta2-half-life", "error", "rule",
+          "`beta2_half_life`: upstream diffusion-pipe derives betas[1] from it; diffusion-chroma passes it to the "
+          "optimizer's constructor, which fails (or, with **kwargs, drops it).",
+          why="Upstream pops the key, sets betas[1] = 0.5 ** (global batch size / half-life) and needs `betas` (two "
+              "of them) in the table; the chroma fork does not handle the key at all. Which trainer runs a table of "
+              "a type both have cannot be read from the table: without --trainer this is a warning naming both.",
+          bad="[optimizer]\ntype='scorn'\nlr=1e-4\nbetas=[0.95, 0.9999]\nbeta2_half_life=1000.0",
+          good="[optimizer]\ntype='scorn'\nlr=1e-4\nbetas=[0.95, 0.9999]",
+          fix="remove `beta2_half_life` (chroma), or give `betas = [b1, b2]` beside it (upstream)")
+def beta2_half_life(ctx: RuleContext) -> Iterator[Finding]:
+    if not ctx.has("beta2_half_life"):
+        return
+    swallow = specs.TYPES[ctx.schema].kwargs == "swallow" if ctx.schema in specs.TYPES else False
+    chroma = ("diffusion-chroma passes it to the constructor, whose **kwargs silently drop it" if swallow else
+              "diffusion-chroma passes it to the constructor: TypeError before training")
+    upstream = _half_life_upstream_problem(ctx)
+    if ctx.trainer == specs.CHROMA:
+        yield Finding(("beta2_half_life",), f"`beta2_half_life`: {chroma}", "remove it; set `betas` directly",
+                      on_value=True)
+    elif upstream:
+        yield Finding(("beta2_half_life",), f"`beta2_half_life`: {upstream}",
+                      "give `betas = [b1, b2]` beside it, or remove it", on_value=True)
+    elif ctx.trainer is None:
+        yield Finding(("beta2_half_life",), "`beta2_half_life` works in upstream diffusion-pipe (betas[1] = 0.5 ** "
+                      f"(global batch size / half-life)), but {chroma}", _either(ctx),
+                      severity=Severity.WARNING, on_value=True)
+
+
+@register("OPT118", "type-broken-in-trainer", "error", "rule",
+          "A built-in type that fails in this trainer before training (automagic in diffusion-chroma).",
+          why="diffusion-chroma lists automagic among its types, but its optimizer module imports optimum.quanto, "
+              "which the fork's requirements do not install. Without --trainer this is a warning.",
+          bad="[optimizer]\ntype='automagic'\nlr=1e-6", good="[optimizer]\ntype='adamw'\nlr=1e-6",
+          options={"trainer_profile": "chroma"}, fix="use another type, or install what the trainer's module imports")
+def type_broken_in_trainer(ctx: RuleContext) -> Iterator[Finding]:
+    for name in specs.TRAINERS if ctx.trainer is None else (ctx.trainer,):
+        why = specs.PROFILES[name].broken.get(ctx.schema or "")
+        if why:
+            title = specs.PROFILES[name].title
+            yield Finding(("type",), f"in {title}, `type = '{ctx.type_name}'` fails: {why}",
+                          _either(ctx) if ctx.trainer is None else "choose another type",
+                          severity=None if ctx.trainer else Severity.WARNING, on_value=True)

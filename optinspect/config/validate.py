@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 from dataclasses import replace
 
+from optinspect import specs
 from optinspect.config import catalog, schemas, source
 from optinspect.config.context import OPT, Options, RuleContext, diag, show, toml_kind
 from optinspect.config.reader import parse, read_file, trainer_reader
@@ -91,10 +92,19 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
         out.append(diag(path, tspan, "OPT107", f"`type` must be a string, not {toml_kind(type_name)}",
                          "write e.g. `type = 'adamw'`"))
         return out
-    res = catalog.resolve_type(type_name)
     report.optimizer_type = type_name
+    trainer, report.trainer_reason = options.trainer_profile, "--trainer"
+    if trainer is None:
+        trainer, report.trainer_reason = catalog.infer_trainer(type_name)
+    report.trainer = trainer
+    res = catalog.resolve_type(type_name, trainer)
     if res.source == "unknown":
-        if res.case_fix:
+        if res.other_trainer:
+            other, this = specs.PROFILES[res.other_trainer].title, specs.PROFILES[trainer].title
+            msg = (f"`type = '{type_name}'` is a built-in type of {other}, not of {this}: {this} looks it up in "
+                   f"pytorch_optimizer, which has no `{type_name}` (AttributeError before training)")
+            hint = f"run this config with {other}, or choose a type {this} has"
+        elif res.case_fix:
             msg = (f"`type = '{type_name}'` is not a built-in type, and the pytorch_optimizer fallback is "
                    f"case-sensitive: pytorch_optimizer has `{res.case_fix}`, not `{type_name}`")
             hint = f"write `type = '{res.case_fix}'`"
@@ -106,7 +116,7 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
         return out
     if res.schema is None:
         return out  # a pytorch_optimizer class we have no schema for: nothing more to check
-    ctx = RuleContext(table, data, type_name, res.schema, options, schemas.defaults(res.schema))
+    ctx = RuleContext(table, data, type_name, res.schema, options, schemas.defaults(res.schema), trainer)
     from_rules = _rule_diagnostics(path, ctx, smap)
     explained = {(d.line, d.column) for d in from_rules if d.severity is Severity.ERROR}
     # a rule that explains a value says more than the schema's generic type/range message for it

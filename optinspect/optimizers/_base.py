@@ -13,7 +13,8 @@ from ._rounding import copy_stochastic_
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A number in a range; booleans count as the numbers they are (the originals compare them as 0 and 1)."""
+    if not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, got nan")
@@ -27,15 +28,12 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
 
 
 def check_betas(betas: Sequence[float], n: int = 2, name: str = "betas") -> None:
-    if not isinstance(betas, (list, tuple)) or len(betas) != n:
+    """The first `n` betas in [0, 1). More are allowed and never read, as in the originals, which index
+    betas[0] and betas[1] (a beta of 1 divides by zero or turns the weights NaN there)."""
+    if not isinstance(betas, (list, tuple)) or len(betas) < n:
         raise ValueError(f"{name} must be a sequence of {n} numbers in [0, 1), got {betas!r}")
-    for i, b in enumerate(betas):
+    for i, b in enumerate(betas[:n]):
         check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_open=True)
-
-
-def check_int(name: str, value: int, lo: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
 def closure_loss(closure) -> torch.Tensor | None:

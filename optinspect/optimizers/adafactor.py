@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._base import PerParameterOptimizer, check_range, working, write_back_
+from ._base import PerParameterOptimizer, working, write_back_
 from ._common import scratch, windows
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
@@ -35,13 +35,10 @@ class EnhancedAdafactor(PerParameterOptimizer):
             raise ValueError("Cannot combine manual `lr` and `relative_step=True` options")
         if warmup_init and not relative_step:
             raise ValueError("`warmup_init=True` requires `relative_step=True`")
-        if lr is not None:
-            check_range("lr", lr, 0.0)
-        if not isinstance(eps, (list, tuple)) or len(eps) != 2:
+        # Those two are transformers' own checks, and all the original makes; a scalar eps fails there at the
+        # first step (it reads eps[0] and eps[1]), here at once. A third eps is never read, as there.
+        if not isinstance(eps, (list, tuple)) or len(eps) < 2:
             raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}")
-        if beta1 is not None:
-            check_range("beta1", beta1, 0.0, 1.0, hi_open=True)
-        check_range("weight_decay", weight_decay, 0.0)
         defaults = dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate, beta1=beta1,
                         weight_decay=weight_decay, scale_parameter=scale_parameter, relative_step=relative_step,
                         warmup_init=warmup_init, fp32_state_on_load=fp32_state_on_load)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
+from ._base import PerParameterOptimizer, check_betas, check_range, working, write_back_
 from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
 from ._rounding import is_low_precision
 
@@ -25,17 +25,13 @@ class PersonaOptimizer(PerParameterOptimizer):
                  reset_increment: int = 0, orthograd: bool = False, constrain: bool = False,
                  cautious_min: float = 1.0, stochastic_fp: bool = True, eps: float = 1e-8,
                  exact_reset_period: bool = False, fp16_rounding: bool = False):
+        # exactly the original's checks (it raises ValueError on these and accepts anything else)
         check_range("lr", lr, 0.0)
         check_betas(betas)
         check_range("weight_decay", weight_decay, 0.0)
         check_range("weight_decay_rate", weight_decay_rate, 0.0, 1.0)
-        check_range("amp_factor", amp_factor)
         check_range("focus_boost", focus_boost, 0.0)
-        check_range("focus_eps", focus_eps)
-        check_int("reset_interval", reset_interval)
-        check_int("reset_increment", reset_increment)
         check_range("cautious_min", cautious_min, 0.0, 1.0)
-        check_range("eps", eps, 0.0)
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, weight_decay_rate=weight_decay_rate,
                         amp_factor=amp_factor, focus_boost=focus_boost, focus_eps=focus_eps,
                         reset_interval=reset_interval, reset_increment=reset_increment, orthograd=orthograd,
@@ -56,7 +52,7 @@ class PersonaOptimizer(PerParameterOptimizer):
             state["ema_grad_var"] = torch.zeros_like(p)
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = group["betas"][:2]
         eps = group["eps"]
         if group["orthograd"] and p.ndim >= 2:
             # the original passes its constructor's eps, not the group's (they differ only after a group edit)
@@ -118,7 +114,7 @@ class PersonaOptimizer(PerParameterOptimizer):
                 group: dict, scalars: tuple[float, float, float],
                 buffers: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Steps 7-13 of the update on fp32 tensors (whole parameters or matching slices of them)."""
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = group["betas"][:2]
         bias_correction, denom_eps, effective_wd = scalars
         denom_out, update_out = buffers if buffers is not None else (None, None)
         ema.mul_(beta1).add_(g, alpha=1 - beta1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
+from ._base import PerParameterOptimizer, check_betas, check_range, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
 from ._rounding import is_low_precision
 
@@ -25,14 +25,9 @@ class REMASTER(PerParameterOptimizer):
                  reset_interval: int = 0, reset_increment: int = 0, orthograd: bool = True,
                  cautious_min: float = 1.0, stochastic_fp: bool = True, exact_reset_period: bool = False,
                  orthograd_floor: float = 1e-3, fp16_rounding: bool = False):
-        check_range("lr", lr, 0.0)
+        # As the original, nothing but betas (where it divides by zero or goes NaN) is validated; orthograd_floor
+        # is optinspect's own option.
         check_betas(betas)
-        check_range("weight_decay", weight_decay, 0.0)
-        check_range("weight_decay_rate", weight_decay_rate, 0.0)
-        check_range("amp", amp)
-        check_int("reset_interval", reset_interval)
-        check_int("reset_increment", reset_increment)
-        check_range("cautious_min", cautious_min)
         check_range("orthograd_floor", orthograd_floor, 0.0, lo_open=True)
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, weight_decay_rate=weight_decay_rate,
                         amp=amp, reset_interval=reset_interval, reset_increment=reset_increment, orthograd=orthograd,
@@ -54,7 +49,7 @@ class REMASTER(PerParameterOptimizer):
         state["step"] = 0
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = group["betas"][:2]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, group["orthograd_floor"])
         state = self.state[p]

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_int, check_range, working, write_back_
+from ._base import PerParameterOptimizer, check_betas, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
 from ._rounding import is_low_precision
 
@@ -60,16 +60,9 @@ class SCORN(PerParameterOptimizer):
                  reset_interval: int = 0, reset_increment: int = 0, orthograd: bool = False,
                  spectral_update_scale: float = 1.0, constrain: bool = False, cautious_min: float = 1.0,
                  stochastic_fp: bool = True, exact_reset_period: bool = False, fp16_rounding: bool = False):
-        check_range("lr", lr, 0.0)
+        # The original validates nothing: whatever it runs with (a negative lr, reset_interval = 100.0, a third
+        # beta) this runs with too. Only betas are checked, where the original divides by zero or goes NaN.
         check_betas(betas)
-        check_range("focus_ratio", focus_ratio)
-        check_range("weight_decay", weight_decay, 0.0)
-        check_range("weight_decay_rate", weight_decay_rate, 0.0)
-        check_range("amp", amp)
-        check_int("reset_interval", reset_interval)
-        check_int("reset_increment", reset_increment)
-        check_range("spectral_update_scale", spectral_update_scale)
-        check_range("cautious_min", cautious_min)
         defaults = dict(lr=lr, betas=tuple(betas), focus_ratio=focus_ratio, weight_decay=weight_decay,
                         weight_decay_rate=weight_decay_rate, amp=amp, reset_interval=reset_interval,
                         reset_increment=reset_increment, orthograd=orthograd,
@@ -98,7 +91,7 @@ class SCORN(PerParameterOptimizer):
         state["step"] = 0
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = group["betas"][:2]
         if group["orthograd"] and p.ndim >= 2:
             orthograd_(p, 1e-6)
         state = self.state[p]
