@@ -24,6 +24,7 @@ class Options:
     world_size: int | None = None
     trainer: bool = True  # also apply rules about the trainer around the optimizer
     trainer_profile: str | None = None  # "upstream" | "chroma"; None: inferred from the table where it can be
+    versions: dict[str, str] | None = None  # library versions to judge by instead of what is installed here
 
 
 @dataclass
@@ -40,6 +41,13 @@ class RuleContext:
 
     def has(self, key: str) -> bool:
         return key in self.table
+
+    def version(self, distribution: str) -> tuple[int, ...] | None:
+        """The version of a library the trainer imports: as given in the options, else as installed here."""
+        from optinspect.config import environment
+
+        given = (self.options.versions or {}).get(distribution)
+        return environment.parse(given) if given else environment.installed_version(distribution)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value the constructor will see: the table's, else the schema default."""

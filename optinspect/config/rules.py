@@ -351,16 +351,63 @@ def adamw8bit_wd(ctx: RuleContext) -> Iterator[Finding]:
                       "nothing", "set `decay_weights = true` (optinspect's AdamW8bitKahan) or remove it")
 
 
-@register("OPT405", "bitsandbytes-removed-kwargs", "warning", "rule",
-          "`percentile_clipping`/`block_wise`: accepted by trainer-era bitsandbytes, TypeError on >= 0.46.",
-          bad="[optimizer]\ntype='adamw8bit'\npercentile_clipping=100",
-          good="[optimizer]\ntype='adamw8bit'", fix="remove the key",
+BNB_REMOVED = (0, 50)  # bitsandbytes 0.50 removed block_wise and percentile_clipping from its 8-bit optimizers
+
+
+def _bnb(ctx: RuleContext) -> tuple[tuple[int, ...] | None, str]:
+    from optinspect.config.environment import show
+
+    v = ctx.version("bitsandbytes")
+    return v, (f"bitsandbytes {show(v)}, installed here" if v else "bitsandbytes is not installed here, so the "
+               "trainer's version is unknown")
+
+
+@register("OPT405", "bitsandbytes-removed-kwargs", "error", "rule",
+          "`percentile_clipping`/`block_wise` on an 8-bit optimizer: bitsandbytes 0.50 removed them (TypeError).",
+          why="bitsandbytes 0.46-0.49 accept both; 0.50 and later reject them before training. The grade follows "
+              "the installed bitsandbytes (package metadata, never imported): an error from 0.50, nothing before, "
+              "a warning naming both when it is not installed.",
+          bad="[optimizer]\ntype='adamw8bit'\npercentile_clipping=100", good="[optimizer]\ntype='adamw8bit'",
+          options={"versions": {"bitsandbytes": "0.50.2"}}, fix="remove the key",
           types=("adamw8bit", "adamw8bitkahan"))
 def bnb_removed(ctx: RuleContext) -> Iterator[Finding]:
+    version, said = _bnb(ctx)
+    if version is not None and version < BNB_REMOVED:
+        return
     for k in ("percentile_clipping", "block_wise"):
         if ctx.has(k):
-            yield Finding((k,), f"`{k}` is not a constructor argument in bitsandbytes >= 0.46 (TypeError)",
-                          "remove it unless the trainer pins an old bitsandbytes")
+            if version is None:
+                yield Finding((k,), f"`{k}` is accepted by bitsandbytes 0.46-0.49 but a TypeError from 0.50 ({said})",
+                              "remove it unless the trainer pins bitsandbytes < 0.50", severity=Severity.WARNING)
+            else:
+                yield Finding((k,), f"`{k}` is not a constructor argument of bitsandbytes >= 0.50 ({said}): "
+                              "TypeError before training", "remove it")
+
+
+@register("OPT409", "adamw8bitkahan-bitsandbytes", "error", "rule",
+          "AdamW8bitKahan with bitsandbytes >= 0.50: the trainer's class fails at step 1 whatever the table says.",
+          why="The trainer's AdamW8bitKahan reads `percentile_clipping` from bitsandbytes' per-parameter config, "
+              "which 0.50 removed: KeyError on the first step. optinspect's bundled AdamW8bitKahan (its optimizers/ "
+              "folder dropped into the trainer) does not use bitsandbytes. Graded by the installed bitsandbytes: an "
+              "error from 0.50, info when it is not installed.",
+          bad="[optimizer]\ntype='AdamW8bitKahan'\nlr=1e-4\nstabilize=false",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4", options={"versions": {"bitsandbytes": "0.50.2"}},
+          fix="pin bitsandbytes < 0.50 for the trainer, or use optinspect's optimizers/ folder",
+          types=("adamw8bitkahan",), trainer_only=True)
+def adamw8bitkahan_bnb(ctx: RuleContext) -> Iterator[Finding]:
+    version, said = _bnb(ctx)
+    if version is not None and version < BNB_REMOVED:
+        return
+    what = ("the trainer's AdamW8bitKahan reads `percentile_clipping` from bitsandbytes' config, which 0.50 removed: "
+            "KeyError at step 1")
+    if version is None:
+        yield Finding(("type",), f"with bitsandbytes >= 0.50 {what} ({said})",
+                      "make sure the trainer has bitsandbytes < 0.50, or uses optinspect's optimizers/ folder",
+                      severity=Severity.INFO, on_value=True)
+    else:
+        yield Finding(("type",), f"{what} ({said})",
+                      "pin bitsandbytes < 0.50 for the trainer, or drop optinspect's optimizers/ folder into it "
+                      "(then ignore this code)", on_value=True)
 
 
 @register("OPT406", "low-precision-math", "warning", "rule",
@@ -695,7 +742,7 @@ def _half_life_upstream_problem(ctx: RuleContext) -> str | None:
               "a type both have cannot be read from the table: without --trainer this is a warning naming both.",
           bad="[optimizer]\ntype='scorn'\nlr=1e-4\nbetas=[0.95, 0.9999]\nbeta2_half_life=1000.0",
           good="[optimizer]\ntype='scorn'\nlr=1e-4\nbetas=[0.95, 0.9999]",
-          fix="remove `beta2_half_life` (chroma), or give `betas = [b1, b2]` beside it (upstream)")
+          fix="remove `beta2_half_life` (chroma), or give `betas = [b1, b2]` beside it (upstream)", trainer_only=True)
 def beta2_half_life(ctx: RuleContext) -> Iterator[Finding]:
     if not ctx.has("beta2_half_life"):
         return
@@ -720,7 +767,8 @@ def beta2_half_life(ctx: RuleContext) -> Iterator[Finding]:
           why="diffusion-chroma lists automagic among its types, but its optimizer module imports optimum.quanto, "
               "which the fork's requirements do not install. Without --trainer this is a warning.",
           bad="[optimizer]\ntype='automagic'\nlr=1e-6", good="[optimizer]\ntype='adamw'\nlr=1e-6",
-          options={"trainer_profile": "chroma"}, fix="use another type, or install what the trainer's module imports")
+          options={"trainer_profile": "chroma"}, fix="use another type, or install what the trainer's module imports",
+          trainer_only=True)
 def type_broken_in_trainer(ctx: RuleContext) -> Iterator[Finding]:
     for name in specs.TRAINERS if ctx.trainer is None else (ctx.trainer,):
         why = specs.PROFILES[name].broken.get(ctx.schema or "")

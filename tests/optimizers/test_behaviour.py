@@ -289,8 +289,9 @@ def test_trainer_keys_are_not_passed_to_the_constructor():
     opt = optinspect.build_optimizer(model(), {"type": "adamw", "lr": 1e-4, "gradient_release": False,
                                                "betas": [0.9, 0.99], "beta2_half_life": 500.0})
     assert "beta2_half_life" not in opt.defaults and "gradient_release" not in opt.defaults
-    with pytest.raises(optinspect.InvalidConfig, match="OPT117"):  # a chroma-only type: chroma passes it on
-        optinspect.build_optimizer(model(), {"type": "scorn", "lr": 1e-4, "beta2_half_life": 500.0})
+    # a table the chroma fork would refuse (OPT117) still builds optinspect's class: trainer rules do not apply
+    opt = optinspect.build_optimizer(model(), {"type": "scorn", "lr": 1e-4, "beta2_half_life": 500.0})
+    assert "beta2_half_life" not in opt.defaults
 
 
 @pytest.mark.parametrize("klass,extra", [(SCORN, {"exact_reset_period": True, "fp16_rounding": True}),
