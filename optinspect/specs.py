@@ -259,8 +259,21 @@ class OptimizerType:
     torch_class: str | None = None  # "module:Class" when torch itself builds it
     family: str | None = None  # the StateFamily its saved state belongs to
     kwargs: str = "strict"  # "strict": unknown keys raise TypeError; "swallow": **kwargs silently drops them
-    truthy_flags: bool = False  # boolean options are tested with `if`, so 0/1 behave as false/true
+    # The constructor does no type checks: flags are tested with `if` (0/1 behave as false/true), numbers are used
+    # as Python uses them (true as 1, 100.0 as 100). A mixed-up type runs as meant: a warning, not an error.
+    truthy_flags: bool = False
     strict_flags: tuple[str, ...] = ()  # ...except these, which torch checks to be real booleans
+    extra_items_ignored: bool = False  # arrays are read by index (betas[0], betas[1]): more items are never read
+    # Keys whose out-of-range values make it fail (it raises, divides by zero or turns NaN); out of range elsewhere
+    # it runs (a negative lr ascends): a warning. None: every range is enforced (torch, bitsandbytes, ...).
+    hard_ranges: tuple[str, ...] | None = None
+    # Numbers it hands to torch as `alpha=`: torch refuses a boolean there ("Boolean alpha only supported for
+    # Boolean results"), so `amp = true` fails where other numbers take true as 1. key -> "any" (either boolean
+    # fails) or "true" (false skips the term: SGD's `if weight_decay != 0`).
+    no_boolean: Mapping[str, str] = field(default_factory=dict)
+    # Array items read only when another option is on: key -> that option (Adafactor reads eps[1] only with
+    # scale_parameter, so a one-element eps runs without it)
+    items_needed_with: Mapping[str, str] = field(default_factory=dict)
     stochastic_rounding: bool = False  # keeps bf16 weights with stochastic rounding (`stochastic_fp`)
     resets: bool = False  # resets its moments on a schedule (reset_interval / reset_increment)
     misspellings: Mapping[str, str] = field(default_factory=dict)  # common wrong key -> the class's spelling
@@ -288,30 +301,39 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("adamw", "adamw", "torch.optim.AdamW", torch_class="torch.optim:AdamW", family="Adam/AdamW",
                   truthy_flags=True, strict_flags=("differentiable",), state_bytes=_adam_bytes(True, False)),
     OptimizerType("adamw8bit", "adamw8bit", "bitsandbytes.optim.AdamW8bit", family="bitsandbytes 8-bit Adam(W)",
-                  state_bytes=_bnb_bytes(kahan=False)),
+                  truthy_flags=True, extra_items_ignored=True, state_bytes=_bnb_bytes(kahan=False)),
     OptimizerType("adamw_optimi", "adamw_optimi", "optimi.AdamW", family="optimi AdamW (Kahan)",
                   state_bytes=_adam_bytes(False, True)),
     OptimizerType("stableadamw", "stableadamw", "optimi.StableAdamW", family="optimi AdamW (Kahan)",
                   state_bytes=_adam_bytes(False, True)),
     OptimizerType("sgd", "sgd", "torch.optim.SGD", torch_class="torch.optim:SGD", family="SGD", truthy_flags=True,
-                  strict_flags=("differentiable",), state_bytes=_sgd_bytes),
+                  strict_flags=("differentiable",), no_boolean={"weight_decay": "true"}, state_bytes=_sgd_bytes),
     OptimizerType("adamw8bitkahan", "AdamW8bitKahan", "optimizers.adamw_8bit.AdamW8bitKahan", ours="AdamW8bitKahan",
                   family="AdamW8bitKahan", truthy_flags=True, state_bytes=_bnb_bytes(kahan=True),
                   fp32_shadow={"min_8bit_size": 2**62}),
     OptimizerType("scorn", "scorn", "optimizers.scorn.SCORN", ours="SCORN",
-                  **{**_RESETTING, "family": "SCORN"}, state_bytes=_ema_bytes("focus_ratio")),
+                  **{**_RESETTING, "family": "SCORN"}, hard_ranges=("betas",), extra_items_ignored=True,
+                  no_boolean={"amp": "any", "focus_ratio": "true"},
+                  state_bytes=_ema_bytes("focus_ratio")),
     OptimizerType("adafactor", "adafactor", "optimizers.adafactor.EnhancedAdafactor", ours="EnhancedAdafactor",
-                  family="Adafactor", truthy_flags=True, state_bytes=_adafactor_bytes),
+                  family="Adafactor", truthy_flags=True, extra_items_ignored=True, hard_ranges=("eps",),
+                  items_needed_with={"eps": "scale_parameter"},
+                  state_bytes=_adafactor_bytes),
     OptimizerType("remaster", "remaster", "optimizers.remaster.REMASTER", ours="REMASTER",
-                  **{**_RESETTING, "family": "REMASTER"}, state_bytes=_ema_bytes(None)),
+                  **{**_RESETTING, "family": "REMASTER"}, hard_ranges=("betas", "orthograd_floor"),
+                  extra_items_ignored=True, no_boolean={"amp": "any"},
+                  state_bytes=_ema_bytes(None)),
     OptimizerType("persona", "persona", "optimizers.persona.PersonaOptimizer", ours="PersonaOptimizer",
-                  **{**_RESETTING, "family": "PersonaOptimizer"}, state_bytes=_ema_bytes("focus_boost")),
+                  **{**_RESETTING, "family": "PersonaOptimizer"}, state_bytes=_ema_bytes("focus_boost"),
+                  no_boolean={"amp_factor": "any"},
+                  hard_ranges=("lr", "betas", "weight_decay", "weight_decay_rate", "focus_boost", "cautious_min")),
     OptimizerType("offload", "offload", "torchao.optim.CPUOffloadOptimizer", family="Adam/AdamW",
                   state_bytes=_adam_bytes(False, False)),
     OptimizerType("automagic", "automagic", "optimizers.automagic.Automagic", family="Automagic",
                   state_bytes=_automagic_bytes),
     OptimizerType("prodigy", "Prodigy", "optimizers.prodigy.Prodigy", source="pytorch_optimizer", ours="Prodigy",
                   family="Prodigy", kwargs="swallow", truthy_flags=True, state_bytes=_prodigy_bytes,
+                  hard_ranges=("lr", "betas", "beta3", "weight_decay", "eps", "d0"),
                   misspellings={"use_bias_correction": "bias_correction", "decouple": "weight_decouple",
                                 "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"}),
 )}

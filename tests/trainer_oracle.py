@@ -8,7 +8,7 @@
   REMASTER, Persona, EnhancedAdafactor, AdamW8bitKahan) come from a diffusion-chroma checkout when
   OPTINSPECT_TRAINER_CHECKOUT names one (its `optimizers/` folder is loaded by path), else from optinspect's
   bundled copies, which behave as the originals by default.
-- Then what the trainer does before training: a ConstantLR scheduler, and two optimizer steps on a small
+- Then what the trainer does before training: a ConstantLR scheduler, and eight optimizer steps on a small
   model with random gradients, and again on a LoRA pair whose A gradient is exactly zero on step 1.
 
     python tests/trainer_oracle.py --tables 2000 --seed 0 [--trainer upstream|chroma] [--show 20]
@@ -105,12 +105,17 @@ def _klass(type_name: str, trainer: str) -> type:
     return getattr(pytorch_optimizer, type_name)  # AttributeError: the trainer's crash too
 
 
-def _emulated_failure(type_name: str, trainer: str) -> str | None:
+def _emulated_failure(type_name: str, trainer: str, table: dict | None = None) -> str | None:
     """Where optinspect's bundled class stands in for the trainer's own and the two differ by environment: the
     trainer's AdamW8bitKahan reads `percentile_clipping` from bitsandbytes' per-parameter config, which
     bitsandbytes 0.50 removed, so it fails at step 1 on any table (measured with the original: the test
     `test_emulation_matches_the_original` checks it whenever a trainer checkout is given)."""
-    if os.environ.get("OPTINSPECT_TRAINER_CHECKOUT") or type_name.lower() != "adamw8bitkahan":
+    if os.environ.get("OPTINSPECT_TRAINER_CHECKOUT"):
+        return None
+    extra = _optinspect_only(type_name, table or {})
+    if extra:  # options of optinspect's copies that the trainer's classes do not have (schemas mark them)
+        return f"TypeError: unexpected keyword argument {extra[0]!r} (the trainer's own class)"
+    if type_name.lower() != "adamw8bitkahan":
         return None
     from importlib.metadata import PackageNotFoundError, version
 
@@ -120,6 +125,14 @@ def _emulated_failure(type_name: str, trainer: str) -> str | None:
         return None
     return "KeyError: 'percentile_clipping' (the original, with bitsandbytes >= 0.50)" if (major, minor) >= (0, 50) \
         else None
+
+
+def _optinspect_only(type_name: str, table: dict) -> list[str]:
+    low = type_name.lower()
+    if low not in TRAINER_FILES:
+        return []
+    props = _keys(type_name)
+    return [k for k in table if props.get(k, {}).get("x-optinspect-only")]
 
 
 def _misread(klass: type, kwargs: dict, table: dict) -> list[str]:
@@ -144,14 +157,19 @@ def _misread(klass: type, kwargs: dict, table: dict) -> list[str]:
         if isinstance(v, str) and not isinstance(default, str):
             out.append(f"{k} passed as the string {v!r}")
         values = v if isinstance(v, list) else [v]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in values) and not (
-                isinstance(default, float) and math.isinf(default)) and not isinstance(default, bool):
+        flag = default is None or isinstance(default, bool)  # nan and inf test true, as any flag value does
+        inf_ok = isinstance(default, float) and math.isinf(default)  # Prodigy's growth_rate: inf means no limit
+        if any(isinstance(x, float) and not math.isfinite(x) and not (inf_ok and x == default) for x in values) \
+                and not flag:
             out.append(f"{k} = {v!r} is not a meaningful setting")
     return out
 
 
 def _finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+STEPS = 8  # the trainer's first steps: a positive Adafactor decay_rate of 1e-3 turns NaN at step 6
 
 
 def _steps(klass: type, args: list, kwargs: dict, lora: bool, seed: int) -> None:
@@ -163,7 +181,7 @@ def _steps(klass: type, args: list, kwargs: dict, lora: bool, seed: int) -> None
         params = [torch.nn.Parameter(torch.randn(8, 16, generator=g) * 0.1), torch.nn.Parameter(torch.randn(8, generator=g))]
     opt = klass(params, *args, **json.loads(json.dumps(kwargs)))  # each run gets its own lists
     torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    for step in range(2):
+    for step in range(STEPS):
         for i, p in enumerate(params):
             grad = torch.randn(p.shape, generator=g)
             if lora and step == 0 and i == 0:
@@ -192,12 +210,14 @@ def run(text: str, trainer: str, seed: int = 0) -> Outcome:
             assert len(betas) == 2
             betas[1] = 0.5 ** (1 / half_life)  # global batch size 1
         klass = _klass(type_name, trainer)
+        if table.get("capturable"):
+            raise NotModelled("capturable needs CUDA tensors: on the trainer's GPUs it runs, on this CPU it fails")
     except NotModelled:
         raise
     except Exception as e:  # noqa: BLE001
         return Outcome("build", f"{type(e).__name__}: {e}")
     out = Outcome(misread=_misread(klass, kwargs, table))
-    emulated = _emulated_failure(type_name, trainer)
+    emulated = _emulated_failure(type_name, trainer, table)
     if emulated:
         return Outcome("step", emulated, misread=out.misread)
     for lora in (False, True):

@@ -200,7 +200,7 @@ declare("OPT114", "integer-for-boolean", "warning", "schema",
         bad="[optimizer]\ntype = 'adafactor'\nlr = 1e-4\nrelative_step = false\nscale_parameter = 0",
         good="[optimizer]\ntype = 'adafactor'\nlr = 1e-4\nrelative_step = false\nscale_parameter = false",
         fix="Write `true` or `false`.")
-declare("OPT113", "optinspect-only-key", "info", "schema",
+declare("OPT113", "optinspect-only-key", "error", "schema",
         "A key that only optinspect's bundled optimizers accept (a documented fix of an original's bug).",
         why="The trainer's original optimizer classes reject it with a TypeError.",
         fix="Use it only when the trainer imports optinspect's `optimizers` package.",

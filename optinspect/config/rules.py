@@ -5,6 +5,7 @@ Each function takes a RuleContext and yields Findings. Rules never import torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,10 +141,14 @@ def adafactor_beta1_zero(ctx: RuleContext) -> Iterator[Finding]:
           types=("adafactor",))
 def adafactor_decay_rate(ctx: RuleContext) -> Iterator[Finding]:
     v = ctx.num("decay_rate")
+    # 0 runs (every step's g^2 replaces the average); positive goes NaN: measured at step 6 for 1e-3, step 2 from
+    # 1e-2, not within 200 steps for 1e-8
     if v is not None and v >= 0:
-        yield Finding(("decay_rate",), f"`decay_rate = {v:g}` must be negative: beta2_t = 1 - t^decay_rate "
-                      + ("is 0 (no averaging)" if v == 0 else "goes negative and the moments turn NaN"),
-                      "use `decay_rate = -0.8`", on_value=True)
+        yield Finding(("decay_rate",), f"`decay_rate = {v:g}` should be negative: beta2_t = 1 - t^decay_rate "
+                      + ("is 0, so the second moment is just the last g^2 (no averaging)" if v == 0
+                         else "goes negative and the moments turn NaN within a few steps" if v >= 1e-3
+                         else "dips below 0, slowly: the moments may turn NaN later in the run"),
+                      "use `decay_rate = -0.8`", severity=Severity.WARNING if v < 1e-3 else None, on_value=True)
 
 
 @register("OPT208", "adafactor-eps-scalar", "error", "rule",
@@ -725,7 +730,7 @@ def _half_life_upstream_problem(ctx: RuleContext) -> str | None:
         return "upstream diffusion-pipe rewrites `betas[1]` from it and reads `betas` from the table: KeyError"
     if not isinstance(betas, list) or len(betas) != 2:
         return "upstream diffusion-pipe asserts that `betas` has two elements: AssertionError"
-    n = _number(v)
+    n = float(v) if isinstance(v, (int, float)) else None  # true is 1 there, as in any Python arithmetic
     if n is None:
         return "upstream diffusion-pipe divides by it: TypeError"
     if n <= 0:
@@ -777,3 +782,67 @@ def type_broken_in_trainer(ctx: RuleContext) -> Iterator[Finding]:
             yield Finding(("type",), f"in {title}, `type = '{ctx.type_name}'` fails: {why}",
                           _either(ctx) if ctx.trainer is None else "choose another type",
                           severity=None if ctx.trainer else Severity.WARNING, on_value=True)
+
+
+@register("OPT706", "fused-and-foreach", "error", "rule",
+          "torch AdamW/SGD with both `fused` and `foreach` on.",
+          why="torch raises \"`fused` and `foreach` cannot be `True` together\" at the first step.",
+          bad="[optimizer]\ntype='adamw'\nlr=1e-4\nfused=true\nforeach=true",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4\nfused=true", fix="keep one of them", types=("adamw", "sgd"))
+def fused_and_foreach(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.get("fused")) and _truthy(ctx.get("foreach")):
+        yield Finding(("foreach",), "`fused` and `foreach` are both on: torch raises RuntimeError at the first step",
+                      "remove `foreach` (fused is the faster one)")
+
+
+@register("OPT707", "fused-needs-booleans", "error", "rule",
+          "torch AdamW/SGD with `fused` on and a flag written as a number (`amsgrad = 1`).",
+          why="The fused kernels take their flags as real booleans: a number there is a TypeError at the first step "
+              "(without `fused` torch tests it for truth and it runs, OPT114).",
+          bad="[optimizer]\ntype='adamw'\nlr=1e-4\nfused=true\namsgrad=0",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4\nfused=true\namsgrad=false",
+          fix="write the flag as true or false", types=("adamw", "sgd"))
+def fused_needs_booleans(ctx: RuleContext) -> Iterator[Finding]:
+    if not _truthy(ctx.get("fused")):
+        return
+    for k in ("amsgrad", "maximize", "nesterov"):
+        v = ctx.table.get(k)
+        if v is not None and not isinstance(v, bool):
+            yield Finding((k,), f"`{k} = {show(k, v)}` with `fused` on: the fused kernel takes a real boolean "
+                          "(TypeError at the first step)", f"write `{k} = {'true' if v else 'false'}`", on_value=True)
+
+
+@register("OPT708", "differentiable-step", "error", "rule",
+          "torch AdamW/SGD with `differentiable = true`: the step fails on the model's parameters.",
+          why="`differentiable` runs the update with autograd on, for meta-learning; on ordinary leaf parameters the "
+              "in-place update raises \"a leaf Variable that requires grad is being used in an in-place operation\".",
+          bad="[optimizer]\ntype='sgd'\nlr=1e-3\ndifferentiable=true",
+          good="[optimizer]\ntype='sgd'\nlr=1e-3", fix="remove `differentiable`", types=("adamw", "sgd"))
+def differentiable_step(ctx: RuleContext) -> Iterator[Finding]:
+    if _truthy(ctx.table.get("differentiable")):
+        yield Finding(("differentiable",), "`differentiable` on: the in-place update of the model's parameters "
+                      "raises RuntimeError at the first step", "remove it (it is for differentiating through the step)",
+                      on_value=True)
+
+
+# Magnitudes past which the weights run away within a few steps (measured with the trainer's classes on the
+# oracle's model: weight_decay 1e10, lr 1e10, Prodigy d0 1e10 all NaN by step 8); far outside any practice.
+RUNAWAY = {"lr": 1.0, "weight_decay": 1.0, "d0": 1.0}
+
+
+@register("OPT410", "runaway-magnitude", "warning", "rule",
+          "An `lr`, `weight_decay` or Prodigy `d0` above 1: the weights grow without bound and turn NaN.",
+          why="Decoupled decay multiplies the weights by (1 - lr * weight_decay) and the step scales with lr (and "
+              "Prodigy's d): past 1 the weights change sign and grow every step. Prodigy's own lr is a multiplier "
+              "of about 1 and is exempt.",
+          bad="[optimizer]\ntype='adamw'\nlr=1e-4\nweight_decay=100.0",
+          good="[optimizer]\ntype='adamw'\nlr=1e-4\nweight_decay=0.01", fix="use the usual scale (lr 1e-5..1e-3, "
+          "weight_decay 0..0.1)")
+def runaway_magnitude(ctx: RuleContext) -> Iterator[Finding]:
+    for key, limit in RUNAWAY.items():
+        if key == "lr" and ctx.schema == "prodigy":
+            continue
+        v = _number(ctx.table.get(key))
+        if v is not None and math.isfinite(v) and v > limit:
+            yield Finding((key,), f"`{key} = {show(key, v)}` is above {limit:g}: the weights run away and turn NaN "
+                          "within a few steps", "use the usual scale for it", on_value=True)

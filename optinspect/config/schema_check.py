@@ -12,7 +12,7 @@ from typing import Any
 from optinspect import specs
 from optinspect.config import catalog, schemas, source
 from optinspect.config.context import OPT, RuleContext, diag, key_name, show, toml_kind
-from optinspect.diagnostics import Diagnostic
+from optinspect.diagnostics import Diagnostic, Severity
 
 _NUMBER_STR = re.compile(r"^\s*[+-]?(\d[\d_]*(\.\d*)?([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|nan)\s*$")
 
@@ -77,9 +77,11 @@ class _Out:
         self.items: list[Diagnostic] = []
         self.explained: set[tuple] = set()
 
-    def emit(self, code: str, key: tuple, message: str, hint: str = "", on_value: bool = True) -> None:
+    def emit(self, code: str, key: tuple, message: str, hint: str = "", on_value: bool = True,
+             severity: Severity | None = None) -> None:
         self.explained.add(key)
-        self.items.append(diag(self.path, self.smap.locate(OPT + key, prefer_value=on_value), code, message, hint))
+        self.items.append(diag(self.path, self.smap.locate(OPT + key, prefer_value=on_value), code, message, hint,
+                               severity))
 
     def covers(self, key: tuple) -> bool:
         return any(key[:n] in self.explained for n in range(1, len(key) + 1))
@@ -99,8 +101,8 @@ def schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> l
         key = tuple(err.absolute_path)
         if err.validator != "additionalProperties" and not out.covers(key):
             _schema_error(out, ctx, key, err, props)
-    for k in ctx.table:
-        if k in props and props[k].get("x-optinspect-only"):
+    for k in ctx.table:  # (build_optimizer builds optinspect's own classes: there these keys are fine)
+        if k in props and props[k].get("x-optinspect-only") and ctx.options.trainer:
             _optinspect_only(out, ctx, k)
     return out.items
 
@@ -119,7 +121,7 @@ def _values(out: _Out, ctx: RuleContext, key: tuple, value: Any, prop: dict | No
             _quoted_value(out, key, value)
     if isinstance(value, float) and not math.isfinite(value):
         allow_inf = prop is not None and prop.get("default") == "inf" and math.isinf(value) and value > 0
-        if not allow_inf:
+        if not allow_inf and not (prop and prop.get("type") == "boolean"):  # a flag: the type check says it
             out.emit("OPT109", key, f"`{key_name(key)} = {show(key, value)}` is not a finite number",
                      "write a finite value")
 
@@ -178,12 +180,29 @@ def _schema_error(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict
     if err.validator == "type":
         _wrong_type(out, ctx, key, err, props)
     elif err.validator in ("minimum", "maximum"):
-        out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is out of range: must be {_range_text(s)}",
-                 _range_hint(key, s))
+        spec = specs.TYPES.get(ctx.schema)
+        if spec and spec.hard_ranges is not None and key[0] not in spec.hard_ranges:
+            out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is outside the sensible range "
+                     f"({_range_text(s)}); the optimizer does not check it and runs with it", _range_hint(key, s),
+                     severity=Severity.WARNING)
+        else:
+            out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is out of range: must be {_range_text(s)}",
+                     _range_hint(key, s))
     elif err.validator in ("minItems", "maxItems"):
-        out.emit("OPT108", key, f"`{name}` must be an array of {s.get('minItems')} numbers, but it has "
-                 f"{len(err.instance)}", f"write e.g. `{name} = {show(key, s.get('default'))}`" if "default" in s
-                 else "")
+        n = s.get("minItems")
+        example = f"write e.g. `{name} = {show(key, s.get('default'))}`" if "default" in s else ""
+        spec = specs.TYPES.get(ctx.schema)
+        needed_with = spec.items_needed_with.get(key[0]) if spec else None
+        if err.validator == "minItems" and needed_with and not ctx.get(needed_with):
+            out.emit("OPT108", key, f"`{name}` has {len(err.instance)} of {n} numbers: it runs while `{needed_with}` "
+                     "is off (the missing ones are read only with it), and fails as soon as it is on", example,
+                     severity=Severity.WARNING)
+        elif err.validator == "maxItems" and spec and spec.extra_items_ignored:
+            out.emit("OPT108", key, f"`{name}` has {len(err.instance)} numbers; the optimizer reads the first {n} and "
+                     "never the rest", example, severity=Severity.WARNING)
+        else:
+            out.emit("OPT108", key, f"`{name}` must be an array of {n} numbers, but it has {len(err.instance)}",
+                     example)
     elif err.validator == "enum":
         allowed = " or ".join(show(key, v) for v in err.validator_value)
         out.emit("OPT106", key, f"`{name} = {show(key, err.instance)}` is not supported: must be {allowed}",
@@ -197,31 +216,65 @@ def _schema_error(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict
 
 
 def _wrong_type(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict) -> None:
-    """OPT107, or OPT114 where an integer stands for a boolean the optimizer tests for truth (it runs as meant)."""
+    """OPT107, or OPT114 where a number stands for a flag or a flag for a number, or a float for a whole number, on
+    an optimizer that uses them as Python does (it runs as meant, or as the number says)."""
     name = key_name(key)
     want = err.validator_value
-    want = " or ".join(_TOML_TYPE.get(w, w) for w in (want if isinstance(want, list) else [want]))
+    wants = want if isinstance(want, list) else [want]
+    want = " or ".join(_TOML_TYPE.get(w, w) for w in wants)
     meta = schemas.meta(ctx.schema)
-    if want == _TOML_TYPE["boolean"] and type(err.instance) is int and meta.get("truthy_flags") \
-            and key[0] not in meta.get("strict_flags", ()):
-        word = "true" if err.instance else "false"
-        out.emit("OPT114", key, f"`{name} = {err.instance}` is an integer where a boolean is meant: the optimizer "
+    value = err.instance
+    duck = meta.get("truthy_flags") and key[0] not in meta.get("strict_flags", ())
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    prop = props.get(key[0], {}) if len(key) == 1 else {}
+    if duck and "boolean" in wants and number:
+        word = "true" if value else "false"
+        if "enum" in prop and bool(value) not in prop["enum"]:
+            out.emit("OPT106", key, f"`{name} = {show(key, value)}` behaves as `{word}`, which is not supported: "
+                     f"must be {' or '.join(show(key, v) for v in prop['enum'])}", prop.get("description", ""))
+            return
+        out.emit("OPT114", key, f"`{name} = {show(key, value)}` is a number where a boolean is meant: the optimizer "
                  f"tests it for truth, so it behaves as `{word}`", f"write `{name} = {word}`")
+        return
+    spec = specs.TYPES.get(ctx.schema)
+    refused = spec.no_boolean.get(key[0]) if spec else None
+    if duck and isinstance(value, bool) and set(wants) & {"number", "integer"} and not (
+            refused == "any" or (refused == "true" and value)) and int(value) in prop.get("enum", [int(value)]):
+        out.emit("OPT114", key, f"`{name} = {show(key, value)}` is a boolean where a number is meant: the optimizer "
+                 f"computes with it as {int(value)}", f"write the number: `{name} = {int(value)}`")
+        return
+    if duck and wants == ["integer"] and isinstance(value, float) and math.isfinite(value):
+        if "enum" in prop and value not in prop["enum"]:
+            out.emit("OPT106", key, f"`{name} = {show(key, value)}` is not supported: must be "
+                     f"{' or '.join(show(key, v) for v in prop['enum'])}", prop.get("description", ""))
+            return
+        what = "the same number" if value.is_integer() else "that number, fraction and all"
+        out.emit("OPT114", key, f"`{name} = {show(key, value)}` is a float where a whole number is meant: the "
+                 f"optimizer computes with {what}",
+                 f"write `{name} = {int(value)}`" if value.is_integer() else "write a whole number")
         return
     hint = ""
     if want == "an array" and key and key[0] in props and "minItems" in props[key[0]]:
         ex = props[key[0]].get("default")
         hint = f"write e.g. `{name} = {show(key, ex)}`" if isinstance(ex, list) else ""
-    if want == "an integer" and isinstance(err.instance, float) and err.instance.is_integer():
-        hint = f"write `{name} = {int(err.instance)}`"
-    out.emit("OPT107", key, f"`{name}` must be {want}, not a {toml_kind(err.instance)} ({show(key, err.instance)})",
-             hint)
+    if want == "an integer" and isinstance(value, float) and value.is_integer():
+        hint = f"write `{name} = {int(value)}`"
+    if want == _TOML_TYPE["boolean"] and number:
+        hint = f"write `{name} = {'true' if value else 'false'}`"
+    if set(wants) & {"number", "integer"} and isinstance(value, bool):
+        hint = f"write a number, e.g. `{name} = {int(value)}`"
+        if refused:
+            hint += " (torch refuses a boolean here: RuntimeError at the first step)"
+    kind = toml_kind(value)
+    out.emit("OPT107", key, f"`{name}` must be {want}, not {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+             f"({show(key, value)})", hint)
 
 
 def _optinspect_only(out: _Out, ctx: RuleContext, k: str) -> None:
-    out.emit("OPT113", (k,), f"`{k}` exists only in optinspect's bundled {schemas.meta(ctx.schema).get('type')}; "
-             "the trainer's original class raises TypeError on it",
-             "keep it only if the trainer imports optinspect's `optimizers` package", on_value=False)
+    out.emit("OPT113", (k,), f"`{k}` exists only in optinspect's bundled {schemas.meta(ctx.schema).get('type')}: "
+             "the trainer's own class raises TypeError on it before training",
+             "remove it, or (with optinspect's optimizers/ folder in the trainer) add `# optinspect: ignore[OPT113]`",
+             on_value=False)
 
 
 def _range_hint(key: tuple, s: dict) -> str:

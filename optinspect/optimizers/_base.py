@@ -27,10 +27,11 @@ def check_range(name: str, value: float, lo: float | None = None, hi: float | No
                          f"{')' if hi_open or hi is None else ']'}, got {value!r}")
 
 
-def check_betas(betas: Sequence[float], n: int = 2, name: str = "betas") -> None:
-    """The first `n` betas in [0, 1). More are allowed and never read, as in the originals, which index
-    betas[0] and betas[1] (a beta of 1 divides by zero or turns the weights NaN there)."""
-    if not isinstance(betas, (list, tuple)) or len(betas) < n:
+def check_betas(betas: Sequence[float], n: int = 2, name: str = "betas", *, exact: bool = False) -> None:
+    """The first `n` betas in [0, 1) (a beta of 1 divides by zero or turns the weights NaN in the originals). More
+    are allowed and never read where the original indexes betas[0] and betas[1]; `exact` where it unpacks them
+    (`beta1, beta2 = betas` fails on three)."""
+    if not isinstance(betas, (list, tuple)) or len(betas) < n or (exact and len(betas) != n):
         raise ValueError(f"{name} must be a sequence of {n} numbers in [0, 1), got {betas!r}")
     for i, b in enumerate(betas[:n]):
         check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_open=True)

@@ -36,8 +36,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
         if warmup_init and not relative_step:
             raise ValueError("`warmup_init=True` requires `relative_step=True`")
         # Those two are transformers' own checks, and all the original makes; a scalar eps fails there at the
-        # first step (it reads eps[0] and eps[1]), here at once. A third eps is never read, as there.
-        if not isinstance(eps, (list, tuple)) or len(eps) < 2:
+        # first step, here at once. eps[1] is read only with scale_parameter (as there, a one-element eps fails
+        # at the first step then), and a third eps is never read.
+        if not isinstance(eps, (list, tuple)) or len(eps) < 1:
             raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}")
         defaults = dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate, beta1=beta1,
                         weight_decay=weight_decay, scale_parameter=scale_parameter, relative_step=relative_step,

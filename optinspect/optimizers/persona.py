@@ -27,7 +27,7 @@ class PersonaOptimizer(PerParameterOptimizer):
                  exact_reset_period: bool = False, fp16_rounding: bool = False):
         # exactly the original's checks (it raises ValueError on these and accepts anything else)
         check_range("lr", lr, 0.0)
-        check_betas(betas)
+        check_betas(betas, exact=True)  # it unpacks them at the first step: a third fails there
         check_range("weight_decay", weight_decay, 0.0)
         check_range("weight_decay_rate", weight_decay_rate, 0.0, 1.0)
         check_range("focus_boost", focus_boost, 0.0)

@@ -59,8 +59,9 @@ def test_type_resolution_case_rules():
     ("[optimizer]\ntype='scorn'\nlr = -1e-4\n", "OPT106", ">= 0"),
     ("[optimizer]\ntype='scorn'\northograd = 1\n", "OPT114", "orthograd = true"),  # runs as true
     ("[optimizer]\ntype='adamw'\ndifferentiable = 1\n", "OPT107", "boolean"),  # torch needs a real bool there
-    ("[optimizer]\ntype='scorn'\nreset_interval = 100.0\n", "OPT107", "reset_interval = 100"),
-    ("[optimizer]\ntype='scorn'\nbetas = [0.9, 0.99, 0.999]\n", "OPT108", "2 numbers"),
+    ("[optimizer]\ntype='scorn'\nreset_interval = 100.0\n", "OPT114", "reset_interval = 100"),  # runs as 100
+    ("[optimizer]\ntype='scorn'\nbetas = [0.9, 0.99, 0.999]\n", "OPT108", "reads the first 2"),  # as written
+    ("[optimizer]\ntype='adamw'\nbetas = [0.9, 0.99, 0.999]\n", "OPT108", "2 numbers"),  # torch refuses it
     ("[optimizer]\ntype='scorn'\nlr = nan\n", "OPT109", "finite"),
     ("[optimizer]\ntype='scorn'\nlr = inf\n", "OPT109", "finite"),
     ("[optimizer]\nlr = 1e-4\n", "OPT110", "type"),
