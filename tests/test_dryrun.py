@@ -194,7 +194,13 @@ def test_validator_warnings_are_shown_and_the_run_goes_ahead(run_cli, tmp_path):
     assert "OPT403 [warning]" in err and "OPT404 [warning]" in err and "2 warnings" in err
     rc, out, _ = run_cli("dry-run", cfg, "--steps", "2", "--json")
     codes = [d["code"] for d in json.loads(out)["validate"]]
-    assert rc == 0 and codes == ["OPT403", "OPT404"]
+    # OPT409 (the trainer's own AdamW8bitKahan fails with bitsandbytes >= 0.50) depends on what is installed: it is
+    # shown, and the run of optinspect's class goes ahead
+    from optinspect.config.environment import installed_version
+
+    bnb = installed_version("bitsandbytes")
+    expected = ["OPT403", "OPT404"] + (["OPT409"] if bnb is None or bnb >= (0, 50) else [])
+    assert rc == 0 and codes == expected
     rc, out, err = run_cli("dry-run", write(tmp_path, TABLES["adamw"]), "--steps", "1", "--json")
     assert json.loads(out)["validate"] == [] and "warning" not in err
 

@@ -18,13 +18,18 @@ def run(args: argparse.Namespace) -> int:
     from optinspect.render.text import render as render_diagnostics
 
     report = validate_file(args.config, Options(require_optimizer=True))
-    errors = [d for d in report.diagnostics if d.severity.value == "error"]
+    # what fails only with the trainer's own classes is said, but does not stop a run of optinspect's
+    from optinspect.config.registry import all_rules
+
+    rules = all_rules()
+    ours = [d for d in report.diagnostics if not rules[d.code].trainer_class]
+    errors = [d for d in ours if d.severity.value == "error"]
     if errors or report.unreadable:
         render_diagnostics([report], make_console(stderr=True))
         return EXIT_USAGE
     if args.save and os.path.exists(args.save) and not args.force:
         return err(f"{args.save} exists; pass --force to overwrite it")
-    warnings = [d for d in report.diagnostics if d.severity.value == "warning"]
+    warnings = [d for d in report.diagnostics if d.severity.value == "warning" or d not in ours]
     if warnings and not args.json:  # the run goes ahead, but what validate would warn about is said first
         from optinspect.diagnostics import FileReport
 

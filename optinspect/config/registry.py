@@ -35,6 +35,8 @@ class Rule:
     fix: str = ""
     types: tuple[str, ...] = ()  # schema names it applies to; empty = all
     trainer_only: bool = False  # about the trainer around the optimizer (skipped by build_optimizer)
+    # about the trainer's own optimizer classes, which optinspect's bundled ones (what dry-run steps) do not share
+    trainer_class: bool = False
     check: Callable[..., Iterator[Finding]] | None = field(default=None, compare=False)
     # A whole config that produces the code, and the same config fixed: shown by `explain`, and the test suite
     # validates both (the code must fire on `bad` and not on `good`), so what triggers a code is said once.
@@ -60,14 +62,14 @@ def all_rules() -> dict[str, Rule]:
 
 def register(code: str, name: str, severity: str, kind: str, summary: str, *, why: str = "", bad: str = "",
              good: str = "", fix: str = "", types: tuple[str, ...] = (), trainer_only: bool = False,
-             options: dict | None = None) -> Callable:
+             options: dict | None = None, trainer_class: bool = False) -> Callable:
     """Register a rule; used as a decorator for rule functions, or called bare for input/schema codes."""
 
     def deco(fn: Callable | None) -> Callable | None:
         if code in RULES:
             raise ValueError(f"duplicate rule code {code}")
-        RULES[code] = Rule(code, name, Severity(severity), kind, summary, why, fix, types, trainer_only, fn, bad, good,
-                           tuple((options or {}).items()))
+        RULES[code] = Rule(code, name, Severity(severity), kind, summary, why, fix, types, trainer_only, trainer_class,
+                           fn, bad, good, tuple((options or {}).items()))
         return fn
 
     return deco
@@ -205,4 +207,4 @@ declare("OPT113", "optinspect-only-key", "error", "schema",
         why="The trainer's original optimizer classes reject it with a TypeError.",
         fix="Use it only when the trainer imports optinspect's `optimizers` package.",
         bad="[optimizer]\ntype = 'scorn'\nexact_reset_period = true",
-        good="[optimizer]\ntype = 'scorn'")
+        good="[optimizer]\ntype = 'scorn'", trainer_class=True)

@@ -82,7 +82,7 @@ def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
           fix="add `lr = 1e-4`",
           types=("adafactor",))
 def adafactor_missing_lr(ctx: RuleContext) -> Iterator[Finding]:
-    if ctx.get("relative_step") is False and ctx.get("lr") is None:
+    if ctx.has("relative_step") and not _truthy(ctx.get("relative_step")) and ctx.get("lr") is None:
         yield Finding(("relative_step",), "`relative_step = false` but no `lr`: TypeError at the first step",
                       "add `lr = 1e-4`")
 
@@ -146,9 +146,9 @@ def adafactor_decay_rate(ctx: RuleContext) -> Iterator[Finding]:
     if v is not None and v >= 0:
         yield Finding(("decay_rate",), f"`decay_rate = {v:g}` should be negative: beta2_t = 1 - t^decay_rate "
                       + ("is 0, so the second moment is just the last g^2 (no averaging)" if v == 0
-                         else "goes negative and the moments turn NaN within a few steps" if v >= 1e-3
+                         else "goes negative and the moments turn NaN within a few steps" if v >= 1e-2
                          else "dips below 0, slowly: the moments may turn NaN later in the run"),
-                      "use `decay_rate = -0.8`", severity=Severity.WARNING if v < 1e-3 else None, on_value=True)
+                      "use `decay_rate = -0.8`", severity=Severity.WARNING if v < 1e-2 else None, on_value=True)
 
 
 @register("OPT208", "adafactor-eps-scalar", "error", "rule",
@@ -398,7 +398,7 @@ def bnb_removed(ctx: RuleContext) -> Iterator[Finding]:
           bad="[optimizer]\ntype='AdamW8bitKahan'\nlr=1e-4\nstabilize=false",
           good="[optimizer]\ntype='adamw'\nlr=1e-4", options={"versions": {"bitsandbytes": "0.50.2"}},
           fix="pin bitsandbytes < 0.50 for the trainer, or use optinspect's optimizers/ folder",
-          types=("adamw8bitkahan",), trainer_only=True)
+          types=("adamw8bitkahan",), trainer_only=True, trainer_class=True)
 def adamw8bitkahan_bnb(ctx: RuleContext) -> Iterator[Finding]:
     version, said = _bnb(ctx)
     if version is not None and version < BNB_REMOVED:
@@ -827,11 +827,13 @@ def differentiable_step(ctx: RuleContext) -> Iterator[Finding]:
 
 # Magnitudes past which the weights run away within a few steps (measured with the trainer's classes on the
 # oracle's model: weight_decay 1e10, lr 1e10, Prodigy d0 1e10 all NaN by step 8); far outside any practice.
-RUNAWAY = {"lr": 1.0, "weight_decay": 1.0, "d0": 1.0}
+PRODIGY_LR_OVERFLOW = 1000.0  # measured with pytorch_optimizer's Prodigy: finite to 1e5, NaN at 1e6
+RUNAWAY = {"lr": 1.0, "weight_decay": 1.0, "d0": 1.0, "momentum": 1.0, "d_coef": 10.0}
 
 
 @register("OPT410", "runaway-magnitude", "warning", "rule",
-          "An `lr`, `weight_decay` or Prodigy `d0` above 1: the weights grow without bound and turn NaN.",
+          "`lr`, `weight_decay`, SGD `momentum` or Prodigy `d0` above 1 (`d_coef` above 10): the weights grow without "
+          "bound and turn NaN.",
           why="Decoupled decay multiplies the weights by (1 - lr * weight_decay) and the step scales with lr (and "
               "Prodigy's d): past 1 the weights change sign and grow every step. Prodigy's own lr is a multiplier "
               "of about 1 and is exempt.",
@@ -839,6 +841,10 @@ RUNAWAY = {"lr": 1.0, "weight_decay": 1.0, "d0": 1.0}
           good="[optimizer]\ntype='adamw'\nlr=1e-4\nweight_decay=0.01", fix="use the usual scale (lr 1e-5..1e-3, "
           "weight_decay 0..0.1)")
 def runaway_magnitude(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.schema == "prodigy" and (_number(ctx.table.get("lr")) or 0) > PRODIGY_LR_OVERFLOW:
+        yield Finding(("lr",), f"`lr = {show('lr', ctx.table['lr'])}` multiplies Prodigy's adapted step: far above "
+                      "its scale of 1, d * lr overflows (RuntimeError at 1e10) or turns NaN (1e6)",
+                      "use `lr = 1.0`", severity=Severity.ERROR, on_value=True)
     for key, limit in RUNAWAY.items():
         if key == "lr" and ctx.schema == "prodigy":
             continue

@@ -97,9 +97,11 @@ def schema_diagnostics(path: str, ctx: RuleContext, smap: source.SourceMap) -> l
     for k in ctx.table:
         if k not in props:
             _unknown_key(out, ctx, k, props)
+    # upstream overwrites betas[1] from beta2_half_life: what is written there is never used
+    rewritten = {("betas", 1)} if "beta2_half_life" in ctx.table and ctx.trainer != specs.CHROMA else set()
     for err in _schema_errors(schemas.load(ctx.schema), ctx.table):
         key = tuple(err.absolute_path)
-        if err.validator != "additionalProperties" and not out.covers(key):
+        if err.validator != "additionalProperties" and not out.covers(key) and key not in rewritten:
             _schema_error(out, ctx, key, err, props)
     for k in ctx.table:  # (build_optimizer builds optinspect's own classes: there these keys are fine)
         if k in props and props[k].get("x-optinspect-only") and ctx.options.trainer:
@@ -238,6 +240,14 @@ def _wrong_type(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict) 
         return
     spec = specs.TYPES.get(ctx.schema)
     refused = spec.no_boolean.get(key[0]) if spec else None
+    as_number = int(value) if isinstance(value, bool) else None
+    if as_number is not None and not _fits(as_number, prop) and (spec is None or spec.hard_ranges is None
+                                                                  or key[0] in spec.hard_ranges):
+        out.emit("OPT106", key, f"`{name} = {show(key, value)}` is {as_number} to the optimizer, out of range: "
+                 f"must be {_range_text(prop) if ('minimum' in prop or 'maximum' in prop) else 'another value'}",
+                 f"write a number in range, e.g. `{name} = {show(key, prop.get('default'))}`" if "default" in prop
+                 else "")
+        return
     if duck and isinstance(value, bool) and set(wants) & {"number", "integer"} and not (
             refused == "any" or (refused == "true" and value)) and int(value) in prop.get("enum", [int(value)]):
         out.emit("OPT114", key, f"`{name} = {show(key, value)}` is a boolean where a number is meant: the optimizer "
@@ -268,6 +278,16 @@ def _wrong_type(out: _Out, ctx: RuleContext, key: tuple, err: Any, props: dict) 
     kind = toml_kind(value)
     out.emit("OPT107", key, f"`{name}` must be {want}, not {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
              f"({show(key, value)})", hint)
+
+
+def _fits(x: float, prop: dict) -> bool:
+    """Whether a number satisfies a property's range and enum."""
+    if "enum" in prop and x not in prop["enum"]:
+        return False
+    lo, hi = prop.get("minimum"), prop.get("maximum")
+    if lo is not None and (x <= lo if prop.get("exclusiveMinimum") else x < lo):
+        return False
+    return not (hi is not None and (x >= hi if prop.get("exclusiveMaximum") else x > hi))
 
 
 def _optinspect_only(out: _Out, ctx: RuleContext, k: str) -> None:

@@ -25,7 +25,10 @@ class PersonaOptimizer(PerParameterOptimizer):
                  reset_increment: int = 0, orthograd: bool = False, constrain: bool = False,
                  cautious_min: float = 1.0, stochastic_fp: bool = True, eps: float = 1e-8,
                  exact_reset_period: bool = False, fp16_rounding: bool = False):
-        # exactly the original's checks (it raises ValueError on these and accepts anything else)
+        # exactly the original's checks (it raises ValueError on these and accepts anything else), and amp_factor
+        # as a boolean, which the original hands to torch as `alpha=` (RuntimeError at the first step)
+        if isinstance(amp_factor, bool):
+            raise ValueError(f"amp_factor must be a number, got {amp_factor!r}")
         check_range("lr", lr, 0.0)
         check_betas(betas, exact=True)  # it unpacks them at the first step: a third fails there
         check_range("weight_decay", weight_decay, 0.0)

@@ -58,7 +58,7 @@ def test_type_resolution_case_rules():
     ("[optimizer]\ntype='scorn'\nbetas = [0.9, 1.0]\n", "OPT106", "[0, 1)"),
     ("[optimizer]\ntype='scorn'\nlr = -1e-4\n", "OPT106", ">= 0"),
     ("[optimizer]\ntype='scorn'\northograd = 1\n", "OPT114", "orthograd = true"),  # runs as true
-    ("[optimizer]\ntype='adamw'\ndifferentiable = 1\n", "OPT107", "boolean"),  # torch needs a real bool there
+    ("[optimizer]\ntype='adamw'\ndifferentiable = 1\n", "OPT708", "differentiable"),  # fails as true does
     ("[optimizer]\ntype='scorn'\nreset_interval = 100.0\n", "OPT114", "reset_interval = 100"),  # runs as 100
     ("[optimizer]\ntype='scorn'\nbetas = [0.9, 0.99, 0.999]\n", "OPT108", "reads the first 2"),  # as written
     ("[optimizer]\ntype='adamw'\nbetas = [0.9, 0.99, 0.999]\n", "OPT108", "2 numbers"),  # torch refuses it
