@@ -206,7 +206,25 @@ def test_validate_walks_a_folder_for_toml_files(run_cli, tmp_path):
 
 def test_clean_files_are_named_beside_the_findings(run_cli):
     rc, out, _ = run_cli("validate", GOOD, BROKEN, env={"NO_COLOR": "1"})
-    assert rc == 1 and out.rstrip().endswith(f"no problems found in 1 file: {GOOD}")
+    assert rc == 1 and f"no problems found in 1 file: {GOOD}" in out
+
+
+def test_output_says_which_trainer_the_table_was_judged_as(run_cli, tmp_path):
+    """The profile decides what is an error (beta2_half_life, chroma-only types): the output names it."""
+    both = tmp_path / "both.toml"
+    both.write_text("[optimizer]\ntype = 'adamw'\nlr = 1e-4\nbetas = [0.9, 0.99]\nbeta2_half_life = 1000.0\n")
+    rc, out, _ = run_cli("validate", str(both))
+    assert rc == 0 and "OPT117 [warning]" in out and out.rstrip().endswith("judged as either trainer (upstream "
+                                                                             "diffusion-pipe or diffusion-chroma; "
+                                                                             "--trainer picks one)")
+    rc, out, _ = run_cli("validate", "--trainer", "chroma", str(both))
+    assert rc == 1 and "OPT117 [error]" in out and out.rstrip().endswith("judged as diffusion-chroma (--trainer)")
+    rc, out, _ = run_cli("validate", "--trainer", "upstream", str(both))
+    assert rc == 0 and "OPT117" not in out
+    rc, out, _ = run_cli("validate", "--trainer", "upstream", GOOD)  # scorn is a chroma type: upstream fails
+    assert rc == 1 and "OPT101" in out and "diffusion-chroma, not of upstream diffusion-pipe" in out
+    rc, out, _ = run_cli("validate", GOOD)
+    assert rc == 0 and "judged as diffusion-chroma (type 'scorn' is a built-in type of diffusion-chroma only)" in out
 
 
 def test_only_regular_files_are_read(tmp_path):

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "or comma-separated)")
     v.add_argument("--require-optimizer", action="store_true", help="a file without [optimizer] is an error")
     v.add_argument("--world-size", type=positive_int, default=None, help="number of GPUs the run will use (OPT601)")
+    v.add_argument("--trainer", choices=["upstream", "chroma"], default=None,
+                   help="judge as upstream diffusion-pipe or diffusion-chroma (default: inferred from the type where "
+                        "only one trainer has it, else both, with a warning where they differ)")
     v.add_argument("--quiet", "-q", action="store_true", help="no summary line when nothing was found")
 
     command("rules", "catalogue", "list every rule code")

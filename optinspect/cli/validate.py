@@ -16,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(ignore - set(all_rules()))
     if unknown:
         return unknown_codes(unknown, "--ignore")
-    opts = Options(require_optimizer=args.require_optimizer, ignore=ignore, world_size=args.world_size)
+    opts = Options(require_optimizer=args.require_optimizer, ignore=ignore, world_size=args.world_size,
+                   trainer_profile=args.trainer)
     reports = [validate_file(f, opts) for f in expand(args.files)]
     if args.format == "json":
         from optinspect.render.machine import to_json
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(to_sarif(reports, all_rules(), __version__))
     else:
+        from optinspect.render.text import trainer_line
+
         if any(r.diagnostics for r in reports):
             from optinspect.render import make_console
             from optinspect.render.text import render
@@ -41,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
             render(reports, make_console())
         elif not args.quiet:
             print(f"{len(reports)} file{'s' * (len(reports) != 1)} checked: no problems found")
+        line = trainer_line(reports)
+        if line and (not args.quiet or any(r.diagnostics for r in reports)):
+            print(line)
     if any(r.unreadable for r in reports):
         return EXIT_USAGE
     failing = {"error", "warning"} if args.strict else {"error"}

@@ -76,15 +76,16 @@ def adafactor_relative_step(ctx: RuleContext) -> Iterator[Finding]:
 
 @register("OPT203", "adafactor-missing-lr", "error", "rule",
           "Adafactor: `relative_step = false` without `lr`.",
-          why="With relative_step off Adafactor multiplies by lr = None: TypeError at the first step().",
+          why="With relative_step off the group's lr stays None: the trainer's LR scheduler multiplies it at start-up "
+              "(TypeError before the first step); without a scheduler Adafactor's own first step fails the same way.",
           bad="[optimizer]\ntype='adafactor'\nrelative_step=false\nscale_parameter=false",
           good="[optimizer]\ntype='adafactor'\nrelative_step=false\nscale_parameter=false\nlr=1e-4",
           fix="add `lr = 1e-4`",
           types=("adafactor",))
 def adafactor_missing_lr(ctx: RuleContext) -> Iterator[Finding]:
     if ctx.has("relative_step") and not _truthy(ctx.get("relative_step")) and ctx.get("lr") is None:
-        yield Finding(("relative_step",), "`relative_step = false` but no `lr`: TypeError at the first step",
-                      "add `lr = 1e-4`")
+        yield Finding(("relative_step",), "`relative_step = false` but no `lr`: the lr is None, and the trainer's "
+                      "LR scheduler raises TypeError on it at start-up, before the first step", "add `lr = 1e-4`")
 
 
 @register("OPT204", "adafactor-warmup-init-without-relative-step", "error", "rule",

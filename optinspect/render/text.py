@@ -53,3 +53,27 @@ def render(reports: Iterable[FileReport], console, *, show_source: bool = True) 
             shown = ", ".join(term(c) for c in clean[:CLEAN_NAMED]) + (f" and {more} more" if more > 0 else "")
             console.print(Text(f"no problems found in {len(clean)} file{'s' * (len(clean) != 1)}: {shown}",
                                style="green"), highlight=False, soft_wrap=True)
+
+
+def trainer_line(reports: list[FileReport]) -> str | None:
+    """Which trainer each file's table was judged as (the profile decides types, keys popped, beta2_half_life)."""
+    from optinspect import specs
+
+    groups: dict[tuple, int] = {}
+    for r in reports:
+        if r.optimizer_type is not None:
+            key = (r.trainer, r.trainer_reason)
+            groups[key] = groups.get(key, 0) + 1
+    if not groups:
+        return None
+
+    def said(trainer: str | None, reason: str) -> str:
+        if trainer is None:
+            return "either trainer (upstream diffusion-pipe or diffusion-chroma; --trainer picks one)"
+        title = specs.PROFILES[trainer].title
+        return f"{title} ({term(reason)})" if reason != "--trainer" else f"{title} (--trainer)"
+
+    if len(groups) == 1:
+        return "judged as " + said(*next(iter(groups)))
+    return "judged as: " + "; ".join(f"{said(*k)} for {n} file{'s' * (n != 1)}" for k, n in groups.items())
+
