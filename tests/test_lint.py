@@ -36,3 +36,11 @@ def test_readme_speaks_to_users_not_to_the_tracker():
 
     text = (ROOT / "README.md").read_text()
     assert not re.findall(r"\bissues? #?\d+|#\d{1,3}\b", text, flags=re.I)
+
+
+def test_readme_states_the_severity_contract_of_the_registry():
+    from optinspect.config.registry import SEVERITY_CONTRACT
+
+    readme = (ROOT / "README.md").read_text()
+    for severity, text in SEVERITY_CONTRACT.items():
+        assert f"* **{severity.value}**: {text}" in readme, severity

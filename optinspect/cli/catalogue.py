@@ -20,9 +20,10 @@ def run(args: argparse.Namespace) -> int:
         rule = all_rules().get(args.code.upper())
         if rule is None:
             return unknown_codes([args.code.upper()], "explain")
+        from optinspect.config.registry import SEVERITY_CONTRACT
         from optinspect.render.rules import explain_page
 
-        explain_page(rule)
+        explain_page(rule, SEVERITY_CONTRACT[rule.severity])
         return EXIT_OK
     return _schema(args)
 

@@ -51,6 +51,18 @@ class Rule:
 
 RULES: dict[str, Rule] = {}
 
+# What a severity promises, the same in README.md and `optinspect explain` (a test keeps them equal). Every code is
+# graded by it, and checked against the trainers running (tests/config/test_differential.py).
+SEVERITY_CONTRACT = {
+    Severity.ERROR: "the trainer fails (reading the file, building the optimizer, starting the scheduler, the first "
+                    "steps), or it runs but silently ignores or misreads a setting (a key that **kwargs drops, a "
+                    "quoted number or boolean, \"None\", a key below the wrong table header).",
+    Severity.WARNING: "the run goes ahead, but is harmed or suspicious: NaN weights ahead, a run that stalls, a value "
+                      "far outside practice, a library default far from diffusion practice, or a type mix-up that "
+                      "behaves as written (`orthograd = 1` runs as true).",
+    Severity.INFO: "advice: nothing is wrong with the run as written.",
+}
+
 
 def all_rules() -> dict[str, Rule]:
     """Every code: those declared below and the rule functions of `rules.py` (registered when it is imported,
@@ -196,7 +208,8 @@ declare("OPT111", "misplaced-top-level-key", "error", "schema",
         bad="[optimizer]\ntype = 'adamw'\nlr = 1e-4\nwarmup_steps = 100",
         good="warmup_steps = 100\n[optimizer]\ntype = 'adamw'\nlr = 1e-4", fix="Move the key above the first [table].")
 declare("OPT114", "integer-for-boolean", "warning", "schema",
-        "An integer where a boolean is meant (`orthograd = 1`): it behaves as true or false, as intended.",
+        "A number where a boolean is meant (`orthograd = 1`), a boolean where a number is, or a float where a whole "
+        "number is (`reset_interval = 100.0`): the optimizer uses it as Python does, so it runs as written.",
         why="The optimizers test these flags for truth, so 0 runs as false and any other integer as true: the run "
             "does what was meant, but the file says something else than the schema (and editors flag it).",
         bad="[optimizer]\ntype = 'adafactor'\nlr = 1e-4\nrelative_step = false\nscale_parameter = 0",

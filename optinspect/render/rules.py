@@ -15,7 +15,8 @@ def rules_table(rules: dict) -> None:
     make_console(tables=True).print(table)
 
 
-def explain_page(r) -> None:
+def explain_page(r, contract: str) -> None:
+    """`contract`: what the rule's severity promises (the registry's SEVERITY_CONTRACT entry)."""
     from rich.markdown import Markdown
 
     applies = ", ".join(r.types) if r.types else "every optimizer type"
@@ -27,6 +28,8 @@ def explain_page(r) -> None:
         md += ["## Example", "```toml", r.example, "```", ""]
     if r.fix:
         md += ["## Fix", r.fix, ""]
+    md += ["## Severity", f"**{r.severity.value}**: {contract} A finding may be graded lower "
+           "(or higher) than its code's severity when the value at hand says so.", ""]
     md += ["## Suppress", f"`# optinspect: ignore[{r.code}]` at the end of the key's line, or "
            f"`--ignore {r.code}`."]
     make_console().print(Markdown("\n".join(md)))
