@@ -124,6 +124,8 @@ FAMILIES: tuple[StateFamily, ...] = (
                  "exp_avg_sq_col": Role.SECOND_COL, "exp_avg_sq": Role.SECOND}, (_sig("lr_mask"),)),
     StateFamily("optimi AdamW (Kahan)", "torch-optimi", {**_ADAM, "kahan_comp": Role.KAHAN},
                 (_sig("exp_avg exp_avg_sq kahan_comp"),), step_where="group"),
+    StateFamily("Adan", "pytorch_optimizer", {**_ADAM, "exp_avg_diff": Role.SHAPED, "previous_grad": Role.SHAPED},
+                (_sig("exp_avg exp_avg_sq exp_avg_diff"),), step_where="group"),
     StateFamily("Adam/AdamW", "torch", _ADAM, (_sig("exp_avg exp_avg_sq"),)),
     # Lion keeps one moment and no second: its groups have betas but no eps (Adam's have both).
     StateFamily("Lion", "torch-optimi / pytorch_optimizer", {"exp_avg": Role.FIRST, "kahan_comp": Role.KAHAN},

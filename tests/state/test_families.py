@@ -43,6 +43,7 @@ WRITERS = {
     "REMASTER": lambda ps: _ours("remaster", lr=1e-3, reset_interval=2)(ps),
     "SCORN/REMASTER": lambda ps: _ours("remaster", lr=1e-3, reset_interval=0)(ps),
     "optimi AdamW (Kahan)": lambda ps: _lib("optimi").AdamW(ps, lr=1e-3),
+    "Adan": lambda ps: _lib("pytorch_optimizer").Adan(ps, lr=1e-3),
     "Adam/AdamW": lambda ps: torch.optim.AdamW(ps, lr=1e-3),
     "Lion": lambda ps: _lib("optimi").Lion(ps, lr=1e-3),
     "SGD": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
