@@ -101,6 +101,13 @@ FAMILIES: tuple[StateFamily, ...] = (
                 (_sig("state1", no_keys="state2", group_any="betas"),)),
     StateFamily("bitsandbytes 8-bit Adam(W)", "bitsandbytes", _BNB, (_sig("state1"),),
                 note="tensors below min_8bit_size keep fp32 state1/state2"),
+    # CAME keeps Adafactor's factored second moment plus the residual's; its vectors look like Adafactor's, and
+    # its group (eps1, eps2) tells them apart
+    StateFamily("CAME", "pytorch_optimizer / came-pytorch",
+                {"exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND, "exp_avg_sq_row": Role.SECOND_ROW,
+                 "exp_avg_sq_col": Role.SECOND_COL, "exp_avg_res_row": Role.SCALAR, "exp_avg_res_col": Role.SCALAR,
+                 "RMS": Role.SCALAR},
+                (_sig(any_keys="exp_avg_res_row exp_avg_res_col", group_any="eps1"),), step_where="group"),
     StateFamily("Adafactor", "transformers / diffusion trainer",
                 {"step": Role.STEP, "exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND,
                  "exp_avg_sq_row": Role.SECOND_ROW, "exp_avg_sq_col": Role.SECOND_COL, "RMS": Role.SCALAR},

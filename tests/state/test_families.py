@@ -37,6 +37,7 @@ WRITERS = {
     "bitsandbytes 8-bit Adam(W)": lambda ps: _lib("bitsandbytes").optim.AdamW8bit(ps, lr=1e-3, min_8bit_size=16),
     "Adafactor": lambda ps: _lib("transformers.optimization").Adafactor(ps, lr=1e-3, relative_step=False,
                                                                         scale_parameter=False, beta1=0.9),
+    "CAME": lambda ps: _lib("pytorch_optimizer").CAME(ps, lr=1e-3),
     "Prodigy": lambda ps: _lib("pytorch_optimizer").Prodigy(ps, lr=1.0),
     "PersonaOptimizer": lambda ps: _ours("persona", lr=1e-3)(ps),
     "SCORN": lambda ps: _ours("scorn", lr=1e-3, reset_interval=2)(ps),
