@@ -68,7 +68,7 @@ GRAPH_ALL = {_module(p): _imports(p, False) for p in FILES}
 # Lower layers never import higher ones, even lazily inside a function.
 LAYERS = [
     ("optinspect.specs", "optinspect.diagnostics", "optinspect.optimizers", "optinspect._version"),
-    ("optinspect.config", "optinspect.state", "optinspect.dryrun", "optinspect.build"),
+    ("optinspect.config", "optinspect.state", "optinspect.dryrun", "optinspect.build", "optinspect.resume"),
     ("optinspect.render",),
     ("optinspect.tui",),
     ("optinspect.cli", "optinspect.__main__"),

@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help=MODEL_HELP)
 
+    r = command("resume", "resume", "what resuming STATE under CONFIG will really do (settings, lr, resets, fit)")
+    r.add_argument("config", metavar="CONFIG", help="the trainer config the run will resume with")
+    r.add_argument("state", metavar="STATE", help=STATE_HELP)
+    r.add_argument("--model", metavar="FILE", help="the model .safetensors the state belongs to (count and shapes)")
+    r.add_argument("--trainer", choices=["upstream", "chroma"], default=None,
+                   help="the trainer that resumes (default: inferred from the type, else either)")
+    r.add_argument("--reset-optimizer", action="store_true", help="upstream's --reset_optimizer: nothing loaded")
+    r.add_argument("--reset-optimizer-params", action="store_true",
+                   help="upstream's --reset_optimizer_params: the state loads, the config's settings are put back")
+    r.add_argument("--format", choices=["text", "json", "github", "sarif"], default="text",
+                   help="text for people; json (the plan and its findings), GitHub annotations or SARIF")
+
     t = command("tui", "tui", "interactive view of a saved optimizer state (two: their deltas)")
     t.add_argument("state", metavar="STATE", help=STATE_HELP)
     t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")

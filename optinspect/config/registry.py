@@ -221,3 +221,32 @@ declare("OPT113", "optinspect-only-key", "error", "schema",
         fix="Use it only when the trainer imports optinspect's `optimizers` package.",
         bad="[optimizer]\ntype = 'scorn'\nexact_reset_period = true",
         good="[optimizer]\ntype = 'scorn'", trainer_class=True)
+
+# -- codes of `optinspect resume` (a config against a saved state) ----------------------------------------
+declare("OPT610", "resume-state-mismatch", "error", "resume",
+        "The saved state does not fit the optimizer the config builds (another family, or another number of "
+        "param groups).",
+        why="load_state_dict checks only the number and sizes of the param groups: a state of another optimizer "
+            "loads, and the first step fails on a key it does not find (or misreads one it does).",
+        fix="resume with the type that wrote the state, or start the optimizer afresh (upstream: --reset_optimizer)")
+declare("OPT611", "resume-setting-ignored", "error", "resume",
+        "A hyper-parameter changed in the config is ignored on resume: the saved param groups win.",
+        why="DeepSpeed loads the saved param groups, every hyper-parameter included: a lowered lr in the config "
+            "trains at the old one (diffusion-pipe issue 278) unless force_constant_lr is set.",
+        fix="set top-level `force_constant_lr` for the lr; upstream's --reset_optimizer_params puts every setting back")
+declare("OPT612", "resume-first-lr", "info", "resume", "The lr of the first resumed step, and where it comes from.",
+        fix="set `force_constant_lr` to choose it")
+declare("OPT613", "resume-parameters", "error", "resume",
+        "The saved tensors do not match the model's (count or shapes): a changed LoRA rank or target set.",
+        why="Another number of parameters fails in load_state_dict; other shapes load and fail at the first step.",
+        fix="resume with the adapter settings the state was saved with")
+declare("OPT614", "resume-reset-schedule", "info", "resume",
+        "SCORN/REMASTER/Persona: the resumed run continues the saved reset schedule; when the next reset comes.",
+        fix="a changed reset_interval applies only to a fresh optimizer")
+declare("OPT615", "resume-dtype", "warning", "resume",
+        "The saved moments' dtype differs from the dtype the config trains in: they are cast on load.",
+        fix="resume in the dtype the state was saved in")
+declare("OPT616", "resume-optimizer-reset", "info", "resume",
+        "--reset-optimizer: nothing of the saved optimizer (nor the scheduler) is loaded.",
+        fix="drop the flag to keep the moments")
+

@@ -15,7 +15,9 @@ RULES = all_rules()
 ESCALATED = {"OPT210": "error"}
 # Codes without a whole-file example: OPT009 needs more than 200 findings in one file (tests/config/test_validate.py)
 NO_EXAMPLE = {"OPT009"}
-WITH_EXAMPLE = sorted(c for c in RULES if c not in NO_EXAMPLE)
+# `optinspect resume` codes judge a config against a saved state: tests/test_resume.py resumes for real
+RESUME = {c for c, r in RULES.items() if r.kind == "resume"}
+WITH_EXAMPLE = sorted(c for c in RULES if c not in NO_EXAMPLE and c not in RESUME)
 
 
 def _validate(tmp_path, text: str, rule):
@@ -29,6 +31,7 @@ def test_every_code_has_a_bad_and_a_good_example():
     missing = [c for c in WITH_EXAMPLE if not (RULES[c].bad and RULES[c].good)]
     assert not missing, f"codes without examples: {missing}"
     assert all(not (RULES[c].bad or RULES[c].good) for c in NO_EXAMPLE)
+    assert RESUME == {f"OPT61{i}" for i in range(7)}
 
 
 @pytest.mark.parametrize("code", WITH_EXAMPLE)
