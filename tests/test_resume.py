@@ -111,6 +111,8 @@ TABLES = {
     "Prodigy": "[optimizer]\ntype = 'Prodigy'\nlr = 1.0\nsafeguard_warmup = true\nbias_correction = true\n",
     "adamw": "[optimizer]\ntype = 'adamw'\nlr = 1e-4\nweight_decay = 0.01\n",
     "sgd": "[optimizer]\ntype = 'sgd'\nlr = 1e-3\nmomentum = 0.9\n",
+    "adamw8bit": "[optimizer]\ntype = 'adamw8bit'\nlr = 1e-4\nmin_8bit_size = 16\n",
+    "AdamW8bitKahan": "[optimizer]\ntype = 'AdamW8bitKahan'\nlr = 1e-4\nstabilize = false\nmin_8bit_size = 16\n",
 }
 
 
@@ -195,3 +197,23 @@ def test_cli_exit_codes_and_json(run_cli, tmp_path):
     assert rc == 2 and "no such file" in err
     rc, _, err = run_cli("resume", same, str(state), "--reset-optimizer", "--trainer", "chroma")
     assert rc == 2 and "upstream" in err
+
+
+@pytest.mark.parametrize("shapes,error", [([(8, 16), (8,), (4,)], "ValueError"), ([(8, 32), (8,)], "RuntimeError")])
+def test_a_changed_model_fails_where_predicted(shapes, error, tmp_path):
+    """A LoRA rank or target change: another number of tensors fails in load_state_dict, other shapes at the first
+    step."""
+    from safetensors.torch import save_file
+
+    state = _save(tmp_path, TABLES["adamw"], 3)
+    model = tmp_path / "model.safetensors"
+    save_file({f"t{i}": torch.zeros(s) for i, s in enumerate(shapes)}, str(model))
+    file_report, report = plan(_write(tmp_path, "c.toml", TABLES["adamw"]), str(state), model=str(model))
+    assert _codes(file_report).get("OPT613") == "error"
+    params = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    _, opt = _build(TABLES["adamw"], params)
+    with pytest.raises((ValueError, RuntimeError)) as e:
+        opt.load_state_dict(torch.load(state, weights_only=True))
+        _step(opt, params, torch.Generator().manual_seed(0))
+    assert type(e.value).__name__ == error
+    assert report.outcome == ("fails at load" if error == "ValueError" else "fails at the first step")
