@@ -853,3 +853,19 @@ def runaway_magnitude(ctx: RuleContext) -> Iterator[Finding]:
         if v is not None and math.isfinite(v) and v > limit:
             yield Finding((key,), f"`{key} = {show(key, v)}` is above {limit:g}: the weights run away and turn NaN "
                           "within a few steps", "use the usual scale for it", on_value=True)
+
+
+@register("OPT411", "adamw8bitkahan-eps-overflow", "error", "rule",
+          "AdamW8bitKahan with `stabilize` (its default) and `eps >= 16`: its 8-bit state overflows at step 1.",
+          why="With stabilize the first step quantizes a value scaled by eps into the uint8 state: from eps = 16 it "
+              "does not fit (RuntimeError \"value cannot be converted to type uint8 without overflow\"; measured: "
+              "15.9 runs, 16 fails).",
+          bad="[optimizer]\ntype='AdamW8bitKahan'\nlr=1e-4\neps=16.0",
+          good="[optimizer]\ntype='AdamW8bitKahan'\nlr=1e-4\neps=1e-8",
+          options={"versions": {"bitsandbytes": "0.49.2"}}, fix="keep eps near its default 1e-8",
+          types=("adamw8bitkahan",))
+def adamw8bitkahan_eps_overflow(ctx: RuleContext) -> Iterator[Finding]:
+    eps = _number(ctx.get("eps"))
+    if eps is not None and eps >= 16 and _truthy(ctx.get("stabilize")):
+        yield Finding(("eps",), f"`eps = {show('eps', eps)}` with `stabilize` on: the first step overflows the "
+                      "8-bit state (RuntimeError)", "keep eps near its default 1e-8", on_value=True)

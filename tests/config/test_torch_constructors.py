@@ -45,3 +45,22 @@ def test_opt115_defaults_are_the_constructors_own():
     assert set(classes) == set(rules.LIBRARY_LR_TYPES)
     for name, klass in classes.items():
         assert schemas.defaults(name)["lr"] == inspect.signature(klass).parameters["lr"].default, name
+
+
+@pytest.mark.parametrize("eps", [1e-8, 8.0, 15.9, 16.0, 100.0])
+@pytest.mark.parametrize("stabilize", [True, False])
+def test_opt411_fires_exactly_when_the_8bit_state_overflows(eps, stabilize):
+    from optinspect.build import class_for
+
+    table = {"type": "AdamW8bitKahan", "lr": 1e-4, "eps": eps, "stabilize": stabilize}
+    fired = any(d.code == "OPT411" for d in validate_table(dict(table)))
+    params = [torch.nn.Parameter(torch.randn(64, 64) * 0.1)]
+    opt = class_for("adamw8bitkahan")(params, **constructor_kwargs({k: v for k, v in table.items() if k != "type"}))
+    try:
+        for _ in range(2):
+            params[0].grad = torch.randn(64, 64)
+            opt.step()
+        overflowed = False
+    except RuntimeError as e:
+        overflowed = "overflow" in str(e)
+    assert fired == overflowed
