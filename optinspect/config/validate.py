@@ -99,20 +99,7 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
     report.trainer = trainer
     res = catalog.resolve_type(type_name, trainer)
     if res.source == "unknown":
-        if res.other_trainer:
-            other, this = specs.PROFILES[res.other_trainer].title, specs.PROFILES[trainer].title
-            msg = (f"`type = '{type_name}'` is a built-in type of {other}, not of {this}: {this} looks it up in "
-                   f"pytorch_optimizer, which has no `{type_name}` (AttributeError before training)")
-            hint = f"run this config with {other}, or choose a type {this} has"
-        elif res.case_fix:
-            msg = (f"`type = '{type_name}'` is not a built-in type, and the pytorch_optimizer fallback is "
-                   f"case-sensitive: pytorch_optimizer has `{res.case_fix}`, not `{type_name}`")
-            hint = f"write `type = '{res.case_fix}'`"
-        else:
-            msg = f"unknown optimizer type `{type_name}`"
-            hint = (f"did you mean {', '.join(repr(s) for s in res.suggestions)}?" if res.suggestions
-                    else "see `optinspect schema` for the known types")
-        out.append(diag(path, tspan, "OPT101", msg, hint))
+        out.append(diag(path, tspan, "OPT101", *_unknown_type(type_name, res, trainer)))
         return out
     if res.schema is None:
         return out  # a pytorch_optimizer class we have no schema for: nothing more to check
@@ -124,6 +111,22 @@ def _check_config(path: str, data: dict, smap: source.SourceMap, options: Option
                if not (d.code in ("OPT106", "OPT107") and (d.line, d.column) in explained))
     out.extend(from_rules)
     return out
+
+
+def _unknown_type(type_name: str, res: catalog.Resolution, trainer: str | None) -> tuple[str, str]:
+    """OPT101's message and hint: another trainer's type, a case slip in a pytorch_optimizer name, or a typo."""
+    if res.other_trainer:
+        other, this = specs.PROFILES[res.other_trainer].title, specs.PROFILES[trainer].title
+        return (f"`type = '{type_name}'` is a built-in type of {other}, not of {this}: {this} looks it up in "
+                f"pytorch_optimizer, which has no `{type_name}` (AttributeError before training)",
+                f"run this config with {other}, or choose a type {this} has")
+    if res.case_fix:
+        return (f"`type = '{type_name}'` is not a built-in type, and the pytorch_optimizer fallback is "
+                f"case-sensitive: pytorch_optimizer has `{res.case_fix}`, not `{type_name}`",
+                f"write `type = '{res.case_fix}'`")
+    return (f"unknown optimizer type `{type_name}`",
+            f"did you mean {', '.join(repr(s) for s in res.suggestions)}?" if res.suggestions
+            else "see `optinspect schema` for the known types")
 
 
 # -- rules -------------------------------------------------------------------------------------------
