@@ -78,6 +78,7 @@ class StateFamily:
     keys: Mapping[str, Role]  # per-parameter state keys and what they hold
     signatures: tuple[Signature, ...]  # any one of them identifies the family
     step_where: str = "param"  # where the step count lives: "param" (its state), "group" (optimi), "none"
+    step_keys: tuple[str, ...] = ("step",)  # its name there (schedulefree counts `k` in the group)
     step_counts_next: bool = False  # the saved step is the number of the next step (pytorch_optimizer's Prodigy)
     step_restarts: bool = False  # the per-parameter step starts again at each reset (Persona)
     note: str = ""
@@ -129,8 +130,13 @@ FAMILIES: tuple[StateFamily, ...] = (
     StateFamily("Automagic", "diffusion-pipe (optimizers/automagic.py)",
                 {"step": Role.STEP, "lr_mask": Role.SHAPED, "exp_avg_sq_row": Role.SECOND_ROW,
                  "exp_avg_sq_col": Role.SECOND_COL, "exp_avg_sq": Role.SECOND}, (_sig("lr_mask"),)),
-    StateFamily("optimi AdamW (Kahan)", "torch-optimi", {**_ADAM, "kahan_comp": Role.KAHAN},
+    # optimi keeps `kahan_comp` (None when Kahan summation is off) for AdamW and StableAdamW alike
+    StateFamily("optimi AdamW", "torch-optimi", {**_ADAM, "kahan_comp": Role.KAHAN},
                 (_sig("exp_avg exp_avg_sq kahan_comp"),), step_where="group"),
+    # schedule-free keeps the base sequence z instead of a first moment
+    StateFamily("Schedule-free AdamW", "schedulefree / pytorch_optimizer",
+                {"z": Role.SHAPED, "exp_avg_sq": Role.SECOND}, (_sig("z exp_avg_sq"),), step_where="group",
+                step_keys=("k", "step")),
     StateFamily("Adan", "pytorch_optimizer", {**_ADAM, "exp_avg_diff": Role.SHAPED, "previous_grad": Role.SHAPED},
                 (_sig("exp_avg exp_avg_sq exp_avg_diff"),), step_where="group"),
     StateFamily("Adam/AdamW", "torch", _ADAM, (_sig("exp_avg exp_avg_sq"),)),
@@ -312,9 +318,9 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("adamw8bit", "adamw8bit", "bitsandbytes.optim.AdamW8bit", family="bitsandbytes 8-bit Adam(W)",
                   truthy_flags=True, extra_items_ignored=True, hard_ranges=("lr", "eps", "betas", "weight_decay"),
                   state_bytes=_bnb_bytes(kahan=False)),
-    OptimizerType("adamw_optimi", "adamw_optimi", "optimi.AdamW", family="optimi AdamW (Kahan)",
+    OptimizerType("adamw_optimi", "adamw_optimi", "optimi.AdamW", family="optimi AdamW",
                   state_bytes=_adam_bytes(False, True)),
-    OptimizerType("stableadamw", "stableadamw", "optimi.StableAdamW", family="optimi AdamW (Kahan)",
+    OptimizerType("stableadamw", "stableadamw", "optimi.StableAdamW", family="optimi AdamW",
                   state_bytes=_adam_bytes(False, True)),
     OptimizerType("sgd", "sgd", "torch.optim.SGD", torch_class="torch.optim:SGD", family="SGD", truthy_flags=True,
                   strict_flags=("differentiable",), no_boolean={"weight_decay": "true"}, state_bytes=_sgd_bytes),

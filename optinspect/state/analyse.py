@@ -93,9 +93,14 @@ def param_step(entries: dict, group: dict) -> int | None:
     """The steps a parameter has taken: its own counter, else the group's (optimi, Prodigy, SCORN/REMASTER), and
     the group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on."""
     step = _as_int(_small(entries.get("step")))
+    fam = None
     group_step = _as_int(_small(group.get("step")))  # optimi keeps it in the group, as a tensor
-    if step is None or (step == 0 and "steps_since_reset" in entries and group_step):
+    if step is None and group_step is None:
         fam = _family(entries, group)
+        keys = fam.step_keys if fam else ()
+        group_step = next((_as_int(_small(group[k])) for k in keys if k in group), None)
+    if step is None or (step == 0 and "steps_since_reset" in entries and group_step):
+        fam = fam or _family(entries, group)
         if group_step is not None and fam is not None and fam.step_counts_next:
             return group_step - 1  # it saves the number of the step to come: 1 before the first
         return group_step

@@ -136,6 +136,16 @@ def interpret(obj: Any, path: str) -> LoadedState:
             inner = obj.get(key)
             if inner is None:
                 continue
+            if isinstance(inner, list) and inner and all(_is_state_dict(x) for x in inner):
+                # Lightning's `optimizer_states`: one state_dict per optimizer of configure_optimizers()
+                ls = interpret(inner[0], path)
+                ls.layout = f"Lightning checkpoint -> optimizer_states[0] of {len(inner)} -> {ls.layout}"
+                ls.key_used = f"{key}[0]"
+                if len(inner) > 1:
+                    ls.warnings.append(f"this checkpoint holds {len(inner)} optimizers; the first is shown")
+                if isinstance(obj.get("global_step"), int):
+                    ls.extra["global_step"] = obj["global_step"]
+                return ls
             if isinstance(inner, dict) and "zero_stage" in inner and _is_state_dict(inner.get("optimizer_state_dict")):
                 stage = _zero_stage(inner["zero_stage"])
                 ls = from_state_dict(inner["optimizer_state_dict"], path, f"DeepSpeed ZeRO stage {stage} "

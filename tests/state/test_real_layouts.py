@@ -1,0 +1,69 @@
+"""Checkpoint layouts written by the libraries themselves, read back: the optimizer found, its family, its step
+and its figures equal to what the library's own optimizer holds."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from optinspect.state.analyse import build_report
+from optinspect.state.load import load_state
+
+
+def _lightning_checkpoint(tmp_path, n_optimizers: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        L = pytest.importorskip("lightning")
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+            self.automatic_optimization = n_optimizers == 1
+
+        def training_step(self, batch, _):
+            loss = (self.a(batch[0]) + self.b(batch[0])).square().mean()
+            if n_optimizers == 1:
+                return loss
+            for opt in self.optimizers():
+                opt.zero_grad()
+            self.manual_backward(loss)
+            for opt in self.optimizers():
+                opt.step()
+            return None
+
+        def configure_optimizers(self):
+            if n_optimizers == 1:
+                return torch.optim.AdamW(self.parameters(), lr=1e-3)
+            return [torch.optim.AdamW(self.a.parameters(), lr=1e-3), torch.optim.SGD(self.b.parameters(), lr=1e-2,
+                                                                                         momentum=0.9)]
+
+    torch.manual_seed(0)
+    model = Model()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 8)), batch_size=4)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, data)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    opts = trainer.optimizers
+    return path, opts
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_lightning_checkpoint_opens_its_first_optimizer(n, tmp_path):
+    path, opts = _lightning_checkpoint(tmp_path, n)
+    ls = load_state(str(path))
+    report = build_report(ls)
+    assert report.layout.startswith(f"Lightning checkpoint -> optimizer_states[0] of {n}")
+    own = opts[0].state_dict()["state"]
+    assert report.family == "Adam/AdamW" and report.steps == [int(own[0]["step"])] and report.steps[0] >= 2
+    for row in report.params:
+        m = own[row.index]["exp_avg"].double()
+        assert math.isclose(row.first_rms, m.pow(2).mean().sqrt().item(), rel_tol=1e-5)
+    assert any("2 optimizers" in w for w in report.warnings) == (n == 2)
