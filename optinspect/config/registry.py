@@ -232,7 +232,7 @@ declare("OPT610", "resume-state-mismatch", "error", "resume",
 declare("OPT611", "resume-setting-ignored", "error", "resume",
         "A hyper-parameter changed in the config is ignored on resume: the saved param groups win.",
         why="DeepSpeed loads the saved param groups, every hyper-parameter included: a lowered lr in the config "
-            "trains at the old one (diffusion-pipe issue 278) unless force_constant_lr is set.",
+            "trains at the old one (github.com/tdrussell/diffusion-pipe/issues/278) unless force_constant_lr is set.",
         fix="set top-level `force_constant_lr` for the lr; upstream's --reset_optimizer_params puts every setting back")
 declare("OPT612", "resume-first-lr", "info", "resume", "The lr of the first resumed step, and where it comes from.",
         fix="set `force_constant_lr` to choose it")
