@@ -12,6 +12,13 @@ from optinspect.state.unpickle import check_regular, read_small
 
 
 # -- paths -------------------------------------------------------------------------------------------
+def _more_optimizers(folder: str, first: str) -> list[str]:
+    stem, ext = os.path.splitext(os.path.basename(first))
+    return sorted((os.path.basename(p) for p in glob.glob(os.path.join(folder, f"{stem}_*{ext}"))
+                   if re.fullmatch(rf"{re.escape(stem)}_\d+{re.escape(ext)}", os.path.basename(p))),
+                  key=lambda n: int(re.sub(r"\D", "", n) or 0))
+
+
 def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
     """A file, or the optimizer file inside a checkpoint folder; returns (file, how it was found)."""
     if not os.path.isdir(path):
@@ -35,6 +42,10 @@ def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
     for c in candidates:
         if os.path.lexists(os.path.join(path, c)) and not os.path.isdir(os.path.join(path, c)):
             check_regular(os.path.join(path, c))
+            others = _more_optimizers(path, c)
+            if others:  # Accelerate saves one file per prepared optimizer (UNet and text encoder, say)
+                return os.path.join(path, c), (f"{c} (1 of {len(others) + 1} optimizers; the others: "
+                                               f"{', '.join(others)}: pass one of those files to see it)")
             return os.path.join(path, c), c
     zero = sorted(glob.glob(os.path.join(path, "*optim_states.pt")))
     if zero:
@@ -42,8 +53,14 @@ def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
     if steps:
         f, how = resolve_path(steps[-1], depth + 1)
         return f, f"{os.path.basename(steps[-1])}/{how}"
+    runs = sorted((d for d in glob.glob(os.path.join(path, "checkpoint-*")) if os.path.isdir(d)
+                   and re.fullmatch(r"checkpoint-\d+", os.path.basename(d))),
+                  key=lambda d: int(os.path.basename(d).split("-")[1]))
+    if runs:  # a run's output folder (HF Trainer, Accelerate, kohya): its latest checkpoint by number
+        f, how = resolve_path(runs[-1], depth + 1)
+        return f, f"{os.path.basename(runs[-1])} (the latest of {len(runs)} checkpoint folders)/{how}"
     found = sorted(glob.glob(os.path.join(path, "*.pt")) + glob.glob(os.path.join(path, "*.safetensors")))
     if len(found) == 1:
         return found[0], os.path.basename(found[0])
     raise StateLoadError(f"{path}: no optimizer file found in this folder (looked for latest, global_step*/, "
-                         "mp_rank_00_model_states.pt, *optim_states.pt, optimizer.pt, optimizer.bin)")
+                         "checkpoint-N/, mp_rank_00_model_states.pt, *optim_states.pt, optimizer.pt, optimizer.bin)")

@@ -39,6 +39,7 @@ HARMLESS_GLOBALS = re.compile(r"""^(
 
 
 TORCHAO = re.compile(r"^torchao\.")
+RNG_FILE = re.compile(r"^(rng_state(_\d+)?\.pth|random_states_\d+\.pkl)$")  # what trainers save beside the state
 
 
 # -- reading files -----------------------------------------------------------------------------------
@@ -105,6 +106,9 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
             raise StateLoadError(f"{path}: holds torchao optimizer-state tensor subclasses ({', '.join(ao[:3])}); "
                                  "reading them needs torchao (pip install torchao)") from None
         refused = []
+    if refused and RNG_FILE.match(os.path.basename(path)):
+        raise StateLoadError(f"{path}: random-number-generator state saved beside the checkpoint (HF Trainer, "
+                             "Accelerate), not optimizer state; pass the checkpoint folder or its optimizer file")
     if refused:
         raise StateLoadError(f"{path}: refused: loading it would need the global(s) {', '.join(refused)}, which "
                              "could execute code; optinspect never unpickles those")

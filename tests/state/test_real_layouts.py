@@ -67,3 +67,41 @@ def test_lightning_checkpoint_opens_its_first_optimizer(n, tmp_path):
         m = own[row.index]["exp_avg"].double()
         assert math.isclose(row.first_rms, m.pow(2).mean().sqrt().item(), rel_tol=1e-5)
     assert any("2 optimizers" in w for w in report.warnings) == (n == 2)
+
+
+def test_accelerate_folder_with_two_optimizers_says_so_and_rng_state_is_named(tmp_path):
+    accelerate = pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    unet, text = torch.nn.Linear(8, 4), torch.nn.Linear(8, 2)
+    acc = accelerate.Accelerator(cpu=True)
+    unet, text, o1, o2 = acc.prepare(unet, text, torch.optim.AdamW(unet.parameters(), lr=1e-3),
+                                     torch.optim.SGD(text.parameters(), lr=1e-2, momentum=0.9))
+    for _ in range(2):
+        (unet(torch.randn(2, 8)).sum() + text(torch.randn(2, 8)).sum()).backward()
+        o1.step()
+        o2.step()
+    acc.save_state(str(tmp_path / "state"))
+    report = build_report(load_state(str(tmp_path / "state")))
+    assert report.source_file.endswith("optimizer.bin") and report.family == "Adam/AdamW"
+    assert "1 of 2 optimizers" in report.layout and "optimizer_1.bin" in report.layout
+    other = build_report(load_state(str(tmp_path / "state" / "optimizer_1.bin")))
+    assert other.family == "SGD"
+    from optinspect.state.loaded import StateLoadError
+
+    rng = next((tmp_path / "state").glob("random_states_*.pkl"))
+    with pytest.raises(StateLoadError, match="not optimizer state"):
+        load_state(str(rng))
+
+
+def test_run_folder_opens_its_latest_checkpoint_by_number(tmp_path):
+    """checkpoint-10 is later than checkpoint-9 (not by name): HF Trainer's output_dir."""
+    for n, steps in ((9, 1), (10, 4)):
+        p = torch.nn.Parameter(torch.randn(4, 4))
+        opt = torch.optim.AdamW([p], lr=1e-3)
+        for _ in range(steps):
+            p.grad = torch.randn(4, 4)
+            opt.step()
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        torch.save(opt.state_dict(), tmp_path / f"checkpoint-{n}" / "optimizer.pt")
+    report = build_report(load_state(str(tmp_path)))
+    assert report.steps == [4] and report.layout.startswith("checkpoint-10 (the latest of 2 checkpoint folders)")
