@@ -16,7 +16,7 @@ def select(report: StateReport, sort: str = "index", pattern: str | None = None,
 
 
 # Dropped first when the table is wider than the terminal (the name and the moments stay).
-_DROP_ORDER = ("dtype", "shape", "resets", "quant", "step", "update", "flags")
+_DROP_ORDER = ("kahan", "dtype", "shape", "resets", "quant", "step", "update", "flags")
 
 
 def fit_columns(rows: list[ParamReport], width: int) -> tuple[list, list[str]]:

@@ -107,6 +107,7 @@ STATE_COLUMNS = [
            True),
     Column("quant", 7, lambda r: _g(r, r.quant_rel_error, ".2%"), lambda r: _num(r.quant_rel_error), "right",
            "quant", True),
+    Column("kahan", 9, lambda r: _g(r, r.kahan_rms), lambda r: _num(r.kahan_rms), "right", "kahan", True),
     Column("flags", 14, lambda r: "; ".join(r.flags), lambda r: len(r.flags), sort="flags", largest_first=True),
 ]
 # `inspect --sort`: checkpoint order, or a column's order (largest first where that is what one looks for)

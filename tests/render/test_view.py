@@ -88,3 +88,12 @@ def test_sort_orders_are_the_columns_orders():
     assert order["index"] == [0, 1, 2] and order["name"] == [1, 0, 2]
     assert order["first"] == [2, 1, 0] and order["step"] == [2, 0, 1] and order["size"] == [1, 2, 0]
     assert order["flags"] == [2, 0, 1]
+
+
+def test_kahan_column_shows_the_compensation_buffer_only_where_there_is_one():
+    from optinspect.render.view import applicable
+
+    with_kahan, without = _row(kahan_rms=2.5e-9), _row(index=1)
+    assert COL["kahan"].text(with_kahan) == "2.5e-09" and COL["kahan"].text(without) == "-"
+    assert "kahan" in [c.title for c in applicable(STATE_COLUMNS, [with_kahan, without])]
+    assert "kahan" not in [c.title for c in applicable(STATE_COLUMNS, [without])]
