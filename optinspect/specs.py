@@ -55,8 +55,11 @@ class Signature:
     no_keys: frozenset[str] = frozenset()
     group_any: frozenset[str] = frozenset()
     group_none: frozenset[str] = frozenset()
+    lowbit: str | None = None  # the moments are torchao low-bit tensors of this kind ("8bit", "4bit", "fp8")
 
-    def matches(self, keys: frozenset[str], group: Mapping) -> bool:
+    def matches(self, keys: frozenset[str], group: Mapping, lowbit: str | None = None) -> bool:
+        if lowbit != self.lowbit:
+            return False
         if not self.keys <= keys or self.no_keys & keys or any(k in group for k in self.group_none):
             return False
         if self.group_any:  # state keys or group keys may carry the evidence
@@ -64,9 +67,10 @@ class Signature:
         return not self.any_keys or bool(self.any_keys & keys)
 
 
-def _sig(keys: str = "", any_keys: str = "", no_keys: str = "", group_any: str = "", group_none: str = "") -> Signature:
+def _sig(keys: str = "", any_keys: str = "", no_keys: str = "", group_any: str = "", group_none: str = "",
+         lowbit: str | None = None) -> Signature:
     return Signature(frozenset(keys.split()), frozenset(any_keys.split()), frozenset(no_keys.split()),
-                     frozenset(group_any.split()), frozenset(group_none.split()))
+                     frozenset(group_any.split()), frozenset(group_none.split()), lowbit)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class StateFamily:
     step_restarts: bool = False  # the per-parameter step starts again at each reset (Persona)
     note: str = ""
 
-    def matches(self, keys: frozenset[str], group: Mapping) -> bool:
-        return any(s.matches(keys, group) for s in self.signatures)
+    def matches(self, keys: frozenset[str], group: Mapping, lowbit: str | None = None) -> bool:
+        return any(s.matches(keys, group, lowbit) for s in self.signatures)
 
 
 _ADAM = {"step": Role.STEP, "exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND}
@@ -139,6 +143,11 @@ FAMILIES: tuple[StateFamily, ...] = (
                 step_keys=("k", "step")),
     StateFamily("Adan", "pytorch_optimizer", {**_ADAM, "exp_avg_diff": Role.SHAPED, "previous_grad": Role.SHAPED},
                 (_sig("exp_avg exp_avg_sq exp_avg_diff"),), step_where="group"),
+    # torchao's AdamW8bit/4bit/Fp8: Adam's keys, moments as low-bit tensor subclasses (tensors below 4096
+    # elements stay plain: the parameter's family is still torchao's when any of its moments is low-bit)
+    *(StateFamily(f"torchao AdamW ({label})", "torchao", {**_ADAM, "max_exp_avg_sq": Role.SECOND},
+                  (_sig("exp_avg exp_avg_sq", lowbit=kind),)) for kind, label in (("8bit", "8-bit"), ("4bit", "4-bit"),
+                                                                                  ("fp8", "fp8"))),
     StateFamily("Adam/AdamW", "torch", _ADAM, (_sig("exp_avg exp_avg_sq"),)),
     # Lion keeps one moment and no second: its groups have betas but no eps (Adam's have both).
     StateFamily("Lion", "torch-optimi / pytorch_optimizer", {"exp_avg": Role.FIRST, "kahan_comp": Role.KAHAN},
@@ -147,10 +156,11 @@ FAMILIES: tuple[StateFamily, ...] = (
 )
 
 
-def family_of(keys: frozenset[str] | set[str], group: Mapping) -> StateFamily | None:
-    """The family a parameter's state belongs to, or None for a state we do not recognise (or no state)."""
+def family_of(keys: frozenset[str] | set[str], group: Mapping, lowbit: str | None = None) -> StateFamily | None:
+    """The family a parameter's state belongs to, or None for a state we do not recognise (or no state).
+    `lowbit`: the kind of torchao low-bit tensor among its values, if any (the keys are Adam's)."""
     keys = frozenset(keys)
-    return next((f for f in FAMILIES if f.matches(keys, group)), None)
+    return next((f for f in FAMILIES if f.matches(keys, group, lowbit)), None)
 
 
 def _keys_with(*roles: Role) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from optinspect import specs
 from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
 from optinspect.state.loaded import LoadedState, ParamState, materialize
+from optinspect.state.lowbit import FP8_HALF_ULP_REL, LowBitTensor
 from optinspect.state.mapped import MappedTensor
 from optinspect.state.report import DEFINITIONS, Flag, ParamReport, StateReport
 
@@ -64,11 +65,13 @@ def plain_value(value: Any) -> Any:
 
 
 def _family(entries: dict, group: dict) -> specs.StateFamily | None:
-    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group)
+    lowbit = next((v.kind for v in entries.values() if isinstance(v, LowBitTensor)), None)
+    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group, lowbit)
 
 
 def _family(entries: dict, group: dict) -> specs.StateFamily | None:
-    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group)
+    lowbit = next((v.kind for v in entries.values() if isinstance(v, LowBitTensor)), None)
+    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group, lowbit)
 
 
 def family_of(entries: dict, group: dict) -> str:
@@ -117,7 +120,7 @@ BATCH_PARAMS = 2048  # parameters whose small tensors are counted in one batch
 
 
 def _small(v: Any) -> Any:
-    if isinstance(v, MappedTensor) and (v.numel <= SMALL or v.is_scalar):
+    if isinstance(v, MappedTensor) and not isinstance(v, LowBitTensor) and (v.numel <= SMALL or v.is_scalar):
         return v.scalar() if v.is_scalar else materialize(v)
     return v
 
@@ -136,8 +139,9 @@ def _moment_keys(e: dict) -> tuple[str, str] | None:
 
 
 def _batchable(t: Any) -> bool:
-    return tensorish(t) and t.dtype.is_floating_point and 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) \
-        <= S.BATCH_MAX
+    if not tensorish(t) or isinstance(t, LowBitTensor) or not t.dtype.is_floating_point:
+        return False
+    return 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) <= S.BATCH_MAX
 
 
 def _small_jobs(e: dict) -> list[tuple]:
@@ -181,6 +185,8 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
             if quant is not None:  # the error bounds: a per-code table over the uint8 codes
                 S.attach_quant_bound(sm, m, quant["a1"], quant["q1"], mapped=mapped)
                 S.attach_quant_bound(sv, v, quant["a2"], quant["q2"], mapped=mapped)
+            _lowbit_bound(sm, m, mapped)
+            _lowbit_bound(sv, v, mapped)
             r.tensors += [sm, sv]
             done = {m_key, v_key}
     for k, v in e.items():
@@ -203,6 +209,7 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
                 st = S.tensor_stats(k, v, progress, mapped=mapped)
         elif v.dtype.is_floating_point:
             st = batched.get(("one", k)) or S.tensor_stats(k, v, progress, mapped=mapped)
+            _lowbit_bound(st, v, mapped)
         else:
             continue
         r.tensors.append(st)
@@ -215,6 +222,7 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
     r.first_rms = first.rms if first else None
     r.second_rms = second.rms if second else None
     rel = [t.quant.rel_rms_bound for t in r.tensors if t.quant]
+    rel += [FP8_HALF_ULP_REL for t in r.tensors if t.dtype == "float8_e4m3fn"]
     rel += [BF16_HALF_ULP_REL for t in r.tensors if t.dtype == "bfloat16" and t.key in FIRST + SECOND]
     r.quant_rel_error = max(rel) if rel else None
     kahan = next((by_key[k] for k in KAHAN if k in by_key), None)
@@ -227,6 +235,14 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
     if first is not None and (step or 0) > 1 and first.finite and first.absmax == 0:
         r.flags.append(Flag("dead", "dead (first moment all zero)"))
     return r
+
+
+def _lowbit_bound(st: S.TensorStats, t: Any, mapped: bool) -> None:
+    """torchao 8/4-bit moments get the same per-code error bound as bitsandbytes' (their code books differ)."""
+    parts = t.quant_parts() if isinstance(t, LowBitTensor) else None
+    if parts is not None:
+        S.attach_quant_bound(st, *parts, mapped=mapped)
+        st.bytes = t.nbytes
 
 
 def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,

@@ -27,6 +27,7 @@ STORAGE_DTYPES = {
     "ShortStorage": torch.int16, "IntStorage": torch.int32, "LongStorage": torch.int64, "BoolStorage": torch.bool,
     "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
     "Float8_e4m3fnStorage": torch.float8_e4m3fn, "Float8_e5m2Storage": torch.float8_e5m2,
+    "UntypedStorage": torch.uint8,  # bytes, with the tensor's dtype given by _rebuild_tensor_v3
 }
 
 
@@ -170,14 +171,32 @@ def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
         return MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, shape,
                             stride, storage.numel - offset)
 
+    def rebuild_tensor_v3(storage: _StorageRef, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
+                          dtype: Any, *_: Any) -> MappedTensor:
+        """torch's newer form (float8 and other dtypes without a typed storage): bytes plus the dtype."""
+        if not isinstance(storage, _StorageRef) or not isinstance(dtype, torch.dtype):
+            raise CorruptData("a tensor without a storage or a dtype")
+        size = _itemsize(dtype)
+        if storage.dtype is not torch.uint8 or storage.numel % size:
+            raise CorruptData(f"storage {storage.key} does not hold whole {dtype} elements")
+        return rebuild_tensor(_StorageRef(dtype, storage.key, storage.numel // size), offset, shape, stride)
+
     def make_stub(name: str):
 
         skipped.append(name)
         return stub_for(name)
 
+    from optinspect.state import lowbit
+
     allowed = {
+        # torchao's low-bit optimizer states: their classes become markers, rebuilt as LowBitTensors
+        ("torch._tensor", "_rebuild_from_type_v2"): lowbit.rebuild,
+        ("torch._utils", "_rebuild_wrapper_subclass"): lowbit.Marker("wrapper"),
+        ("torch.serialization", "_get_layout"): str,
+        ("torch", "device"): lambda *a, **k: "device",
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
@@ -189,8 +208,12 @@ def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) in allowed:
                 return allowed[(module, name)]
-            if module == "torch" and name in STORAGE_DTYPES:
+            if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
                 return _StorageType(name)
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)  # a dtype value (torchao's appearance dtype)
+            if f"{module}.{name}" in lowbit.CLASSES:
+                return lowbit.Marker(lowbit.CLASSES[f"{module}.{name}"])
             full = f"{module}.{name}"
             if harmless.match(full):
                 return make_stub(full)

@@ -518,7 +518,7 @@ def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int 
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
     q = qmap.float()
-    per_code = code_error_bound(torch.arange(256), q)
+    per_code = code_error_bound(torch.arange(q.numel()), q)  # 256 codes, or torchao 4-bit's 16
     floor_code = int(torch.argmin(q.abs().masked_fill(q == 0, math.inf)))
     ss, mx, floor = 0.0, 0.0, 0
     for i in range(0, n, chunk):

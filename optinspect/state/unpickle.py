@@ -99,13 +99,9 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
         names = _unsafe_globals(path, is_zip, str(e))
     refused = [n for n in names if not HARMLESS_GLOBALS.match(n)]
     ao = [n for n in refused if TORCHAO.match(n)]
-    if ao and len(ao) == len(refused):
-        try:
-            import torchao.optim  # noqa: F401 - registers its tensor subclasses as safe globals
-        except ImportError:
-            raise StateLoadError(f"{path}: holds torchao optimizer-state tensor subclasses ({', '.join(ao[:3])}); "
-                                 "reading them needs torchao (pip install torchao)") from None
-        refused = []
+    if ao:  # our own reader maps torchao's optimizer states; reaching here means another torchao object
+        raise StateLoadError(f"{path}: holds torchao objects optinspect does not read ({', '.join(ao[:3])}); its "
+                             "optimizer states (AdamW8bit, AdamW4bit, AdamWFp8) it reads without torchao")
     if refused and RNG_FILE.match(os.path.basename(path)):
         raise StateLoadError(f"{path}: random-number-generator state saved beside the checkpoint (HF Trainer, "
                              "Accelerate), not optimizer state; pass the checkpoint folder or its optimizer file")

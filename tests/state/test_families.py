@@ -57,7 +57,7 @@ ALSO = [("Lion", lambda ps: _lib("lion_pytorch").Lion(ps, lr=1e-4)),
 # families told apart by their group's hyper-parameters only: saved here without them
 STRIP_GROUPS = {"SCORN/REMASTER"}
 # families we recognise but cannot write here (Automagic needs optimum.quanto and the trainer's checkout)
-NOT_WRITTEN = {"Automagic"}
+NOT_WRITTEN = {"Automagic"} | {f"torchao AdamW ({k})" for k in ("8-bit", "4-bit", "fp8")}  # test_torchao.py
 
 
 def test_every_family_has_a_writer():

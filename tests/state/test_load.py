@@ -259,7 +259,9 @@ def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
         bogus.view(0, 10**9)
 
 
-def test_torchao_states_need_torchao(tmp_path):
+def test_other_torchao_objects_are_refused_by_name(tmp_path):
+    """Not a tensor subclass rebuilt the way torchao saves its optimizer states (those are read, test_torchao.py):
+    refused, never constructed."""
     mod = types.ModuleType("torchao.prototype.low_bit_optim.subclass_8bit")
 
     class OptimState8bit:
@@ -278,7 +280,7 @@ def test_torchao_states_need_torchao(tmp_path):
     finally:
         for n in names:
             sys.modules.pop(n, None)
-    with pytest.raises(StateLoadError, match="needs torchao"):
+    with pytest.raises(StateLoadError, match="torchao objects optinspect does not read"):
         load_state(str(tmp_path / "ao.pt"))
 
 
