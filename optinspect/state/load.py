@@ -6,6 +6,8 @@ is which). The modules below hold each step; this one is the entry point.
 
 from __future__ import annotations
 
+import os
+
 from optinspect.state.layouts import has_mapped, interpret, load_safetensors, looks_like_safetensors
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError, materialize
 from optinspect.state.locate import resolve_path
@@ -17,6 +19,15 @@ __all__ = ["LoadedState", "ParamState", "StateLoadError", "load_state", "materia
 
 def load_state(path: str, model: str | None = None) -> LoadedState:
     """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape."""
+    from optinspect.state import dcp
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if dcp.is_dcp_folder(folder) and (os.path.isdir(path) or path.endswith((dcp.METADATA, ".distcp"))):
+        ls = dcp.load_dcp(folder)
+        ls.path, ls.source_file = path, os.path.join(folder, dcp.METADATA)
+        if model:
+            names_from_model(ls, model)
+        return ls
     file, how = resolve_path(path)
     if file.endswith(".safetensors") or looks_like_safetensors(file):
         ls = load_safetensors(file)

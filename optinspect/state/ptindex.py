@@ -77,33 +77,35 @@ class _StorageType:
         self.dtype = STORAGE_DTYPES[name]
 
 
-def _member_offsets(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
+def _member_offsets(mm: Any, base: int = 0, end: int | None = None) -> tuple[dict[str, tuple[int, int]], str]:
     """Data offset and size of every stored member, read from the zip's central directory in the mapping
-    (zipfile's own parser takes seconds for 300k members)."""
+    (zipfile's own parser takes seconds for 300k members). The zip may sit inside a larger file at
+    [base, end) (torch.distributed.checkpoint stores one torch.save archive per item); offsets are absolute."""
     try:
-        return _parse_directory(mm)
+        return _parse_directory(mm, base, len(mm) if end is None else end)
     except (struct.error, IndexError, ValueError, OverflowError) as e:
         if isinstance(e, CorruptData):
             raise
         raise Unsupported(f"malformed zip directory ({e})") from None
 
 
-def _parse_directory(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
-    size = len(mm)
-    eocd = mm.rfind(b"PK\x05\x06", max(0, size - 65557))
+def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int, int]], str]:
+    """(`size` is the archive's end in the mapping; its own offsets count from `base`.)"""
+    eocd = mm.rfind(b"PK\x05\x06", max(base, size - 65557), size)
     if eocd < 0:
         raise Unsupported("no end of central directory")
     count, cd_size, cd_off = struct.unpack_from("<HII", mm, eocd + 10)
     if count == 0xFFFF or cd_off == 0xFFFFFFFF or cd_size == 0xFFFFFFFF:
         loc = eocd - 20
-        if loc < 0 or mm[loc:loc + 4] != b"PK\x06\x07":
+        if loc < base or mm[loc:loc + 4] != b"PK\x06\x07":
             raise Unsupported("zip64 locator missing")
         (rec,) = struct.unpack_from("<Q", mm, loc + 8)
+        rec += base
         if mm[rec:rec + 4] != b"PK\x06\x06":
             raise Unsupported("zip64 record missing")
         count, cd_size, cd_off = struct.unpack_from("<QQQ", mm, rec + 32)
     out: dict[str, tuple[int, int]] = {}
-    pos = cd_off
+    pos = base + cd_off
     for _ in range(count):
         if mm[pos:pos + 4] != b"PK\x01\x02":
             raise Unsupported("bad central directory")
@@ -126,6 +128,7 @@ def _parse_directory(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
                         local = vals.pop(0)
                     break
                 j += 4 + ln
+        local += base
         if method != 0:
             raise CorruptData(f"zip member {name} is compressed (method {method}); torch.save never compresses, so "
                               "this file was re-packed by another tool and is not read (it could expand without bound)")
@@ -143,12 +146,16 @@ def _parse_directory(mm: Any) -> tuple[dict[str, tuple[int, int]], str]:
     return out, prefix
 
 
-def load_index(path: str, harmless: re.Pattern) -> tuple[Any, list[str]]:
-    """Read a torch zip checkpoint's object graph with MappedTensors for every tensor."""
-    mapped = MappedFile(path)
+def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = None, base: int = 0,
+               end: int | None = None) -> tuple[Any, list[str]]:
+    """Read a torch zip checkpoint's object graph with MappedTensors for every tensor (the archive may be the
+    bytes [base, end) of a mapped file that holds several)."""
+    mapped = mapped or MappedFile(path)
     if mapped.mm is None:
         raise Unsupported("empty file")
-    members, prefix = _member_offsets(mapped.mm)
+    if end is not None and not 0 <= base < end <= mapped.size:
+        raise CorruptData(f"{path}: an item at bytes {base}..{end} of a {mapped.size}-byte file")
+    members, prefix = _member_offsets(mapped.mm, base, end)
     start, size = members[f"{prefix}/data.pkl"]
     data = mapped.mm[start:start + size]
     skipped: list[str] = []

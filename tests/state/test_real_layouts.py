@@ -105,3 +105,64 @@ def test_run_folder_opens_its_latest_checkpoint_by_number(tmp_path):
         torch.save(opt.state_dict(), tmp_path / f"checkpoint-{n}" / "optimizer.pt")
     report = build_report(load_state(str(tmp_path)))
     assert report.steps == [4] and report.layout.startswith("checkpoint-10 (the latest of 2 checkpoint folders)")
+
+
+def _dcp_save(folder, steps: int):
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        model(torch.randn(4, 16)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
+    return opt
+
+
+def test_dcp_folder_reads_per_parameter_with_names(tmp_path, run_cli):
+    opt = _dcp_save(tmp_path / "a", 3)
+    report = build_report(load_state(str(tmp_path / "a")))
+    assert report.layout == "torch.distributed.checkpoint folder" and report.steps == [3]
+    assert [r.name for r in report.params] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    own = opt.state_dict()["state"]
+    for i, row in enumerate(report.params):
+        assert math.isclose(row.first_rms, own[i]["exp_avg"].double().pow(2).mean().sqrt().item(), rel_tol=1e-6)
+    _dcp_save(tmp_path / "b", 5)
+    rc, out, _ = run_cli("diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    import json
+
+    assert rc == 0 and [p["step_b"] for p in json.loads(out)["params"]] == [5, 5, 5, 5]
+    assert run_cli("inspect", str(tmp_path / "a" / ".metadata"))[0] == 0  # the metadata file names its folder
+
+
+def test_dcp_metadata_never_executes_and_items_stay_in_the_folder(tmp_path):
+    import pickle
+
+    from optinspect.state.loaded import StateLoadError
+    from optinspect.state.mapped import CorruptData
+
+    _dcp_save(tmp_path / "a", 1)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import os
+
+    (tmp_path / "a" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(StateLoadError, match="not part of a checkpoint's metadata"):
+        load_state(str(tmp_path / "a"))
+    assert not (tmp_path / "pwned").exists()
+
+    _dcp_save(tmp_path / "b", 1)
+    meta = (tmp_path / "b" / ".metadata").read_bytes()
+    # same length, so the pickle stays valid
+    (tmp_path / "b" / ".metadata").write_bytes(meta.replace(b"__0_0.distcp", b"../00.distcp"))
+    with pytest.raises((StateLoadError, CorruptData), match="not a .distcp file of the folder"):
+        build_report(load_state(str(tmp_path / "b")))
