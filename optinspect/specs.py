@@ -15,6 +15,7 @@ report's family and shape inference, the rules' type lists.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,8 +160,14 @@ FAMILIES: tuple[StateFamily, ...] = (
 def family_of(keys: frozenset[str] | set[str], group: Mapping, lowbit: str | None = None) -> StateFamily | None:
     """The family a parameter's state belongs to, or None for a state we do not recognise (or no state).
     `lowbit`: the kind of torchao low-bit tensor among its values, if any (the keys are Adam's)."""
-    keys = frozenset(keys)
-    return next((f for f in FAMILIES if f.matches(keys, group, lowbit)), None)
+    return _family_of(frozenset(keys), frozenset(k for k in group if isinstance(k, str)), lowbit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _family_of(keys: frozenset[str], group_keys: frozenset[str], lowbit: str | None) -> StateFamily | None:
+    """(Signatures look only at which keys the group has: the answer is cached per set of keys, so a million
+    parameters of a few kinds cost a few lookups.)"""
+    return next((f for f in FAMILIES if f.matches(keys, group_keys, lowbit)), None)
 
 
 def _keys_with(*roles: Role) -> tuple[str, ...]:

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 
 PAGE = mmap.PAGESIZE
+# The mapping is read-only and so is every use of its views: torch's warning about a non-writable buffer is
+# silenced once here (a catch_warnings around each view cost more than the view, for a million small tensors).
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 
 class CorruptData(ValueError):
@@ -68,9 +71,7 @@ class MappedFile:
         if end > self.size or os.fstat(self.fd).st_size < end:
             raise CorruptData(f"{self.path}: the file is shorter than its tensors need (truncated, or being "
                               "rewritten while it is read)")
-        with warnings.catch_warnings():  # the mapping is read-only and so is every use of the view
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.frombuffer(self.mm, dtype=dtype, count=count, offset=start)
+        return torch.frombuffer(self.mm, dtype=dtype, count=count, offset=start)
 
     def release(self, start: int, nbytes: int) -> None:
         a = start // PAGE * PAGE

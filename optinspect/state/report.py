@@ -87,6 +87,10 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return _FIELDS[cls]
 
 
+def _hist(h: Any) -> Any:
+    return h if isinstance(h, list) or h is None else list(h)  # a sparse histogram is written out whole
+
+
 def plain(obj: Any) -> Any:
     """Report objects as JSON-able data (non-finite floats as strings), sharing the histograms."""
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -94,7 +98,7 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if is_dataclass(obj):  # histograms are our own lists of ints: shared as they are, not walked
-        return {name: (getattr(obj, name) if name == "hist" else plain(getattr(obj, name)))
+        return {name: (_hist(getattr(obj, name)) if name == "hist" else plain(getattr(obj, name)))
                 for name in _field_names(type(obj))}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]

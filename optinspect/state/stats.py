@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -72,7 +72,7 @@ class _Acc:
         self.zeros = 0
         self.nan = 0
         self.inf = 0
-        self.hist = torch.zeros(HIST_BINS, dtype=torch.int64)
+        self.hist: torch.Tensor | None = None  # the first part's, then summed (no zeros tensor per tensor)
 
     def add(self, x: torch.Tensor) -> None:
         self.merge(_chunk(x))
@@ -87,7 +87,8 @@ class _Acc:
         self.zeros += zeros
         self.nan += nan
         self.inf += inf
-        self.hist += hist.cpu()  # counted where the data lives (CPU here; a no-op copy then)
+        hist = hist.cpu()  # counted where the data lives (CPU here; a no-op copy then)
+        self.hist = hist.clone() if self.hist is None else self.hist.add_(hist)
 
 
 def _chunk(x: torch.Tensor, hist: torch.Tensor | None = None) -> tuple:
@@ -231,8 +232,49 @@ def _finish(acc: _Acc, st: TensorStats) -> TensorStats:
     st.rms = math.sqrt(acc.ss / n)
     st.zero_frac = acc.zeros / n if acc.n else 0.0
     st.nan, st.inf = acc.nan, acc.inf
-    st.hist = acc.hist.tolist()
+    st.hist = SparseHist.of(acc.hist)
     return st
+
+
+class SparseHist(Sequence):
+    """A 256-bin histogram kept as its non-empty bins when there are few (a one-element tensor has one): a
+    million small tensors' histograms as lists would take gigabytes. Reads as the list of 256 counts."""
+
+    __slots__ = ("bins", "counts")
+    MAX = 16  # beyond this many non-empty bins the plain list is smaller
+
+    def __init__(self, bins: tuple[int, ...], counts: tuple[int, ...]) -> None:
+        self.bins, self.counts = bins, counts
+
+    @classmethod
+    def of(cls, hist: torch.Tensor | None) -> list[int] | SparseHist:
+        if hist is None:
+            return cls((), ())
+        nz = torch.nonzero(hist).reshape(-1)
+        if nz.numel() > cls.MAX:
+            return hist.tolist()
+        return cls(tuple(nz.tolist()), tuple(hist[nz].tolist()))
+
+    def __len__(self) -> int:
+        return HIST_BINS
+
+    def __getitem__(self, i):
+        full = self.tolist()
+        return full[i]
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def tolist(self) -> list[int]:
+        out = [0] * HIST_BINS
+        for b, c in zip(self.bins, self.counts, strict=True):
+            out[b] = c
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, SparseHist)) else NotImplemented
+
+    __hash__ = None
 
 
 def _dtype_name(t) -> str:
