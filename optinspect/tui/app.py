@@ -114,6 +114,9 @@ class StateApp(App[int]):
         except CorruptData as e:
             self.call_from_thread(self._failed, str(e))
             return
+        except Exception as e:  # noqa: BLE001 - said and the app ends, never an endless "computing…"
+            self.call_from_thread(self._failed, f"statistics failed: {type(e).__name__}: {e}")
+            return
         batch, self._pending = self._pending, {}
         # which columns apply is settled here, off the UI thread (a scan of every row for the absent ones)
         self.call_from_thread(self._finished, report, batch, applicable(STATE_COLUMNS, report.params))

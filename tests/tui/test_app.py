@@ -187,3 +187,27 @@ def test_report_notes_reach_the_summary(tmp_path, monkeypatch):
             await pilot.press("q")
 
     asyncio.run(run())
+
+
+def test_failing_statistics_end_with_the_error_not_an_endless_computing(tmp_path, monkeypatch):
+    import optinspect.state.analyse as report_mod
+
+    monkeypatch.chdir(tmp_path)
+    make_state(str(tmp_path), n_extra=2)
+
+    def broken(*a, **k):
+        raise ValueError("a state this engine cannot read")
+
+    monkeypatch.setattr(report_mod, "_param", broken)
+
+    async def run():
+        app = make_app("state.pt")
+        async with app.run_test(size=(100, 30)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if app.loading_done:
+                    break
+            assert app.loading_done
+        assert app.return_code == 2
+
+    asyncio.run(run())
