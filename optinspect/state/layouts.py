@@ -103,7 +103,21 @@ def _names_from_param_shapes(ps: Any) -> list[str] | None:
     return None
 
 
-def _zero_stage(v: Any) -> str:
+def _names_from_module(ls: LoadedState, module: Any) -> bool:
+    """DeepSpeed stage 0 saves no param_shapes, but the module's weights sit beside the state in parameter order:
+    their names fit when the count and every shape agree."""
+    if not isinstance(module, dict):
+        return False
+    weights = [(str(k), tuple(v.shape)) for k, v in module.items() if _tensorish(v)]
+    if len(weights) != len(ls.params) or any(p.shape is not None and tuple(p.shape) != s
+                                              for p, (_, s) in zip(ls.params, weights, strict=True)):
+        return False
+    for p, (name, _) in zip(ls.params, weights, strict=True):
+        p.name = name
+    return True
+
+
+def zero_stage(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     args = getattr(v, "args", ())
@@ -147,7 +161,7 @@ def interpret(obj: Any, path: str) -> LoadedState:
                     ls.extra["global_step"] = obj["global_step"]
                 return ls
             if isinstance(inner, dict) and "zero_stage" in inner and _is_state_dict(inner.get("optimizer_state_dict")):
-                stage = _zero_stage(inner["zero_stage"])
+                stage = zero_stage(inner["zero_stage"])
                 ls = from_state_dict(inner["optimizer_state_dict"], path, f"DeepSpeed ZeRO stage {stage} "
                                      "optimizer states (partitioned base-optimizer state)")
                 ls.key_used = f"{key}.optimizer_state_dict"
@@ -162,6 +176,8 @@ def interpret(obj: Any, path: str) -> LoadedState:
                     ls.names_from = "param_shapes"
                 elif names:
                     ls.warnings.append(f"param_shapes lists {len(names)} names for {len(ls.params)} state entries")
+                elif deepspeed and _names_from_module(ls, obj.get("module")):
+                    ls.names_from = "module (the model's weights in the same file, by order and shape)"
                 ls.layout = ("DeepSpeed checkpoint" if deepspeed else "training checkpoint") + f" -> {ls.layout}"
                 ls.key_used = key
                 if deepspeed:

@@ -29,6 +29,20 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
             names_from_model(ls, model)
         return ls
     file, how = resolve_path(path)
+    from optinspect.state import zero
+
+    here = os.path.dirname(file) or "."
+    if zero.zero_files(here) and (zero.OPTIM_FILE.match(os.path.basename(file))
+                                  or file.endswith("model_states.pt")):
+        meta = zero.model_states_file(here)
+        if meta:  # every rank's partition, named by the model-states file's param_shapes
+            ls = zero.load_zero(here, meta)
+            ls.path, ls.source_file = path, here
+            if how != "file" and "ZeRO" not in how:
+                ls.layout = f"{how.rsplit('/', 1)[0]}/: {ls.layout}" if "/" in how else ls.layout
+            if model:
+                names_from_model(ls, model)
+            return ls
     if file.endswith(".safetensors") or looks_like_safetensors(file):
         ls = load_safetensors(file)
     else:
