@@ -17,6 +17,14 @@ async def _settle(app, pilot):
     await pilot.pause()
 
 
+async def _until(pilot, condition, tries: int = 100) -> None:
+    """Let the app run until `condition()` holds (or the tries run out)."""
+    for _ in range(tries):
+        await pilot.pause(0.02)
+        if condition():
+            return
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 50)])
 def test_open_sort_filter_select_detail_quit(state_dir, size):
     async def run():
@@ -78,10 +86,7 @@ def test_ui_answers_keys_while_statistics_are_loading(tmp_path, monkeypatch):
     async def run():
         app = make_app("state.pt")
         async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(50):
-                await pilot.pause(0.02)
-                if app.query_one(ParamTable).rows:
-                    break
+            await _until(pilot, lambda: app.query_one(ParamTable).rows, tries=50)
             assert not app.loading_done
             before = app.keys_seen
             await pilot.press("down", "down")
@@ -203,10 +208,7 @@ def test_failing_statistics_end_with_the_error_not_an_endless_computing(tmp_path
     async def run():
         app = make_app("state.pt")
         async with app.run_test(size=(100, 30)) as pilot:
-            for _ in range(100):
-                await pilot.pause(0.02)
-                if app.loading_done:
-                    break
+            await _until(pilot, lambda: app.loading_done)
             assert app.loading_done
         assert app.return_code == 2
 
