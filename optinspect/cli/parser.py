@@ -12,6 +12,7 @@ DESCRIPTION = ("Check a diffusion trainer's [optimizer] table before the run, dr
                "and look inside saved optimizer state.")
 STATE_HELP = ".pt/.bin/.safetensors file or checkpoint folder"
 MODEL_HELP = "model .safetensors to name parameters by order and shape"
+OPTIMIZER_HELP = "which optimizer of a checkpoint that holds several (Lightning, Accelerate; default 0)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches, e.g. '*attn*'")
     i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help=MODEL_HELP)
+    i.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
 
     r = command("resume", "resume", "what resuming STATE under CONFIG will really do (settings, lr, resets, fit)")
     r.add_argument("config", metavar="CONFIG", help="the trainer config the run will resume with")
@@ -116,12 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("state", metavar="STATE", help=STATE_HELP)
     t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")
     t.add_argument("--model", metavar="FILE", help=MODEL_HELP)
+    t.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
 
     f = command("diff", "state", "compare two states of the same run (after a resume, say)")
     f.add_argument("a", metavar="A", help="the earlier state (file or checkpoint folder)")
     f.add_argument("b", metavar="B", help="the later state")
     f.add_argument("--json", action="store_true", help="the comparison as JSON")
     f.add_argument("--model", metavar="FILE", help=MODEL_HELP)
+    f.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
 
     p.set_defaults(_commands=sub.choices)
     return p

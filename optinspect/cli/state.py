@@ -17,18 +17,18 @@ def run(args: argparse.Namespace) -> int:
     return _inspect(args) if args.command == "inspect" else _diff(args)
 
 
-def _load(path: str, model: str | None):
+def _load(path: str, model: str | None, optimizer: int = 0):
     from optinspect.state.header import HeaderError
     from optinspect.state.load import StateLoadError, load_state
 
     try:
-        return load_state(path, model=model), None
+        return load_state(path, model=model, optimizer=optimizer), None
     except (StateLoadError, HeaderError, OSError) as e:
         return None, str(e)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ls, error = _load(args.state, args.model)
+    ls, error = _load(args.state, args.model, args.optimizer)
     if error:
         return err(error)
     from optinspect.state.mapped import CorruptData
@@ -63,10 +63,10 @@ def _report(ls, console, quiet: bool):
 
 
 def _diff(args: argparse.Namespace) -> int:
-    a, error = _load(args.a, args.model)
+    a, error = _load(args.a, args.model, args.optimizer)
     if error:
         return err(error)
-    b, error = _load(args.b, args.model)
+    b, error = _load(args.b, args.model, args.optimizer)
     if error:
         return err(error)
     from optinspect.state.diff import diff_states

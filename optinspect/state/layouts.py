@@ -124,7 +124,7 @@ def zero_stage(v: Any) -> str:
     return str(args[0]) if args and isinstance(args[0], int) else "?"
 
 
-def interpret(obj: Any, path: str) -> LoadedState:
+def interpret(obj: Any, path: str, optimizer: int = 0) -> LoadedState:
     """Turn whatever torch.load returned into a LoadedState, saying which layout and key were used."""
     if isinstance(obj, dict) and obj.get("format") == "optinspect-state/1" and _is_state_dict(obj.get("optimizer")):
         ls = from_state_dict(obj["optimizer"], path, "optinspect dry-run state (.pt)", obj.get("param_names"))
@@ -152,11 +152,15 @@ def interpret(obj: Any, path: str) -> LoadedState:
                 continue
             if isinstance(inner, list) and inner and all(_is_state_dict(x) for x in inner):
                 # Lightning's `optimizer_states`: one state_dict per optimizer of configure_optimizers()
-                ls = interpret(inner[0], path)
-                ls.layout = f"Lightning checkpoint -> optimizer_states[0] of {len(inner)} -> {ls.layout}"
-                ls.key_used = f"{key}[0]"
+                if not 0 <= optimizer < len(inner):
+                    raise StateLoadError(f"{path}: --optimizer {optimizer}, but the checkpoint holds {len(inner)} "
+                                         f"optimizer{'s' * (len(inner) != 1)} (0..{len(inner) - 1})")
+                ls = interpret(inner[optimizer], path)
+                ls.layout = f"Lightning checkpoint -> optimizer_states[{optimizer}] of {len(inner)} -> {ls.layout}"
+                ls.key_used = f"{key}[{optimizer}]"
                 if len(inner) > 1:
-                    ls.warnings.append(f"this checkpoint holds {len(inner)} optimizers; the first is shown")
+                    ls.warnings.append(f"this checkpoint holds {len(inner)} optimizers; number {optimizer} is shown "
+                                       "(--optimizer N picks another)")
                 if isinstance(obj.get("global_step"), int):
                     ls.extra["global_step"] = obj["global_step"]
                 return ls

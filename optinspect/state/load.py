@@ -17,8 +17,9 @@ from optinspect.state.unpickle import is_zip, safe_torch_load
 __all__ = ["LoadedState", "ParamState", "StateLoadError", "load_state", "materialize"]
 
 
-def load_state(path: str, model: str | None = None) -> LoadedState:
-    """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape."""
+def load_state(path: str, model: str | None = None, optimizer: int = 0) -> LoadedState:
+    """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape; `optimizer`
+    picks one of a checkpoint that holds several (Lightning's list, Accelerate's optimizer_N.bin)."""
     from optinspect.state import dcp
 
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
@@ -28,7 +29,7 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
         if model:
             names_from_model(ls, model)
         return ls
-    file, how = resolve_path(path)
+    file, how = resolve_path(path, optimizer=optimizer)
     from optinspect.state import zero
 
     here = os.path.dirname(file) or "."
@@ -47,7 +48,7 @@ def load_state(path: str, model: str | None = None) -> LoadedState:
         ls = load_safetensors(file)
     else:
         obj, skipped = safe_torch_load(file)
-        ls = interpret(obj, path)
+        ls = interpret(obj, path, optimizer)
         ls.skipped = skipped
         ls.mapped = is_zip(file) and not has_mapped(ls)
         if skipped:

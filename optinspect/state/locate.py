@@ -19,7 +19,7 @@ def _more_optimizers(folder: str, first: str) -> list[str]:
                   key=lambda n: int(re.sub(r"\D", "", n) or 0))
 
 
-def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
+def resolve_path(path: str, depth: int = 0, optimizer: int = 0) -> tuple[str, str]:
     """A file, or the optimizer file inside a checkpoint folder; returns (file, how it was found)."""
     if not os.path.isdir(path):
         if not os.path.lexists(path):
@@ -34,7 +34,7 @@ def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
         # a tag names a child folder (global_step1000), never `.`, `..` or a path elsewhere
         if tag and tag not in (".", "..") and os.sep not in tag and "/" not in tag \
                 and os.path.isdir(os.path.join(path, tag)):
-            f, how = resolve_path(os.path.join(path, tag), depth + 1)
+            f, how = resolve_path(os.path.join(path, tag), depth + 1, optimizer)
             return f, f"DeepSpeed `latest` -> {tag}/{how}"
     steps = sorted(glob.glob(os.path.join(path, "global_step*")), key=lambda p: int(re.sub(r"\D", "", p[-12:]) or 0))
     candidates = ["mp_rank_00_model_states.pt", "optimizer.pt", "optimizer.bin",
@@ -44,20 +44,27 @@ def resolve_path(path: str, depth: int = 0) -> tuple[str, str]:
             check_regular(os.path.join(path, c))
             others = _more_optimizers(path, c)
             if others:  # Accelerate saves one file per prepared optimizer (UNet and text encoder, say)
-                return os.path.join(path, c), (f"{c} (1 of {len(others) + 1} optimizers; the others: "
-                                               f"{', '.join(others)}: pass one of those files to see it)")
+                files = [c, *others]
+                if not 0 <= optimizer < len(files):
+                    raise StateLoadError(f"{path}: --optimizer {optimizer}, but the folder holds {len(files)} "
+                                         f"optimizers ({', '.join(files)})")
+                return os.path.join(path, files[optimizer]), (f"{files[optimizer]} (optimizer {optimizer} of "
+                                                              f"{len(files)}: {', '.join(files)}; --optimizer N "
+                                                              "picks another)")
+            if optimizer:
+                raise StateLoadError(f"{path}: --optimizer {optimizer}, but the folder holds one optimizer")
             return os.path.join(path, c), c
     zero = sorted(glob.glob(os.path.join(path, "*optim_states.pt")))
     if zero:
         return zero[0], os.path.basename(zero[0]) + (f" (1 of {len(zero)} ZeRO partitions)" if len(zero) > 1 else "")
     if steps:
-        f, how = resolve_path(steps[-1], depth + 1)
+        f, how = resolve_path(steps[-1], depth + 1, optimizer)
         return f, f"{os.path.basename(steps[-1])}/{how}"
     runs = sorted((d for d in glob.glob(os.path.join(path, "checkpoint-*")) if os.path.isdir(d)
                    and re.fullmatch(r"checkpoint-\d+", os.path.basename(d))),
                   key=lambda d: int(os.path.basename(d).split("-")[1]))
     if runs:  # a run's output folder (HF Trainer, Accelerate, kohya): its latest checkpoint by number
-        f, how = resolve_path(runs[-1], depth + 1)
+        f, how = resolve_path(runs[-1], depth + 1, optimizer)
         return f, f"{os.path.basename(runs[-1])} (the latest of {len(runs)} checkpoint folders)/{how}"
     found = sorted(glob.glob(os.path.join(path, "*.pt")) + glob.glob(os.path.join(path, "*.safetensors")))
     if len(found) == 1:

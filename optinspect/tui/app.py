@@ -42,8 +42,9 @@ class StateApp(App[int]):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, path: str, other: str | None = None, model: str | None = None) -> None:
+    def __init__(self, path: str, other: str | None = None, model: str | None = None, optimizer: int = 0) -> None:
         super().__init__()
+        self.optimizer = optimizer
         self.path = path
         self.other = other
         self.model = model
@@ -84,7 +85,7 @@ class StateApp(App[int]):
         from optinspect.state.load import StateLoadError, load_state
 
         try:
-            ls = load_state(self.path, model=self.model)
+            ls = load_state(self.path, model=self.model, optimizer=self.optimizer)
         except (StateLoadError, HeaderError, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
@@ -128,8 +129,8 @@ class StateApp(App[int]):
         from optinspect.state.load import StateLoadError, load_state
 
         try:
-            a = load_state(self.path, model=self.model)
-            b = load_state(self.other, model=self.model)
+            a = load_state(self.path, model=self.model, optimizer=self.optimizer)
+            b = load_state(self.other, model=self.model, optimizer=self.optimizer)
         except (StateLoadError, HeaderError, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
@@ -251,6 +252,6 @@ class StateApp(App[int]):
         yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
 
 
-def make_app(path: str, other: str | None = None, model: str | None = None) -> StateApp:
+def make_app(path: str, other: str | None = None, model: str | None = None, optimizer: int = 0) -> StateApp:
     """The app factory shared by the CLI and the tests."""
-    return StateApp(path, other, model)
+    return StateApp(path, other, model, optimizer)

@@ -67,6 +67,13 @@ def test_lightning_checkpoint_opens_its_first_optimizer(n, tmp_path):
         m = own[row.index]["exp_avg"].double()
         assert math.isclose(row.first_rms, m.pow(2).mean().sqrt().item(), rel_tol=1e-5)
     assert any("2 optimizers" in w for w in report.warnings) == (n == 2)
+    if n == 2:  # the second is there too, picked by number
+        second = build_report(load_state(str(path), optimizer=1))
+        assert second.family == "SGD" and "optimizer_states[1] of 2" in second.layout
+        from optinspect.state.loaded import StateLoadError
+
+        with pytest.raises(StateLoadError, match="holds 2 optimizers"):
+            load_state(str(path), optimizer=2)
 
 
 def test_accelerate_folder_with_two_optimizers_says_so_and_rng_state_is_named(tmp_path):
@@ -83,9 +90,10 @@ def test_accelerate_folder_with_two_optimizers_says_so_and_rng_state_is_named(tm
     acc.save_state(str(tmp_path / "state"))
     report = build_report(load_state(str(tmp_path / "state")))
     assert report.source_file.endswith("optimizer.bin") and report.family == "Adam/AdamW"
-    assert "1 of 2 optimizers" in report.layout and "optimizer_1.bin" in report.layout
+    assert "optimizer 0 of 2" in report.layout and "optimizer_1.bin" in report.layout
     other = build_report(load_state(str(tmp_path / "state" / "optimizer_1.bin")))
     assert other.family == "SGD"
+    assert build_report(load_state(str(tmp_path / "state"), optimizer=1)).family == "SGD"
     from optinspect.state.loaded import StateLoadError
 
     rng = next((tmp_path / "state").glob("random_states_*.pkl"))
