@@ -59,21 +59,23 @@ def trainer_line(reports: list[FileReport]) -> str | None:
     """Which trainer each file's table was judged as (the profile decides types, keys popped, beta2_half_life)."""
     from optinspect import specs
 
-    groups: dict[tuple, int] = {}
+    groups: dict[str | None, list[str]] = {}
     for r in reports:
         if r.optimizer_type is not None:
-            key = (r.trainer, r.trainer_reason)
-            groups[key] = groups.get(key, 0) + 1
+            groups.setdefault(r.trainer, []).append(r.trainer_reason)
     if not groups:
         return None
 
-    def said(trainer: str | None, reason: str) -> str:
+    def said(trainer: str | None, reasons: list[str]) -> str:
         if trainer is None:
             return "either trainer (upstream diffusion-pipe or diffusion-chroma; --trainer picks one)"
         title = specs.PROFILES[trainer].title
-        return f"{title} ({term(reason)})" if reason != "--trainer" else f"{title} (--trainer)"
+        if len(set(reasons)) > 1:
+            return f"{title} (inferred from the types)"
+        return f"{title} ({term(reasons[0])})"
 
     if len(groups) == 1:
-        return "judged as " + said(*next(iter(groups)))
-    return "judged as: " + "; ".join(f"{said(*k)} for {n} file{'s' * (n != 1)}" for k, n in groups.items())
-
+        trainer, reasons = next(iter(groups.items()))
+        return "judged as " + said(trainer, reasons)
+    return "judged as: " + "; ".join(f"{said(t, rs)} for {len(rs)} file{'s' * (len(rs) != 1)}"
+                                     for t, rs in groups.items())
