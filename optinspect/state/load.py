@@ -11,7 +11,7 @@ import os
 from optinspect.state.layouts import has_mapped, interpret, load_safetensors, looks_like_safetensors
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError, materialize
 from optinspect.state.locate import resolve_path
-from optinspect.state.naming import names_from_model, names_from_pipeline_layers
+from optinspect.state.naming import names_from_hf_trainer, names_from_model, names_from_pipeline_layers
 from optinspect.state.unpickle import is_zip, safe_torch_load
 
 __all__ = ["LoadedState", "ParamState", "StateLoadError", "load_state", "materialize"]
@@ -61,4 +61,6 @@ def load_state(path: str, model: str | None = None, optimizer: int = 0) -> Loade
         names_from_model(ls, model)
     elif ls.names_from == "index" and "DeepSpeed" in ls.layout:
         names_from_pipeline_layers(ls, file)
+    elif ls.names_from == "index":
+        names_from_hf_trainer(ls, os.path.dirname(file) or ".")
     return ls

@@ -79,3 +79,61 @@ def names_from_pipeline_layers(ls: LoadedState, file: str) -> None:
                     candidates.append((f"{layer}.{key}", tuple(v.shape)))
     if candidates:
         assign_names(ls, candidates, "layer files", "DeepSpeed layer files (shape, then order)")
+
+
+HF_TRAINER_FILES = ("config.json", "trainer_state.json")
+
+
+def names_from_hf_trainer(ls: LoadedState, folder: str) -> bool:
+    """An HF Trainer checkpoint's parameters by the Trainer's own rule: its optimizer has a group of the
+    parameters with weight decay, then one of the others, each in module order. The model's safetensors header
+    is sorted by name and cannot give that order; the model class named in config.json, built on the meta device
+    by the installed transformers (no weights, no code from the checkpoint), can. Names are kept only where the
+    count, the group sizes and every shape agree; otherwise why not is said."""
+    import importlib.util
+    import warnings
+
+    if not all(os.path.isfile(os.path.join(folder, f)) for f in HF_TRAINER_FILES):
+        return False
+    if importlib.util.find_spec("transformers") is None:
+        ls.warnings.append("an HF Trainer checkpoint: with transformers installed its parameters are named by the "
+                           "Trainer's grouping rule")
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch
+            import transformers
+
+            config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            arch = (getattr(config, "architectures", None) or [None])[0]
+            klass = getattr(transformers, str(arch), None) if arch else None
+            if klass is None:
+                ls.warnings.append(f"an HF Trainer checkpoint of {arch!r}, a model class transformers does not "
+                                   "have: parameters keep their index")
+                return False
+            with torch.device("meta"):
+                model = klass(config)
+            decay = set(transformers.Trainer.get_decay_parameter_names(None, model))
+    except Exception as e:  # noqa: BLE001 - naming is a courtesy; the state is read either way
+        ls.warnings.append(f"an HF Trainer checkpoint whose model could not be rebuilt to name parameters "
+                           f"({type(e).__name__}: {str(e)[:120]})")
+        return False
+    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [[x for x in named if x[0] in decay], [x for x in named if x[0] not in decay]]
+    order = [x for g in groups for x in g]
+    sizes = [sum(1 for p in ls.params if p.group == g) for g in range(len(ls.groups))]
+    if len(order) != len(ls.params) or sizes != [len(g) for g in groups if g]:
+        ls.warnings.append(f"the Trainer's rule gives {len(order)} parameters in groups of "
+                           f"{[len(g) for g in groups]}; the state has {len(ls.params)} in {sizes}: names kept by "
+                           "index (a custom optimizer or optim_target_modules?)")
+        return False
+    wrong = [(p.name, n) for p, (n, s) in zip(ls.params, order, strict=True) if p.shape and tuple(p.shape) != s]
+    if wrong:
+        ls.warnings.append(f"{len(wrong)} parameter(s) do not have the shape the Trainer's rule gives them (first: "
+                           f"{wrong[0][0]} would be {wrong[0][1]}): names kept by index")
+        return False
+    for p, (n, _) in zip(ls.params, order, strict=True):
+        p.name = n
+    ls.names_from = f"HF Trainer rule ({arch} from config.json: decayed parameters, then the rest, in module order)"
+    return True

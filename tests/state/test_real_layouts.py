@@ -174,3 +174,28 @@ def test_dcp_metadata_never_executes_and_items_stay_in_the_folder(tmp_path):
     (tmp_path / "b" / ".metadata").write_bytes(meta.replace(b"__0_0.distcp", b"../00.distcp"))
     with pytest.raises((StateLoadError, CorruptData), match="not a .distcp file of the folder"):
         build_report(load_state(str(tmp_path / "b")))
+
+
+def test_hf_trainer_checkpoint_is_named_by_the_trainers_own_grouping(tmp_path):
+    """The Trainer's optimizer holds the decayed parameters, then the others: the names must be the ones its own
+    optimizer has at each index (the sorted model.safetensors would give wrong ones)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tf = pytest.importorskip("transformers")
+        cfg = tf.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                             tie_word_embeddings=False)
+        torch.manual_seed(0)
+        model = tf.LlamaForCausalLM(cfg)
+        data = [{"input_ids": torch.randint(0, 64, (8,)), "labels": torch.randint(0, 64, (8,))} for _ in range(4)]
+        args = tf.TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=2,
+                                    save_steps=2, report_to=[], use_cpu=True, weight_decay=0.01,
+                                    disable_tqdm=True)
+        trainer = tf.Trainer(model=model, args=args, train_dataset=data)
+        trainer.train()
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    truth = [by_id[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]]
+    report = build_report(load_state(str(tmp_path / "run")))
+    assert [r.name for r in report.params] == truth
+    assert report.names_from.startswith("HF Trainer rule (LlamaForCausalLM")
+    assert truth != sorted(truth)  # the order the safetensors header has would have been wrong
