@@ -113,7 +113,10 @@ FAMILIES: tuple[StateFamily, ...] = (
                 {"exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND, "exp_avg_sq_row": Role.SECOND_ROW,
                  "exp_avg_sq_col": Role.SECOND_COL, "exp_avg_res_row": Role.SCALAR, "exp_avg_res_col": Role.SCALAR,
                  "RMS": Role.SCALAR},
-                (_sig(any_keys="exp_avg_res_row exp_avg_res_col", group_any="eps1"),), step_where="group"),
+                # its vectors (no residual) are told by the group: pytorch_optimizer's eps1, came-pytorch's
+                # three betas (Adafactor's group has beta1, not betas)
+                (_sig("RMS", any_keys="exp_avg_res_row exp_avg_res_col", group_any="eps1 betas"),),
+                step_where="group"),
     StateFamily("Adafactor", "transformers / diffusion trainer",
                 {"step": Role.STEP, "exp_avg": Role.FIRST, "exp_avg_sq": Role.SECOND,
                  "exp_avg_sq_row": Role.SECOND_ROW, "exp_avg_sq_col": Role.SECOND_COL, "RMS": Role.SCALAR},

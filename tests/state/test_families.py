@@ -53,7 +53,8 @@ WRITERS = {
 # more libraries writing a family already listed
 ALSO = [("Lion", lambda ps: _lib("lion_pytorch").Lion(ps, lr=1e-4)),
         ("Schedule-free AdamW", lambda ps: _lib("pytorch_optimizer").ScheduleFreeAdamW(ps, lr=1e-3)),
-        ("optimi AdamW", lambda ps: _lib("optimi").StableAdamW(ps, lr=1e-3))]
+        ("optimi AdamW", lambda ps: _lib("optimi").StableAdamW(ps, lr=1e-3)),
+        ("CAME", lambda ps: _lib("came_pytorch").CAME(ps, lr=1e-4, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16)))]
 # families told apart by their group's hyper-parameters only: saved here without them
 STRIP_GROUPS = {"SCORN/REMASTER"}
 # families we recognise but cannot write here (Automagic needs optimum.quanto and the trainer's checkout)
