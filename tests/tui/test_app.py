@@ -213,3 +213,49 @@ def test_failing_statistics_end_with_the_error_not_an_endless_computing(tmp_path
         assert app.return_code == 2
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("layout", ["dcp", "torchao"])
+def test_tui_opens_the_layouts_libraries_write(layout, tmp_path):
+    """A DCP folder and a torchao 8-bit state open with every row filled in (the statistics engine reads them)."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if layout == "torchao":
+            ao = pytest.importorskip("torchao.optim")
+            opt = ao.AdamW8bit(model.parameters(), lr=1e-3)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            model(torch.randn(4, 128)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        if layout == "torchao":
+            target = tmp_path / "optimizer.pt"
+            torch.save(opt.state_dict(), target)
+            family = "torchao AdamW (8-bit)"
+        else:
+            dcp = pytest.importorskip("torch.distributed.checkpoint")
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            msd, osd = get_state_dict(model, opt)
+            target = tmp_path / "dcp"
+            dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(target))
+            family = "Adam/AdamW"
+
+    async def run():
+        app = make_app(str(target))
+        async with app.run_test(size=(120, 30)) as pilot:
+            await _settle(app, pilot)
+            rows = app.query_one(ParamTable).rows
+            assert app.loading_done and len(rows) == 4 and rows[0].family == family
+            assert all(r.first_rms is not None for r in rows)
+            await pilot.press("q")
+        assert app.return_code in (0, None)
+
+    asyncio.run(run())
