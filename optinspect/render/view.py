@@ -96,7 +96,8 @@ def size(r) -> int:
 
 
 STATE_COLUMNS = [
-    Column("name", 0, lambda r: r.name, lambda r: r.name, sort="name"),
+    Column("name", 0, lambda r: r.name + ("" if getattr(r, "name_certain", True) else " ?"), lambda r: r.name,
+           sort="name"),
     Column("shape", 11, _shape, size, sort="size", largest_first=True),
     Column("dtype", 9, _dtype, _dtype),
     Column("step", 6, lambda r: _g(r, r.step, "d"), lambda r: (r.step is None, r.step or 0), "right", sort="step"),

@@ -168,7 +168,8 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
     fam = family_of(e, group)
     step = param_step(e, group)
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
-                    {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None})
+                    {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None},
+                    name_certain=p.name_certain)
     done: set[str] = set()
     pair = _moment_keys(e)
     if pair:

@@ -57,7 +57,10 @@ def load_state(path: str, model: str | None = None, optimizer: int = 0) -> Loade
     ls.source_file = file
     if how != "file":
         ls.layout = f"{how}: {ls.layout}"
-    if model:
+    if model and ls.names_from == "index" and names_from_hf_trainer(ls, os.path.dirname(file) or "."):
+        ls.warnings.append("an HF Trainer checkpoint: named by the Trainer's own rule, not by --model (whose header "
+                           "is sorted by name, not in the optimizer's order)")
+    elif model:
         names_from_model(ls, model)
     elif ls.names_from == "index" and "DeepSpeed" in ls.layout:
         names_from_pipeline_layers(ls, file)

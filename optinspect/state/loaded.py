@@ -22,6 +22,7 @@ class ParamState:
     group: int
     entries: dict[str, Any]  # key -> tensor or scalar (bitsandbytes' nested quant state flattened)
     shape: tuple[int, ...] | None = None
+    name_certain: bool = True  # False where the name was matched by shape among tensors of the same shape
 
 
 @dataclass

@@ -48,13 +48,14 @@ def assign_names(ls: LoadedState, candidates: list[tuple[str, tuple]], what: str
             continue
         if len(names) > 1 or wanted.get(tuple(p.shape), 0) > 1:
             ambiguous += 1
+            p.name_certain = False
         p.name = names.pop(0)
     if unmatched:
         ls.warnings.append(f"{what}: {unmatched} of {len(ls.params)} state entries found no tensor of their shape; "
                            "those keep their index names")
     if ambiguous:
         ls.warnings.append(f"{what}: {ambiguous} state entries share their shape with other tensors; they were named "
-                           "in order and may be swapped")
+                           "in order and may be swapped (marked `?` beside their names)")
     ls.names_from = source
 
 

@@ -48,6 +48,7 @@ class ParamReport:
     flags: list[Flag] = field(default_factory=list)
     tensors: list[TensorStats] = field(default_factory=list)
     scalars: dict[str, Any] = field(default_factory=dict)
+    name_certain: bool = True  # False: named by shape among others of that shape (--model), maybe swapped
 
 
 @dataclass

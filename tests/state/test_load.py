@@ -222,6 +222,7 @@ def test_model_file_names_parameters_by_order_and_shape(tmp_path):
     assert got[0] == "net.0.weight" and got[4] == "net.2.weight" and got[5] == "net.2.bias"  # unique shapes
     assert sorted(got[1:4]) == ["net.0.bias", "net.1.bias", "net.1.weight"]  # three (32,) tensors
     assert any("may be swapped" in w for w in ls.warnings)
+    assert [p.name_certain for p in ls.params] == [True, False, False, False, True, True]  # said per tensor
     save_file({"other": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
     ls = load_state(str(tmp_path / "o.pt"), model=str(tmp_path / "wrong.safetensors"))
     assert ls.warnings and "found no tensor" in ls.warnings[0]

@@ -199,3 +199,7 @@ def test_hf_trainer_checkpoint_is_named_by_the_trainers_own_grouping(tmp_path):
     assert [r.name for r in report.params] == truth
     assert report.names_from.startswith("HF Trainer rule (LlamaForCausalLM")
     assert truth != sorted(truth)  # the order the safetensors header has would have been wrong
+    # --model with the checkpoint's own (sorted) model file: the Trainer's rule still wins
+    folder = next((tmp_path / "run").glob("checkpoint-*"))
+    with_model = build_report(load_state(str(tmp_path / "run"), model=str(folder / "model.safetensors")))
+    assert [r.name for r in with_model.params] == truth
