@@ -203,3 +203,13 @@ def test_hf_trainer_checkpoint_is_named_by_the_trainers_own_grouping(tmp_path):
     folder = next((tmp_path / "run").glob("checkpoint-*"))
     with_model = build_report(load_state(str(tmp_path / "run"), model=str(folder / "model.safetensors")))
     assert [r.name for r in with_model.params] == truth
+
+
+def test_lightning_and_accelerate_in_json_and_diff(tmp_path, run_cli):
+    import json
+
+    path, _ = _lightning_checkpoint(tmp_path, 2)
+    rc, out, _ = run_cli("inspect", str(path), "--json", "--optimizer", "1")
+    assert rc == 0 and json.loads(out)["family"] == "SGD"
+    rc, out, _ = run_cli("diff", str(path), str(path), "--json")
+    assert rc == 0 and all(d["rel"] == 0 for r in json.loads(out)["params"] for d in r["drifts"])

@@ -51,3 +51,15 @@ def test_one_rank_file_opens_the_whole_folder(checkpoints):
     folder = next((checkpoints / "stage2").glob("global_step*"))
     one = load_state(str(folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt"))
     assert "2 ranks" in one.layout and len(one.params) == 4
+
+
+def test_zero_checkpoints_in_json_and_diff(checkpoints, run_cli):
+    import json
+
+    rc, out, _ = run_cli("inspect", str(checkpoints / "stage3"), "--json")
+    doc = json.loads(out)
+    assert rc == 0 and [p["name"] for p in doc["params"]] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    rc, out, _ = run_cli("diff", str(checkpoints / "stage1"), str(checkpoints / "stage3"), "--json")
+    rows = json.loads(out)["params"]
+    # the same training partitioned two ways: the same moments (to float reduction noise)
+    assert rc == 0 and len(rows) == 4 and all(d["rel"] < 1e-5 for r in rows for d in r["drifts"])
