@@ -25,6 +25,7 @@ BF16_HALF_ULP_REL = 2.0**-8
 # Bounds on a value shown from a file: a pickle can make a 1 KB structure whose naive walk never ends
 # (shared references, "billion laughs") or holds a 5000-digit integer; past these it is summarised.
 PLAIN_NODES, PLAIN_DEPTH, PLAIN_ITEMS, PLAIN_STR = 2000, 24, 64, 1000
+GROUP_TENSOR_STATS = 1 << 20  # group values that are tensors up to this size also show their mean and absmax
 
 
 def plain_value(value: Any) -> Any:
@@ -51,7 +52,11 @@ def plain_value(value: Any) -> Any:
             if numel <= 16:
                 t = materialize(x)
                 return conv(t.item() if numel == 1 else t.tolist(), depth + 1)
-            return f"tensor{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+            text = f"tensor{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+            if x.dtype.is_floating_point and numel <= GROUP_TENSOR_STATS:  # a few figures, read in one go
+                t = materialize(x).double()
+                return f"{text} (mean {t.mean().item():.4g}, absmax {t.abs().max().item():.4g})"
+            return text
         if isinstance(x, dict):  # keys as written (a group's keys are the hyper-parameters' names)
             return {k if isinstance(k, str) else str(conv(k, depth + 1)): conv(v, depth + 1)
                     for k, v in itertools.islice(x.items(), PLAIN_ITEMS)}

@@ -157,3 +157,11 @@ def test_report_json_is_documented_and_stable(tmp_path):
     assert {"mean", "std", "min", "max", "absmax", "rms", "l2", "zero_frac", "nan", "inf", "hist"} <= set(p["tensors"][0])
     json.dumps(d)
     assert math.isfinite(p["second_rms"])
+
+
+def test_group_values_that_are_tensors_show_as_values_or_shape_and_figures():
+    from optinspect.state.analyse import plain_value
+
+    assert plain_value(torch.tensor(3.0)) == 3.0 and plain_value(torch.zeros(3, dtype=torch.int64)) == [0, 0, 0]
+    assert plain_value(torch.arange(20.0)) == "tensor[20] float32 (mean 9.5, absmax 19)"
+    assert plain_value(torch.zeros(2**21)) == "tensor[2097152] float32"  # too large to read for a group value
