@@ -20,10 +20,11 @@ def run(args: argparse.Namespace) -> int:
 def _load(path: str, model: str | None, optimizer: int = 0):
     from optinspect.state.header import HeaderError
     from optinspect.state.load import StateLoadError, load_state
+    from optinspect.state.mapped import CorruptData
 
     try:
         return load_state(path, model=model, optimizer=optimizer), None
-    except (StateLoadError, HeaderError, OSError) as e:
+    except (StateLoadError, HeaderError, CorruptData, OSError) as e:
         return None, str(e)
 
 

@@ -154,7 +154,8 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
     if mapped.mm is None:
         raise Unsupported("empty file")
     if end is not None and not 0 <= base < end <= mapped.size:
-        raise CorruptData(f"{path}: an item at bytes {base}..{end} of a {mapped.size}-byte file")
+        raise CorruptData(f"{path}: an item at bytes {base}..{end} of a {mapped.size}-byte file (truncated or "
+                          "corrupt)")
     members, prefix = _member_offsets(mapped.mm, base, end)
     start, size = members[f"{prefix}/data.pkl"]
     data = mapped.mm[start:start + size]

@@ -83,10 +83,11 @@ class StateApp(App[int]):
         from optinspect.state.analyse import build_report
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
+        from optinspect.state.mapped import CorruptData
 
         try:
             ls = load_state(self.path, model=self.model, optimizer=self.optimizer)
-        except (StateLoadError, HeaderError, OSError) as e:
+        except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
         # placeholders built here, off the UI thread (100k of them take a second)
@@ -127,11 +128,12 @@ class StateApp(App[int]):
         from optinspect.state.diff import diff_states
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
+        from optinspect.state.mapped import CorruptData
 
         try:
             a = load_state(self.path, model=self.model, optimizer=self.optimizer)
             b = load_state(self.other, model=self.model, optimizer=self.optimizer)
-        except (StateLoadError, HeaderError, OSError) as e:
+        except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
         d = diff_states(a, b)

@@ -149,6 +149,18 @@ def test_dcp_folder_reads_per_parameter_with_names(tmp_path, run_cli):
     assert run_cli("inspect", str(tmp_path / "a" / ".metadata"))[0] == 0  # the metadata file names its folder
 
 
+def test_dcp_damaged_folders_are_one_line_errors(tmp_path, run_cli):
+    _dcp_save(tmp_path / "a", 1)
+    data = next((tmp_path / "a").glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[:3000])
+    rc, _, err = run_cli("inspect", str(tmp_path / "a"))
+    assert rc == 2 and "truncated or corrupt" in err and err.count("\n") == 1
+    _dcp_save(tmp_path / "b", 1)
+    (tmp_path / "b" / ".metadata").write_bytes(b"\x80\x04garbage")
+    rc, _, err = run_cli("inspect", str(tmp_path / "b"))
+    assert rc == 2 and "not a readable DCP metadata file" in err
+
+
 def test_dcp_metadata_never_executes_and_items_stay_in_the_folder(tmp_path):
     import pickle
 
