@@ -113,8 +113,9 @@ print(json.dumps(out))
 """
 
 
-def child(mode: str, path: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(ROOT)], capture_output=True, text=True)
+def child(mode: str, path: Path, code: str = CHILD) -> dict:
+    """One measurement in a fresh process (`code` gets mode, path, repository root; prints one JSON line)."""
+    proc = subprocess.run([sys.executable, "-c", code, mode, str(path), str(ROOT)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

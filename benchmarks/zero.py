@@ -12,7 +12,6 @@ memory within 256 MiB above `import torch`, on a checkpoint of >= 1 GB.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -20,6 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from state import child  # noqa: E402 - the measuring harness of the plain-state benchmark
 
 WRITER = r"""
 import os, sys, warnings
@@ -58,7 +59,9 @@ import torch
 mode, folder = sys.argv[1], sys.argv[2]
 sys.path.insert(0, sys.argv[3])
 out = {}
-if mode == "engine":
+if mode == "baseline":  # only `import torch`
+    pass
+elif mode == "engine":
     from optinspect.state.load import load_state
     from optinspect.state.analyse import build_report
     t = time.perf_counter()
@@ -88,19 +91,6 @@ print(json.dumps(out))
 """
 
 
-def child(mode: str, folder: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder), str(ROOT)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def baseline_rss() -> int:
-    code = ("import torch; print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') "
-            "if l.startswith('VmHWM')))")
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=8)
@@ -119,8 +109,8 @@ def main() -> None:
         if proc.returncode != 0 or not (folder / "latest").exists():
             raise SystemExit(f"writing the checkpoint failed:\n{proc.stderr[-3000:]}")
     size = sum(p.stat().st_size for p in folder.rglob("*.pt"))
-    base = baseline_rss()
-    engine, naive = child("engine", folder), child("naive", folder)
+    base = child("baseline", folder, CHILD)["maxrss"]
+    engine, naive = child("engine", folder, CHILD), child("naive", folder, CHILD)
     gap = max(abs(a - b) / max(abs(a), abs(b), 1e-30) for a, b in zip(engine["first"][1:], naive["first"][1:],
                                                                        strict=True))
     same = engine["first"][0] == naive["first"][0] and gap < 1e-5  # chunked float32 dots vs one float64 pass
