@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ._base import working
+from ._rounding import is_low_precision
+
 A2 = 1.27323954474  # ~4/pi, as the originals write it
 
 
@@ -55,6 +58,22 @@ def agreement_mask(a: torch.Tensor, b: torch.Tensor, minimum: float, floor: floa
 def rms_clip_(g: torch.Tensor) -> torch.Tensor:
     """Divide by the gradient's RMS when it exceeds 1 (SCORN/REMASTER)."""
     return g.div_(g.pow(2).mean().sqrt().clamp(min=1))
+
+
+def begin_ema_step(opt, p: torch.Tensor, group: dict, orthograd_floor: float) -> tuple:
+    """The start of a SCORN/REMASTER step: orthograd (it replaces p.grad), the state on first use, and the
+    working tensors (state, upcast, g, p, ema, ema_squared). With stochastic_fp, bf16/fp16 tensors are worked on
+    in fp32 copies; otherwise the parameter and the state themselves are updated in place and only the gradient
+    is copied (the originals clone every one of them)."""
+    if group["orthograd"] and p.ndim >= 2:
+        orthograd_(p, orthograd_floor)
+    state = opt.state[p]
+    if len(state) == 0:
+        opt._init_state(p, group)
+    upcast = is_low_precision(p) and group["stochastic_fp"]
+    g = p.grad.float() if upcast else p.grad.clone()
+    return (state, upcast, g, working(p, upcast), working(state["ema"], upcast),
+            working(state["ema_squared"], upcast))
 
 
 def reset_period(group: dict, times: int) -> int:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ._base import PerParameterOptimizer, check_betas, check_range, working, write_back_
-from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
-from ._rounding import is_low_precision
+from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
+from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
 
 __all__ = ["REMASTER"]
 
@@ -50,14 +49,7 @@ class REMASTER(PerParameterOptimizer):
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"][:2]
-        if group["orthograd"] and p.ndim >= 2:
-            orthograd_(p, group["orthograd_floor"])
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        upcast = is_low_precision(p) and group["stochastic_fp"]
-        g = p.grad.float() if upcast else p.grad.clone()
-        p_w, ema, v = working(p, upcast), working(state["ema"], upcast), working(state["ema_squared"], upcast)
+        state, upcast, g, p_w, ema, v = begin_ema_step(self, p, group, group["orthograd_floor"])
 
         def reset() -> None:
             ema.zero_()

@@ -13,8 +13,7 @@ import math
 import torch
 
 from ._base import PerParameterOptimizer, check_betas, working, write_back_
-from ._common import A2, adopt_scalars, advance_counters, agreement_mask, orthograd_, rms_clip_
-from ._rounding import is_low_precision
+from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 
@@ -92,15 +91,7 @@ class SCORN(PerParameterOptimizer):
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"][:2]
-        if group["orthograd"] and p.ndim >= 2:
-            orthograd_(p, 1e-6)
-        state = self.state[p]
-        if len(state) == 0:
-            self._init_state(p, group)
-        upcast = is_low_precision(p) and group["stochastic_fp"]
-        # working tensors: for fp32 parameters the state itself, updated in place (the original clones)
-        g = p.grad.float() if upcast else p.grad.clone()
-        p_w, ema, v = working(p, upcast), working(state["ema"], upcast), working(state["ema_squared"], upcast)
+        state, upcast, g, p_w, ema, v = begin_ema_step(self, p, group, 1e-6)
         focus = group["focus_ratio"] > 0 and "pbar" in state
         pbar = working(state["pbar"], upcast) if focus else None
 
