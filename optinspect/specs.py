@@ -330,7 +330,8 @@ class OptimizerType:
         return meta
 
 
-_RESETTING = dict(family=None, kwargs="strict", truthy_flags=True, stochastic_rounding=True, resets=True)
+# what SCORN, REMASTER and Persona share: flags tested for truth, bf16 weights with stochastic rounding, resets
+_RESETTING = dict(truthy_flags=True, stochastic_rounding=True, resets=True)
 
 TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("adamw", "adamw", "torch.optim.AdamW", torch_class="torch.optim:AdamW", family="Adam/AdamW",
@@ -348,7 +349,7 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
                   family="AdamW8bitKahan", truthy_flags=True, state_bytes=_bnb_bytes(kahan=True),
                   fp32_shadow={"min_8bit_size": 2**62}),
     OptimizerType("scorn", "scorn", "optimizers.scorn.SCORN", ours="SCORN",
-                  **{**_RESETTING, "family": "SCORN"}, hard_ranges=("betas",), extra_items_ignored=True,
+                  family="SCORN", **_RESETTING, hard_ranges=("betas",), extra_items_ignored=True,
                   no_boolean={"amp": "any", "focus_ratio": "true"},
                   state_bytes=_ema_bytes("focus_ratio")),
     OptimizerType("adafactor", "adafactor", "optimizers.adafactor.EnhancedAdafactor", ours="EnhancedAdafactor",
@@ -356,11 +357,11 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
                   items_needed_with={"eps": "scale_parameter"},
                   state_bytes=_adafactor_bytes),
     OptimizerType("remaster", "remaster", "optimizers.remaster.REMASTER", ours="REMASTER",
-                  **{**_RESETTING, "family": "REMASTER"}, hard_ranges=("betas", "orthograd_floor"),
+                  family="REMASTER", **_RESETTING, hard_ranges=("betas", "orthograd_floor"),
                   extra_items_ignored=True, no_boolean={"amp": "any"},
                   state_bytes=_ema_bytes(None)),
     OptimizerType("persona", "persona", "optimizers.persona.PersonaOptimizer", ours="PersonaOptimizer",
-                  **{**_RESETTING, "family": "PersonaOptimizer"}, state_bytes=_ema_bytes("focus_boost"),
+                  family="PersonaOptimizer", **_RESETTING, state_bytes=_ema_bytes("focus_boost"),
                   no_boolean={"amp_factor": "any"},
                   hard_ranges=("lr", "betas", "weight_decay", "weight_decay_rate", "focus_boost", "cautious_min")),
     OptimizerType("offload", "offload", "torchao.optim.CPUOffloadOptimizer", family="Adam/AdamW",

@@ -117,13 +117,10 @@ def _emulated_failure(type_name: str, trainer: str, table: dict | None = None) -
         return f"TypeError: unexpected keyword argument {extra[0]!r} (the trainer's own class)"
     if type_name.lower() != "adamw8bitkahan":
         return None
-    from importlib.metadata import PackageNotFoundError, version
+    from optinspect.config.environment import installed_version
 
-    try:
-        major, minor = (int(x) for x in version("bitsandbytes").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return None
-    return "KeyError: 'percentile_clipping' (the original, with bitsandbytes >= 0.50)" if (major, minor) >= (0, 50) \
+    version = installed_version("bitsandbytes")
+    return "KeyError: 'percentile_clipping' (the original, with bitsandbytes >= 0.50)" if version and version >= (0, 50) \
         else None
 
 

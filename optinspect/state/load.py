@@ -39,8 +39,8 @@ def load_state(path: str, model: str | None = None, optimizer: int = 0) -> Loade
         if meta:  # every rank's partition, named by the model-states file's param_shapes
             ls = zero.load_zero(here, meta)
             ls.path, ls.source_file = path, here
-            if how != "file" and "ZeRO" not in how:
-                ls.layout = f"{how.rsplit('/', 1)[0]}/: {ls.layout}" if "/" in how else ls.layout
+            if "/" in how:  # how the folder was found (`latest` -> global_step3/...), without the file picked
+                ls.layout = f"{how.rsplit('/', 1)[0]}/: {ls.layout}"
             if model:
                 names_from_model(ls, model)
             return ls

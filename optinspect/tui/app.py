@@ -109,7 +109,6 @@ class StateApp(App[int]):
                 batch, self._pending = self._pending, {}
                 self.call_from_thread(self._rows_ready, batch, done[0] / total)
 
-        from optinspect.state.mapped import CorruptData
 
         try:
             report = build_report(ls, progress=progress, on_param=on_param)
