@@ -46,6 +46,7 @@ class PendingRow:
     flags: list[str] = field(default_factory=list)
     tensors: list = field(default_factory=list)
     scalars: dict = field(default_factory=dict)
+    name_certain: bool = True
 
 
 def pending(r) -> bool:
@@ -96,7 +97,7 @@ def size(r) -> int:
 
 
 STATE_COLUMNS = [
-    Column("name", 0, lambda r: r.name + ("" if getattr(r, "name_certain", True) else " ?"), lambda r: r.name,
+    Column("name", 0, lambda r: r.name + ("" if r.name_certain else " ?"), lambda r: r.name,
            sort="name"),
     Column("shape", 11, _shape, size, sort="size", largest_first=True),
     Column("dtype", 9, _dtype, _dtype),

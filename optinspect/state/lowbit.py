@@ -97,9 +97,8 @@ class LowBitTensor(MappedTensor):
         offset = start - (start // self.block) * self.block
         per = per[offset:offset + count]
         codes = self.codes_view(start, count)
-        if self.kind == "fp8":
-            return codes.view(torch.float8_e4m3fn).float() * per if codes.dtype != torch.float8_e4m3fn \
-                else codes.float() * per
+        if self.kind == "fp8":  # the codes are float8_e4m3fn values (the reader gives them their dtype)
+            return codes.float() * per
         q = self.qmap.load().float() if isinstance(self.qmap, MappedTensor) else self.qmap.float()
         return q[codes.long()] * per
 
