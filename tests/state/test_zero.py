@@ -30,21 +30,35 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def _moments(report) -> dict:
-    return {r.name: (r.first_rms, r.second_rms, r.step, r.shape) for r in report.params}
+def _reference(folder) -> dict:
+    """The unpartitioned run's moments as DeepSpeed saved them (stage 0 keeps the torch optimizer's own
+    state_dict, and the module's weights in parameter order), loaded with torch itself."""
+    import torch
+
+    states = next(folder.glob("global_step*/mp_rank_00_model_states.pt"))
+    saved = torch.load(states, weights_only=False)
+    names = [n for n, t in saved["module"].items() if t.is_floating_point()]
+    rms = lambda t: t.double().pow(2).mean().sqrt().item()  # noqa: E731
+    return {n: (rms(s["exp_avg"]), rms(s["exp_avg_sq"]), int(s["step"]), list(s["exp_avg"].shape))
+            for n, s in zip(names, (saved["optimizer"]["state"][i] for i in range(len(names))), strict=True)}
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_partitions_rebuild_the_unpartitioned_state(checkpoints, stage):
-    reference = _moments(build_report(load_state(str(checkpoints / "stage0"))))
+    reference = _reference(checkpoints / "stage0")
     report = build_report(load_state(str(checkpoints / f"stage{stage}")))
     assert f"ZeRO stage {stage}, 2 ranks" in report.layout and report.names_from == "param_shapes"
-    got = _moments(report)
+    got = {r.name: (r.first_rms, r.second_rms, r.step, r.shape) for r in report.params}
     assert list(got) == list(reference) == ["0.weight", "0.bias", "1.weight", "1.bias"]
     for name, (m, v, step, shape) in got.items():
         rm, rv, rstep, rshape = reference[name]
         assert shape == rshape and step == rstep == 3
         assert math.isclose(m, rm, rel_tol=1e-5) and math.isclose(v, rv, rel_tol=1e-5), (stage, name)
+
+
+def test_stage0_is_named_from_the_module(checkpoints):
+    report = build_report(load_state(str(checkpoints / "stage0")))
+    assert [r.name for r in report.params] == list(_reference(checkpoints / "stage0"))
 
 
 def test_one_rank_file_opens_the_whole_folder(checkpoints):
