@@ -14,7 +14,7 @@ Reads the state's index and group values only, never its statistics: fast on any
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from optinspect import specs
@@ -57,8 +57,6 @@ class ResumeReport:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
-
         d = asdict(self)
         d["schema"] = "optinspect-resume/1"
         return d
@@ -265,10 +263,11 @@ def _dtype(rep: ResumeReport, config: dict, ls, emit) -> None:
                                                                                                  "dtype")]
     dtypes = {str(t.dtype).replace("torch.", "") for t in firsts}
     floats = {d for d in dtypes if d in ("float32", "bfloat16", "float16")}
-    if floats and want not in floats and rep.saved_family not in ("Adafactor",):
+    # (Adafactor keeps fp32 moments whatever the weights' dtype: not a cast)
+    if floats and want not in floats and rep.saved_family != "Adafactor":
         emit("OPT615", ("type",), f"the saved moments are {'/'.join(sorted(floats))} but the config trains in {want}: "
              f"load_state_dict casts them to the parameters' dtype ({want})", "resume in the dtype the state was "
-             "saved in to keep its precision", absolute=False)
+             "saved in to keep its precision")
 
 
 def _parameters(rep: ResumeReport, ls, model: str | None, emit) -> None:
