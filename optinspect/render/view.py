@@ -150,10 +150,15 @@ DIFF_COLUMNS = [
 ]
 
 
-def applicable(columns: list[Column], rows: list) -> list[Column]:
+def applicable(columns: list[Column], rows: list, texts: dict[str, list[str]] | None = None) -> list[Column]:
     """The columns worth a place: the name, and every column that says something other than "-" on some row
-    (no resets column for AdamW, no quant column without 8-bit or bf16 state). Shared by `inspect` and the TUI."""
-    return [c for c in columns if c.title == "name" or any(c.text(r) not in ("-", "") for r in rows)]
+    (no resets column for AdamW, no quant column without 8-bit or bf16 state). Shared by `inspect` and the TUI.
+    `texts`: the columns' texts where the caller has them already."""
+    def says(c: Column) -> bool:
+        cells = texts[c.title] if texts is not None else (c.text(r) for r in rows)
+        return any(t not in ("-", "") for t in cells)
+
+    return [c for c in columns if c.title == "name" or says(c)]
 
 
 def hyper(v) -> str:

@@ -15,7 +15,7 @@ from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
 from optinspect.state.loaded import LoadedState, ParamState, materialize
 from optinspect.state.lowbit import FP8_HALF_ULP_REL, LowBitTensor
-from optinspect.state.mapped import MappedTensor
+from optinspect.state.mapped import MappedTensor, gather
 from optinspect.state.report import DEFINITIONS, Flag, ParamReport, StateReport
 
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
@@ -69,14 +69,17 @@ def plain_value(value: Any) -> Any:
     return conv(value, 0)
 
 
-def _family(entries: dict, group: dict) -> specs.StateFamily | None:
-    lowbit = next((v.kind for v in entries.values() if isinstance(v, LowBitTensor)), None)
-    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group, lowbit)
+_GROUP_KEYS: dict[int, tuple[dict, frozenset]] = {}  # a group's key set, made once per group, not per parameter
 
 
 def _family(entries: dict, group: dict) -> specs.StateFamily | None:
     lowbit = next((v.kind for v in entries.values() if isinstance(v, LowBitTensor)), None)
-    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), group, lowbit)
+    hit = _GROUP_KEYS.get(id(group))
+    if hit is None or hit[0] is not group:
+        if len(_GROUP_KEYS) > 64:
+            _GROUP_KEYS.clear()
+        hit = _GROUP_KEYS[id(group)] = group, frozenset(k for k in group if isinstance(k, str))
+    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), hit[1], lowbit)
 
 
 def family_of(entries: dict, group: dict) -> str:
@@ -97,11 +100,11 @@ def _as_int(v: Any) -> int | None:
     return None
 
 
-def param_step(entries: dict, group: dict) -> int | None:
+def param_step(entries: dict, group: dict, fam: specs.StateFamily | None = None) -> int | None:
     """The steps a parameter has taken: its own counter, else the group's (optimi, Prodigy, SCORN/REMASTER), and
-    the group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on."""
+    the group's when SCORN/REMASTER hold the per-parameter `step` at 0 because resets are on. (`fam`: its family
+    where the caller knows it.)"""
     step = _as_int(_small(entries.get("step")))
-    fam = None
     group_step = _as_int(_small(group.get("step")))  # optimi keeps it in the group, as a tensor
     if step is None and group_step is None:
         fam = _family(entries, group)
@@ -128,6 +131,33 @@ def _small(v: Any) -> Any:
     if isinstance(v, MappedTensor) and not isinstance(v, LowBitTensor) and (v.numel <= SMALL or v.is_scalar):
         return v.scalar() if v.is_scalar else materialize(v)
     return v
+
+
+def _plain_mapped(v: Any) -> bool:
+    return type(v) is MappedTensor
+
+
+def _window_entries(params: list[ParamState]) -> list[dict]:
+    """The parameters' entries ready for `_param`: 0-d counters and scalars read as numbers (all of a dtype in one
+    read), small float tensors left mapped for `S.batch_stats` to gather, other small tensors read."""
+    scalars = [v for p in params for v in p.entries.values() if _plain_mapped(v) and v.is_scalar]
+    values: dict[int, Any] = {}
+    by_dtype: dict[torch.dtype, list] = {}
+    for v in scalars:
+        by_dtype.setdefault(v.dtype, []).append(v)
+    for dtype, group in by_dtype.items():
+        if dtype.is_floating_point or dtype in (torch.int64, torch.int32):
+            values.update(zip(map(id, group), gather(group, None).tolist(), strict=True))
+    out = []
+    for p in params:
+        e = {}
+        for k, v in p.entries.items():
+            if _plain_mapped(v) and not v.is_scalar and _batchable(v):
+                e[k] = v
+            else:
+                e[k] = values[id(v)] if id(v) in values else _small(v)
+        out.append(e)
+    return out
 
 
 def tensorish(x: Any) -> bool:
@@ -170,10 +200,14 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
            batched: dict | None = None) -> ParamReport:
     """One parameter's row; `batched` holds what `S.batch_stats` already computed for its small tensors."""
     batched = batched or {}
-    fam = family_of(e, group)
-    step = param_step(e, group)
-    r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None, fam, step,
-                    {k: _as_int(e[k]) for k in COUNTERS if _as_int(e.get(k)) is not None},
+    family = _family(e, group)
+    step = param_step(e, group, family)
+    counters = {}
+    for k in COUNTERS:
+        if k in e and (c := _as_int(e[k])) is not None:
+            counters[k] = c
+    r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None,
+                    family.name if family else ("unknown" if e else "no state"), step, counters,
                     name_certain=p.name_certain)
     done: set[str] = set()
     pair = _moment_keys(e)
@@ -261,13 +295,13 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
     while i < len(params):
         window: list[tuple[ParamState, dict, list[tuple]]] = []
         elements = 0
-        while i < len(params) and len(window) < BATCH_PARAMS and elements < S.BATCH_ELEMENTS:
-            e = {k: _small(v) for k, v in params[i].entries.items()}
-            jobs = _small_jobs(e)
-            elements += sum(t.numel() if isinstance(t, torch.Tensor) else t.numel
-                            for j in jobs for t in S.job_tensors(j))
-            window.append((params[i], e, jobs))
-            i += 1
+        end = i
+        while end < len(params) and end - i < BATCH_PARAMS and elements < S.BATCH_ELEMENTS:
+            elements += sum(S.numel_of(v) for v in params[end].entries.values() if tensorish(v))
+            end += 1
+        for p, e in zip(params[i:end], _window_entries(params[i:end]), strict=True):
+            window.append((p, e, _small_jobs(e)))
+        i = end
         flat_jobs = [j for _, _, jobs in window for j in jobs]
         results = iter(S.batch_stats(flat_jobs) if flat_jobs else [])
         if progress and flat_jobs:

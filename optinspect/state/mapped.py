@@ -224,3 +224,37 @@ def check_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int, s
     if numel > storage_numel:
         raise CorruptData(f"a tensor of shape {list(shape)} claims {numel:,} elements over {storage_numel:,} stored "
                           "(an overlapping view); refused: reading it would take time unbounded by the file")
+
+
+def positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Element indices start_i .. start_i + length_i - 1 for every i, laid end to end (int64)."""
+    before = lengths.cumsum(0) - lengths
+    return torch.arange(int(lengths.sum())) + torch.repeat_interleave(starts - before, lengths)
+
+
+def gather(tensors: list, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """The elements of many small tensors laid end to end in C order (as `dtype`, or their own shared dtype for
+    None): mapped ones of one file and dtype in a single indexed read instead of a view and a copy each, which
+    for a state of 100k tensors was most of the time. Their pages are given back afterwards."""
+    lengths = [t.numel if isinstance(t, MappedTensor) else t.numel() for t in tensors]
+    out_dtype = dtype or (tensors[0].dtype if tensors else torch.float32)
+    out = torch.empty(sum(lengths), dtype=out_dtype)
+    at, groups = 0, {}
+    for t, n in zip(tensors, lengths, strict=True):
+        if type(t) is MappedTensor and t.contiguous and \
+                t.byte_start % t.itemsize == 0 and (t.storage_numel is None or n <= t.storage_numel):
+            groups.setdefault((id(t.mapped), t.dtype), []).append((at, t, n))
+        elif n:
+            out[at:at + n] = (t.view(0, n) if isinstance(t, MappedTensor) else t).reshape(-1)
+        at += n
+    for members in groups.values():
+        mapped, kind = members[0][1].mapped, members[0][1].dtype
+        size = members[0][1].itemsize
+        starts = torch.tensor([t.byte_start // size for _, t, _ in members])
+        counts = torch.tensor([n for _, _, n in members])
+        lo, hi = int(starts.min()), int((starts + counts).max())
+        base = mapped.view(lo * size, hi - lo, kind)
+        out[positions(torch.tensor([a for a, _, _ in members]), counts)] = base[positions(starts - lo, counts)].to(
+            out_dtype)
+        mapped.release(lo * size, (hi - lo) * size)
+    return out

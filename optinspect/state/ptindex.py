@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import re
 import struct
@@ -162,6 +163,7 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
     skipped: list[str] = []
 
     data_prefix = f"{prefix}/data/"
+    extents: dict[tuple, tuple] = {}
 
     def rebuild_tensor(storage: _StorageRef, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
         if not isinstance(storage, _StorageRef):
@@ -172,12 +174,23 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         if storage.numel * _itemsize(storage.dtype) > member[1]:
             raise CorruptData(f"storage {storage.key} claims {storage.numel * _itemsize(storage.dtype):,} bytes; the "
                               f"file holds {member[1]:,} (truncated or corrupt)")
-        shape, stride = _dims(shape, "shape"), _dims(stride, "stride")
         if type(offset) is not int:
             raise CorruptData("a tensor's storage offset is not an integer")
-        check_extent(shape, stride, offset, storage.numel)
-        return MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, shape,
-                            stride, storage.numel - offset)
+        try:  # most tensors share a few shapes: checked once per (shape, stride), then looked up
+            shape, stride, numel, span = extents[(shape, stride)]
+        except (KeyError, TypeError):
+            shape, stride = _dims(shape, "shape"), _dims(stride, "stride")
+            if len(stride) != len(shape):
+                raise CorruptData(f"a tensor has {len(shape)} dimensions but {len(stride)} strides") from None
+            numel = math.prod(shape)
+            span = sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if numel else -1
+            extents[(shape, stride)] = shape, stride, numel, span
+        if numel and (offset < 0 or offset + span >= storage.numel or numel > storage.numel):
+            check_extent(shape, stride, offset, storage.numel)  # raises, with the figures
+        t = MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, shape,
+                         stride, storage.numel - offset)
+        t._numel = numel
+        return t
 
     def rebuild_tensor_v3(storage: _StorageRef, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
                           dtype: Any, *_: Any) -> MappedTensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optinspect.optimizers._quant import code_error_bound, dequantize_blockwise, infer_block
-from optinspect.state.mapped import MappedTensor, release_tensor
+from optinspect.state.mapped import MappedTensor, gather, positions, release_tensor
 
 CHUNK = 1 << 19  # elements per chunk (a multiple of the 256-element quantization block)
 HIST_BINS = 256
@@ -281,8 +281,10 @@ def _dtype_name(t) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def _numel(obj) -> int:
+def numel_of(obj) -> int:
+    """Elements of a state tensor, in memory or mapped."""
     return obj.numel if isinstance(obj, MappedTensor) else obj.numel()
+
 
 
 def _part(obj, i: int, n: int) -> torch.Tensor:
@@ -300,7 +302,7 @@ def value_chunks(t, chunk: int = CHUNK, mapped: bool = False, quant: tuple | Non
     """fp32 1-D chunks of a state tensor (mapped or in memory) with a page-release callback each; 8-bit codes
     are dequantized when `quant` = (absmax, qmap). Two tensors of one shape chunk alike, so they can be compared
     chunk by chunk without either being read whole. CHUNK is a multiple of every quantization block."""
-    n = _numel(t)
+    n = numel_of(t)
     if quant is not None:
         scale, table = quant[0].float().reshape(-1), quant[1].float()
         block = infer_block(n, scale.numel())
@@ -338,7 +340,7 @@ def quantized_stats(key: str, codes, absmax: torch.Tensor, qmap: torch.Tensor,
                     progress: Callable[[int], None] | None = None, chunk: int = CHUNK, mapped: bool = False
                     ) -> TensorStats:
     """Statistics of an 8-bit block-wise tensor, dequantized chunk by chunk, with its quantization error bound."""
-    n = _numel(codes)
+    n = numel_of(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
     q, scale = qmap.float(), absmax.float().reshape(-1)
@@ -378,7 +380,7 @@ def moment_pair_stats(m_key: str, m, v_key: str, v, progress: Callable[[int], No
                       ) -> tuple[TensorStats, TensorStats, float, float]:
     """First and second moment in one joint pass: both tensors' statistics and the update scale, each chunk
     read once. `quant` = {"q1", "a1", "q2", "a2"} dequantizes bitsandbytes 8-bit codes block-aligned."""
-    n = _numel(m)
+    n = numel_of(m)
     sm = TensorStats(m_key, list(m.shape), getattr(m, "dtype_name", None) or _dtype_name(m),
                      state_nbytes(m), n, dequantized=quant is not None)
     sv = TensorStats(v_key, list(v.shape), getattr(v, "dtype_name", None) or _dtype_name(v),
@@ -432,84 +434,92 @@ def job_tensors(job: tuple) -> tuple:
     return (job[2],) if job[0] == "one" else (job[2], job[4])
 
 
-def _segment_partials(flat: torch.Tensor, seg: torch.Tensor, count: int) -> list[tuple]:
-    """`_chunk`'s partial statistics for `count` tensors laid end to end in `flat` (segment ids in `seg`), in a
-    fixed number of whole-batch operations instead of a dozen per tensor (a state of 100k small tensors spent
-    its time in per-call overhead)."""
-    expo = torch.bitwise_right_shift(flat.view(torch.int32), 23).bitwise_and_(0xFF)
-    hist = torch.bincount(seg * HIST_BINS + expo, minlength=count * HIST_BINS).view(count, HIST_BINS)
-    finite = torch.isfinite(flat)
-    nan = torch.bincount(seg, weights=torch.isnan(flat).to(torch.float64), minlength=count)
-    x = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype)).double()  # float64: no per-size fp32 branch
-    s = torch.zeros(count, dtype=torch.float64).index_add_(0, seg, x)
-    ss = torch.zeros(count, dtype=torch.float64).index_add_(0, seg, x * x)
-    lo = torch.full((count,), math.inf).scatter_reduce_(0, seg, torch.where(finite, flat, math.inf), "amin")
-    hi = torch.full((count,), -math.inf).scatter_reduce_(0, seg, torch.where(finite, flat, -math.inf), "amax")
-    lengths = torch.bincount(seg, minlength=count)
-    out = []
-    for i, (n, bad, zeros, nn, a, b, c, d) in enumerate(zip(lengths.tolist(), hist[:, 255].tolist(),
-                                                         hist[:, 0].tolist(), nan.tolist(), s.tolist(), ss.tolist(),
-                                                         lo.tolist(), hi.tolist(), strict=True)):
-        out.append((n - bad, a, b, c, d, zeros, int(nn), bad - int(nn), hist[i]))
+def _sparse_hists(hist: torch.Tensor) -> list:
+    """Per row of a (tensors x 256) histogram matrix, its SparseHist (or the full list when it has many bins),
+    from one nonzero over the whole matrix instead of one per tensor."""
+    rows, bins = hist.nonzero(as_tuple=True)
+    per_row = torch.bincount(rows, minlength=hist.shape[0]).tolist()
+    bins_l, counts_l = bins.tolist(), hist[rows, bins].tolist()
+    out, at = [], 0
+    for i, k in enumerate(per_row):
+        out.append(SparseHist(tuple(bins_l[at:at + k]), tuple(counts_l[at:at + k])) if k <= SparseHist.MAX
+                   else hist[i].tolist())
+        at += k
     return out
 
 
-def _segments(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([v.numel() for v in values])
-    return torch.cat(values), torch.repeat_interleave(torch.arange(len(values)), lengths)
+def _segment_stats(flat: torch.Tensor, lengths: torch.Tensor, tensors: list, keys: list[str]
+                   ) -> tuple[list[TensorStats], list[int]]:
+    """`tensor_stats` for many tensors laid end to end in `flat` (`lengths` each), in a fixed number of
+    whole-batch operations instead of a dozen per tensor; the figures are formed as `_finish` forms them, in
+    float64, so they equal its results. Also returns each tensor's count of finite non-zero elements."""
+    count = len(tensors)
+    seg = torch.repeat_interleave(torch.arange(count), lengths)
+    expo = torch.bitwise_right_shift(flat.view(torch.int32), 23).bitwise_and_(0xFF)
+    hist = torch.bincount(seg * HIST_BINS + expo, minlength=count * HIST_BINS).view(count, HIST_BINS)
+    finite = torch.isfinite(flat)
+    bad = hist[:, 255]
+    nan = torch.bincount(seg, weights=torch.isnan(flat).to(torch.float64), minlength=count).long()
+    x = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype)).double()
+    s = torch.zeros(count, dtype=torch.float64).index_add_(0, seg, x)
+    ss = torch.zeros(count, dtype=torch.float64).index_add_(0, seg, x * x)
+    lo = torch.full((count,), math.inf).scatter_reduce_(0, seg, torch.where(finite, flat, math.inf), "amin").double()
+    hi = torch.full((count,), -math.inf).scatter_reduce_(0, seg, torch.where(finite, flat, -math.inf), "amax").double()
+    n = lengths - bad
+    some = n > 0
+    nd = n.clamp(min=1).double()
+    mean = s / nd
+    lo, hi = torch.where(some, lo, 0.0), torch.where(some, hi, 0.0)
+    cols = zip(keys, n.tolist(), mean.tolist(), (ss / nd - mean * mean).clamp(min=0.0).sqrt().tolist(), lo.tolist(),
+               hi.tolist(), torch.maximum(lo.abs(), hi.abs()).tolist(), ss.sqrt().tolist(), (ss / nd).sqrt().tolist(),
+               torch.where(some, hist[:, 0] / nd, 0.0).tolist(), nan.tolist(), (bad - nan).tolist(),
+               _sparse_hists(hist), tensors, strict=True)
+    stats = [TensorStats(key, list(t.shape), getattr(t, "dtype_name", None) or _dtype_name(t), state_nbytes(t),
+                         numel_of(t), mean=m, std=sd, min=a, max=b, absmax=am, rms=rms, l2=l2, zero_frac=zf, nan=nn,
+                         inf=inf, hist=h)
+             for key, _, m, sd, a, b, am, l2, rms, zf, nn, inf, h, t in cols]
+    return stats, (n - hist[:, 0]).tolist()
 
 
 def batch_stats(jobs: list[tuple]) -> list:
     """Statistics of many small tensors at once. Each job is ("one", key, t) -> TensorStats, or
     ("pair", m_key, m, v_key, v) -> (first, second, update-scale mean, update-scale max), as `tensor_stats` and
     `moment_pair_stats` give them (sums in float64, so the last digits may differ from theirs)."""
-    values: list[torch.Tensor] = []
+    tensors = [t for job in jobs for t in job_tensors(job)]
+    keys = [k for job in jobs for k in ((job[1],) if job[0] == "one" else (job[1], job[3]))]
+    flat = gather(tensors)
+    lengths = torch.tensor([numel_of(t) for t in tensors])
+    stats, nonzero = _segment_stats(flat, lengths, tensors, keys)
+    offsets = (lengths.cumsum(0) - lengths).tolist()
+    pairs, at = [], 0  # (index of m among the tensors) for each pair job
     for job in jobs:
-        for t in job_tensors(job):
-            values.append(_part(t, 0, _numel(t)).reshape(-1).float())
-    flat, seg = _segments(values)
-    parts = _segment_partials(flat, seg, len(values))
-    pair_rows = [i for i, job in enumerate(jobs) if job[0] == "pair"]
-    ratios: dict[int, tuple[float, float]] = {}
-    if pair_rows:  # |m| / sqrt(v) where v > 0, per pair: over the second halves of the pairs' segments
-        index, ms, vs = [], [], []
-        at = 0
-        for i, job in enumerate(jobs):
-            if job[0] == "pair":
-                index.append(i)
-                ms.append(values[at])
-                vs.append(values[at + 1])
-            at += len(job_tensors(job))
-        a, pseg = _segments(ms)
-        b = torch.cat(vs)
+        if job[0] == "pair":
+            pairs.append(at)
+        at += len(job_tensors(job))
+    ratios: list[tuple[float, float]] = []
+    if pairs:  # |m| / sqrt(v) where v > 0, per pair
+        idx = torch.tensor(pairs)
+        lens = lengths[idx]
+        a = flat[positions(torch.tensor([offsets[i] for i in pairs]), lens)]
+        b = flat[positions(torch.tensor([offsets[i + 1] for i in pairs]), lens)]
+        pseg = torch.repeat_interleave(torch.arange(len(pairs)), lens)
         r = torch.rsqrt(b).mul_(a).abs_().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).double()
-        rsum = torch.zeros(len(ms), dtype=torch.float64).index_add_(0, pseg, r)
-        rmax = torch.zeros(len(ms), dtype=torch.float64).scatter_reduce_(0, pseg, r, "amax")
-        ratios = {i: (rs, rm) for i, rs, rm in zip(index, rsum.tolist(), rmax.tolist(), strict=True)}
+        rsum = torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, pseg, r)
+        rmax = torch.zeros(len(pairs), dtype=torch.float64).scatter_reduce_(0, pseg, r, "amax")
+        ratios = list(zip(rsum.tolist(), rmax.tolist(), strict=True))
     out: list = []
-    at = 0
-    for i, job in enumerate(jobs):
+    at = pi = 0
+    for job in jobs:
         if job[0] == "one":
-            _, key, t = job
-            acc = _Acc()
-            acc.merge(parts[at])
-            out.append(_finish(acc, TensorStats(key, list(t.shape), getattr(t, "dtype_name", None) or _dtype_name(t),
-                                                state_nbytes(t), _numel(t))))
+            out.append(stats[at])
             at += 1
         else:
-            _, m_key, m, v_key, v = job
-            am, av = _Acc(), _Acc()
-            am.merge(parts[at])
-            av.merge(parts[at + 1])
-            pv = parts[at + 1]
-            valid = pv[0] - pv[5]  # finite and not zero (second moments are >= 0)
-            rs, rm = ratios[i]
-            sm = TensorStats(m_key, list(m.shape), getattr(m, "dtype_name", None) or _dtype_name(m), state_nbytes(m),
-                             _numel(m))
-            sv = TensorStats(v_key, list(v.shape), getattr(v, "dtype_name", None) or _dtype_name(v), state_nbytes(v),
-                             _numel(v))
-            out.append((_finish(am, sm), _finish(av, sv), rs / valid if valid else 0.0, rm))
+            sm, sv = stats[at], stats[at + 1]
+            valid = nonzero[at + 1]  # second moments are >= 0: where v > 0
+            rs, rm = ratios[pi]
+            out.append((sm, sv, rs / valid if valid else 0.0, rm))
             at += 2
+            pi += 1
     return out
 
 
@@ -556,7 +566,7 @@ def code_bound_only(codes, absmax: torch.Tensor, qmap: torch.Tensor, chunk: int 
                     mapped: bool = False) -> QuantError:
     """The 8-bit error bound of a code tensor: per element, half the larger gap from its code to the
     neighbouring codes plus half a grid step, times the block's absmax (optimizers/_quant.py)."""
-    n = _numel(codes)
+    n = numel_of(codes)
     block = infer_block(n, absmax.numel())
     chunk = max(block, chunk - chunk % block)
     q = qmap.float()
