@@ -55,5 +55,6 @@ def _few_collections() -> None:
     objects from before this point."""
     import gc
 
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    if gc.get_threshold()[0] < 100_000:  # once per process
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)

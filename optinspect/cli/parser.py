@@ -7,12 +7,14 @@ import argparse
 import sys
 
 from optinspect.cli.common import EXIT_USAGE, positive_int
+from optinspect.state.limits import MAX_TENSORS
 
 DESCRIPTION = ("Check a diffusion trainer's [optimizer] table before the run, dry-run the optimizer it builds, "
                "and look inside saved optimizer state.")
 STATE_HELP = ".pt/.bin/.safetensors file or checkpoint folder"
 MODEL_HELP = "model .safetensors to name parameters by order and shape"
 OPTIMIZER_HELP = "which optimizer of a checkpoint that holds several (Lightning, Accelerate; default 0)"
+MAX_TENSORS_HELP = f"refuse a state of more tensors than this (default {MAX_TENSORS:,}: a bound on time and memory)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
     i.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     i.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
+    i.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
+                   help=MAX_TENSORS_HELP)
 
     r = command("resume", "resume", "what resuming STATE under CONFIG will really do (settings, lr, resets, fit)")
     r.add_argument("config", metavar="CONFIG", help="the trainer config the run will resume with")
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")
     t.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     t.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
+    t.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
+                   help=MAX_TENSORS_HELP)
 
     f = command("diff", "state", "compare two states of the same run (after a resume, say)")
     f.add_argument("a", metavar="A", help="the earlier state (file or checkpoint folder)")
@@ -126,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="the comparison as JSON")
     f.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     f.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
+    f.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
+                   help=MAX_TENSORS_HELP + "; half of it for each file")
 
     p.set_defaults(_commands=sub.choices)
     return p

@@ -17,23 +17,35 @@ def run(args: argparse.Namespace) -> int:
     return _inspect(args) if args.command == "inspect" else _diff(args)
 
 
-def _load(path: str, model: str | None, optimizer: int = 0):
+def _load(path: str, model: str | None, optimizer: int = 0, max_tensors: int | None = None):
     from optinspect.state.header import HeaderError
     from optinspect.state.load import StateLoadError, load_state
     from optinspect.state.mapped import CorruptData
 
     try:
-        return load_state(path, model=model, optimizer=optimizer), None
+        kw = {} if max_tensors is None else {"max_tensors": max_tensors}
+        return load_state(path, model=model, optimizer=optimizer, **kw), None
     except (StateLoadError, HeaderError, CorruptData, OSError) as e:
         return None, str(e)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ls, error = _load(args.state, args.model, args.optimizer)
+    ls, error = _load(args.state, args.model, args.optimizer, args.max_tensors)
     if error:
         return err(error)
+    from optinspect.render.state import StreamedTable
     from optinspect.state.mapped import CorruptData
 
+    if not args.json and args.sort == "index" and not args.top and len(ls.params) > StreamedTable.FIRST_ROWS:
+        console = make_console(tables=True)  # a large state, in checkpoint order: printed as it is computed
+        table = StreamedTable(console, ls, args.filter)
+        from optinspect.state.analyse import build_report
+
+        try:
+            table.finish(build_report(ls, on_param=table.add))
+        except CorruptData as e:
+            return err(str(e))
+        return EXIT_OK
     try:
         report = _report(ls, make_console(stderr=True), quiet=args.json)
     except CorruptData as e:
@@ -64,10 +76,11 @@ def _report(ls, console, quiet: bool):
 
 
 def _diff(args: argparse.Namespace) -> int:
-    a, error = _load(args.a, args.model, args.optimizer)
+    each = max(args.max_tensors // 2, 1)  # the bound holds for the two files together
+    a, error = _load(args.a, args.model, args.optimizer, each)
     if error:
         return err(error)
-    b, error = _load(args.b, args.model, args.optimizer)
+    b, error = _load(args.b, args.model, args.optimizer, each)
     if error:
         return err(error)
     from optinspect.state.diff import diff_states

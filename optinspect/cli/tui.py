@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     # torch is imported by the loading worker, after the first paint
     from optinspect.tui.app import make_app
 
-    app = make_app(args.state, args.other, args.model, args.optimizer)
+    app = make_app(args.state, args.other, args.model, args.optimizer, args.max_tensors)
     code = app.run()
     if app.return_code == 2:
         return EXIT_USAGE

@@ -5,7 +5,15 @@ from __future__ import annotations
 import fnmatch
 
 from optinspect.render import term
-from optinspect.render.view import STATE_COLUMNS, applicable, sort_rows, state_summary, step_change
+from optinspect.render.view import (
+    STATE_COLUMNS,
+    Column,
+    applicable,
+    sort_rows,
+    source_summary,
+    state_summary,
+    step_change,
+)
 from optinspect.state.report import DiffReport, ParamReport, StateReport
 
 
@@ -51,45 +59,53 @@ def _fold(text: str, width: int) -> list[str]:
     return [text[i:i + width] for i in range(0, len(text), width)] or [""]
 
 
-def table_lines(columns: list, texts: dict[str, list[str]], width: int) -> tuple[str, list[list[tuple[str, bool]]]]:
-    """The table as lines of plain text: the title line, then per row its lines as (text, flagged) pieces. Numbers
-    keep their width; the name and flags columns share what is left of `width` and fold onto more lines.
-    Written by hand: rich's table layout took a minute for 50k rows."""
+def column_widths(columns: list, texts: dict[str, list[str]], width: int, name_width: int = 0) -> list[int]:
+    """Numbers keep their natural width; the name and flags columns share what is left of `width` (and fold
+    onto more lines). `name_width`: the longest name, where rows still to come may have longer ones."""
     titles = [c.title for c in columns]
     natural = [max(len(c.title), max(map(cell_len, texts[c.title]), default=0)) for c in columns]
+    if titles[0] == "name":
+        natural[0] = max(natural[0], name_width)
     folding = [i for i, t in enumerate(titles) if t in ("name", "flags")]
-    fixed = sum(w for i, w in enumerate(natural) if i not in folding) + 2 * (len(columns) - 1)
+    room = width - sum(w for i, w in enumerate(natural) if i not in folding) - 2 * (len(columns) - 1)
     widths = list(natural)
-    room = width - fixed
     for i in folding:  # the name first, then the flags, each at least its title's (and a readable) width
         others = sum(natural[j] for j in folding if j > i)
-        widths[i] = min(natural[i], max(room - others, len(titles[i]), 16 if titles[i] == "name" else 14))
+        readable = max(room - others, len(titles[i]), 16 if titles[i] == "name" else 14)
+        # the flags come last and are never padded: all the room is theirs (rows still to come may have longer)
+        widths[i] = readable if titles[i] == "flags" else min(natural[i], readable)
         room -= widths[i]
-    head = "  ".join(t.rjust(w) if c.align == "right" else t.ljust(w)
-                     for t, w, c in zip(titles, widths, columns, strict=True)).rstrip()
+    return widths
+
+
+def title_line(columns: list, widths: list[int]) -> str:
+    return "  ".join(c.title.rjust(w) if c.align == "right" else c.title.ljust(w)
+                     for w, c in zip(widths, columns, strict=True)).rstrip()
+
+
+def row_lines(columns: list, widths: list[int], texts: dict[str, list[str]]):
+    """Each row's lines as (text, flagged) pieces: cells padded to `widths`, names and flags folded.
+    Written by hand: rich's table layout took a minute for 50k rows."""
+    titles = [c.title for c in columns]
+    folding = {i for i, t in enumerate(titles) if t in ("name", "flags")}
     flag_col = titles.index("flags") if "flags" in titles else -1
-    out = []
     for r in range(len(texts["name"])):
-        cells = [texts[t][r] for t in titles]
-        parts = [_fold(cells[i], widths[i]) if i in folding else [cells[i]] for i in range(len(cells))]
+        parts = [_fold(texts[t][r], widths[i]) if i in folding else [texts[t][r]] for i, t in enumerate(titles)]
         lines = []
         for k in range(max(len(p) for p in parts)):
             pieces, line = [], []
             for i, (p, c) in enumerate(zip(parts, columns, strict=True)):
                 cell = p[k] if k < len(p) else ""
-                pad = widths[i] - cell_len(cell)
-                text = " " * pad + cell if c.align == "right" else cell + " " * pad
                 if i == flag_col and cell:
-                    pieces.append(("  ".join(line) + "  ", False))
-                    pieces.append((cell, True))
+                    pieces += [("  ".join(line) + "  ", False), (cell, True)]
                     line = None
                     break
-                line.append(text)
+                pad = " " * (widths[i] - cell_len(cell))
+                line.append(pad + cell if c.align == "right" else cell + pad)
             if line is not None:
                 pieces.append(("  ".join(line).rstrip(), False))
             lines.append(pieces)
-        out.append(lines)
-    return head, out
+        yield lines
 
 
 def cell_len(text: str) -> int:
@@ -129,62 +145,161 @@ def write_json(report: StateReport, stream) -> None:
     stream.write("\n}\n")
 
 
-def render(report: StateReport, console, rows: list[ParamReport]) -> None:
+def _summary(console, report, items: dict[str, str]) -> None:
     from rich.table import Table
 
     head = Table.grid(padding=(0, 2))  # every value is Text: paths and names may hold [brackets]
-    for label, text in state_summary(report).items():
+    for label, text in items.items():
         style = ("bold red" if report.anomalies else "green") if label == "anomalies" else ""
         head.add_row(_text(label), _text(text, style=style))
     console.print(head)
-    if not rows:
-        console.print(_text(f"no parameter selected (of {len(report.params)}); names look like: "
-                           + ", ".join(r.name for r in report.params[:3]), style="yellow"))
-    texts = cell_texts(rows)
-    columns, hidden = fit_columns(rows, console.width, texts)
-    if rows:
-        write_table(console, *table_lines(columns, texts, console.width))
+
+
+def _nothing_selected(console, report: StateReport) -> None:
+    console.print(_text(f"no parameter selected (of {len(report.params)}); names look like: "
+                        + ", ".join(r.name for r in report.params[:3]), style="yellow"))
+
+
+def _hidden_note(console, hidden: list[str]) -> None:
     if hidden:
         console.print(_text(f"(hidden to fit {console.width} columns: {', '.join(hidden)}; a wider terminal or --json "
-                           "shows them)", style="dim"))
+                            "shows them)", style="dim"))
+
+
+def _findings(console, report: StateReport) -> None:
     for a in report.anomalies[:20]:
         console.print(_text(f"! {a}", style="red"))
     for w in report.warnings:
         console.print(_text(f"note: {w}", style="yellow"))
 
 
-def write_table(console, head: str, rows: list[list[list[tuple[str, bool]]]]) -> None:
-    """Lines from `table_lines`, a thousand rows per print (flags in bold red)."""
+def render(report: StateReport, console, rows: list[ParamReport]) -> None:
+    _summary(console, report, state_summary(report))
+    if not rows:
+        _nothing_selected(console, report)
+    texts = cell_texts(rows)
+    columns, hidden = fit_columns(rows, console.width, texts)
+    if rows:
+        widths = column_widths(columns, texts, console.width)
+        write_rows(console, row_lines(columns, widths, texts), title_line(columns, widths))
+    _hidden_note(console, hidden)
+    _findings(console, report)
+
+
+class StreamedTable:
+    """`inspect` of a large state in checkpoint order, printed while the engine computes it: the file and layout
+    first, each row as it is done (columns and widths chosen from the first `FIRST_ROWS` rows, the flags column
+    always), then the summary.
+    Flags that compare a row with all the others (a step counter unlike most, an exploding or vanishing moment)
+    exist only once every row is known: they are listed after the table, not in its flags column."""
+
+    FIRST_ROWS = 2048
+    BLOCK = 1000
+
+    def __init__(self, console, state, pattern: str | None = None) -> None:
+        self.console, self.pattern = console, pattern
+        self.rows: list[ParamReport] = []
+        self.columns: list | None = None
+        self.widths: list[int] = []
+        self.hidden: list[str] = []
+        self.late: set[str] = set()  # columns left out that later rows have something to say in
+        self.printed = 0
+        self.name_width = max((cell_len(term(p.name)) + (0 if p.name_certain else 2) for p in state.params),
+                              default=0)
+        _summary(console, state, source_summary(state))
+
+    def add(self, row: ParamReport) -> None:
+        if self.pattern and not fnmatch.fnmatch(row.name, self.pattern):
+            return
+        self.rows.append(row)
+        if self.columns is None:
+            if len(self.rows) >= self.FIRST_ROWS:
+                self._flush()
+        else:
+            for c in self._unshown:
+                if c.title not in self.late and c.text(row) not in ("-", ""):
+                    self.late.add(c.title)
+            if len(self.rows) >= self.BLOCK:
+                self._flush()
+
+    def _flush(self) -> None:
+        texts = cell_texts(self.rows)
+        if self.columns is None:
+            self.columns, self.hidden = fit_columns(self.rows, self.console.width, texts)
+            flags = next(c for c in STATE_COLUMNS if c.title == "flags")
+            if flags not in self.columns and "flags" not in self.hidden:  # later rows may have some
+                self.columns.append(flags)
+            self._unshown = [c for c in STATE_COLUMNS if c not in self.columns and c.title not in self.hidden]
+            self.widths = column_widths(self.columns, texts, self.console.width, self.name_width)
+            title = title_line(self.columns, self.widths)
+        else:
+            title = None
+        write_rows(self.console, row_lines(self.columns, self.widths, texts), title)
+        self.printed += len(self.rows)
+        self.rows = []
+
+    def finish(self, report: StateReport) -> None:
+        if self.rows:
+            self._flush()
+        if not self.printed:
+            _nothing_selected(self.console, report)
+        _hidden_note(self.console, self.hidden)
+        if self.late:
+            self.console.print(_text(f"(columns were chosen from the first {self.FIRST_ROWS:,} rows; later rows also "
+                                     f"have {', '.join(sorted(self.late))}: --json or --sort name shows them)",
+                                     style="dim"))
+        _summary(self.console, report, {k: v for k, v in state_summary(report).items()
+                                        if k not in source_summary(report)})
+        _findings(self.console, report)
+
+
+def write_rows(console, rows, title: str | None = None) -> None:
+    """Lines from `row_lines`, a thousand rows per print (flags in bold red), after the title line if given."""
     from rich.text import Text
 
-    console.print(Text(head, style="bold"), soft_wrap=True)
-    for start in range(0, len(rows), 1000):
-        block = Text()
-        for lines in rows[start:start + 1000]:
-            for pieces in lines:
-                for text, flagged in pieces:
-                    block.append(text, style="bold red" if flagged else None)
-                block.append("\n")
+    if title is not None:
+        console.print(Text(title, style="bold"), soft_wrap=True)
+    block, count = Text(), 0
+    for lines in rows:
+        for pieces in lines:
+            for text, flagged in pieces:
+                block.append(text, style="bold red" if flagged else None)
+            block.append("\n")
+        count += 1
+        if count % 1000 == 0:
+            console.print(block, soft_wrap=True, end="")
+            block = Text()
+    if block:
         console.print(block, soft_wrap=True, end="")
 
 
+_DIFF_TABLE = [Column(title, 0, str, str, align) for title, align in
+               (("name", "left"), ("step", "left"), ("key", "left"), ("rel. drift", "right"),
+                ("max |diff|", "right"))]
+
+
 def render_diff(d: DiffReport, console) -> None:
-    from rich.table import Table
     from rich.text import Text
 
     console.print(Text.assemble((term(d.a), "bold"), " -> ", (term(d.b), "bold")))
-    t = Table("name", "step", "key", "rel. drift", "max |diff|", box=None, pad_edge=False, header_style="bold")
+    texts: dict[str, list[str]] = {c.title: [] for c in _DIFF_TABLE}
+
+    def line(*cells: str) -> None:
+        for c, text in zip(_DIFF_TABLE, cells, strict=True):
+            texts[c.title].append(text)
+
     for p in d.params:
         step = f"{p.step_a} -> {p.step_b}" + step_change(p)
         for i, k in enumerate(p.drifts or [None]):
             if k is None:
-                t.add_row(_text(p.name), _text(step), "-", "-", "-")
+                line(term(p.name), term(step), "-", "-", "-")
             else:
-                t.add_row(_text(p.name if i == 0 else ""), _text(step if i == 0 else ""), _text(k.key), f"{k.rel:.3e}",
-                          f"{k.max_abs:.3e}")
+                line(term(p.name) if i == 0 else "", term(step) if i == 0 else "", term(k.key), f"{k.rel:.3e}",
+                     f"{k.max_abs:.3e}")
         if p.note:
-            t.add_row("", "", _text(p.note), "", "")
-    console.print(t)
+            line("", "", term(p.note), "", "")
+    widths = column_widths(_DIFF_TABLE, texts, console.width)
+    write_rows(console, row_lines(_DIFF_TABLE, widths, texts), title_line(_DIFF_TABLE, widths))
     for c in d.group_changes:
         console.print(Text.assemble(("changed ", "yellow"), term(c)))
     if d.only_a:

@@ -178,10 +178,15 @@ def group_text(group: dict, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def source_summary(state) -> dict[str, str]:
+    """Which file and what layout: known as soon as the state is loaded (a LoadedState or a StateReport)."""
+    return {"file": state.path + ("" if state.source_file in (state.path, "") else f"  ({state.source_file})"),
+            "layout": state.layout + (f"  [key: {state.key_used}]" if state.key_used else "")}
+
+
 def state_summary(report) -> dict[str, str]:
     """The header of a state report, the same in `inspect` and the TUI: label -> text (before escaping)."""
-    out = {"file": report.path + ("" if report.source_file in (report.path, "") else f"  ({report.source_file})"),
-           "layout": report.layout + (f"  [key: {report.key_used}]" if report.key_used else ""),
+    out = {**source_summary(report),
            "optimizer": report.family,
            "step": ", ".join(map(str, report.steps)) or "-"}
     for i, g in enumerate(report.groups):

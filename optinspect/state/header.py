@@ -13,6 +13,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from optinspect.state.limits import too_many_tensors
+
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "C64": 8}
@@ -26,7 +28,7 @@ class HeaderError(ValueError):
     """The file is not a valid safetensors file; the message says why and where."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     name: str
     dtype: str  # safetensors spelling (F32, BF16, ...)
@@ -63,7 +65,8 @@ def _index(value: object) -> bool:
     return type(value) is int and 0 <= value < MAX_INT
 
 
-def read_header(path: str) -> Header:
+def read_header(path: str, max_tensors: int | None = None) -> Header:
+    """The header, checked against the file; more than `max_tensors` entries is refused before parsing."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise HeaderError(f"{path}: not a regular file (a FIFO, device or socket is never read)")
@@ -76,6 +79,8 @@ def read_header(path: str) -> Header:
         if n > MAX_HEADER or 8 + n > size:
             raise HeaderError(f"{path}: header claims {n} bytes but the file has {size}")
         raw = fh.read(n)
+    if max_tensors is not None and raw.count(b'"data_offsets"') > max_tensors:  # counted before any object is made
+        raise HeaderError(too_many_tensors(path, f"{raw.count(b'data_offsets'):,}", max_tensors))
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

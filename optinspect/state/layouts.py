@@ -12,6 +12,7 @@ import torch
 
 from optinspect.specs import SHAPE_KEYS
 from optinspect.state.header import HeaderError, read_header
+from optinspect.state.limits import MAX_TENSORS
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError
 from optinspect.state.mapped import MappedTensor
 
@@ -209,9 +210,9 @@ def looks_like_safetensors(path: str) -> bool:
 
 
 # -- safetensors -------------------------------------------------------------------------------------
-def load_safetensors(path: str) -> LoadedState:
+def load_safetensors(path: str, max_tensors: int = MAX_TENSORS) -> LoadedState:
     try:
-        header = read_header(path)
+        header = read_header(path, max_tensors)
     except HeaderError as e:
         raise StateLoadError(str(e)) from None
     from optinspect.state.mapped import MappedFile

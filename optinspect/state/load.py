@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from optinspect.state.layouts import has_mapped, interpret, load_safetensors, looks_like_safetensors
+from optinspect.state.limits import MAX_TENSORS
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError, materialize
 from optinspect.state.locate import resolve_path
 from optinspect.state.naming import names_from_hf_trainer, names_from_model, names_from_pipeline_layers
@@ -17,9 +18,11 @@ from optinspect.state.unpickle import is_zip, safe_torch_load
 __all__ = ["LoadedState", "ParamState", "StateLoadError", "load_state", "materialize"]
 
 
-def load_state(path: str, model: str | None = None, optimizer: int = 0) -> LoadedState:
+def load_state(path: str, model: str | None = None, optimizer: int = 0, max_tensors: int = MAX_TENSORS
+               ) -> LoadedState:
     """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape; `optimizer`
-    picks one of a checkpoint that holds several (Lightning's list, Accelerate's optimizer_N.bin)."""
+    picks one of a checkpoint that holds several (Lightning's list, Accelerate's optimizer_N.bin); a file of more
+    than `max_tensors` tensors is refused."""
     from optinspect.state import dcp
 
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
@@ -45,9 +48,9 @@ def load_state(path: str, model: str | None = None, optimizer: int = 0) -> Loade
                 names_from_model(ls, model)
             return ls
     if file.endswith(".safetensors") or looks_like_safetensors(file):
-        ls = load_safetensors(file)
+        ls = load_safetensors(file, max_tensors)
     else:
-        obj, skipped = safe_torch_load(file)
+        obj, skipped = safe_torch_load(file, max_tensors)
         ls = interpret(obj, path, optimizer)
         ls.skipped = skipped
         ls.mapped = is_zip(file) and not has_mapped(ls)

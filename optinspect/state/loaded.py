@@ -15,7 +15,7 @@ class StateLoadError(Exception):
     """The input cannot be read as optimizer state; the message says why (exit 2)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamState:
     index: int
     name: str

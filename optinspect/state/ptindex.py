@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from optinspect.state.limits import MAX_TENSORS, too_many_tensors
+from optinspect.state.loaded import StateLoadError
 from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor, _itemsize, check_extent
 
 STORAGE_DTYPES = {
@@ -148,9 +150,9 @@ def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int
 
 
 def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = None, base: int = 0,
-               end: int | None = None) -> tuple[Any, list[str]]:
+               end: int | None = None, max_tensors: int = MAX_TENSORS) -> tuple[Any, list[str]]:
     """Read a torch zip checkpoint's object graph with MappedTensors for every tensor (the archive may be the
-    bytes [base, end) of a mapped file that holds several)."""
+    bytes [base, end) of a mapped file that holds several); more than `max_tensors` tensors is refused."""
     mapped = mapped or MappedFile(path)
     if mapped.mm is None:
         raise Unsupported("empty file")
@@ -164,10 +166,14 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
 
     data_prefix = f"{prefix}/data/"
     extents: dict[tuple, tuple] = {}
+    count = [0]
 
     def rebuild_tensor(storage: _StorageRef, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
         if not isinstance(storage, _StorageRef):
             raise CorruptData("a tensor without a storage")
+        count[0] += 1
+        if count[0] > max_tensors:
+            raise StateLoadError(too_many_tensors(path, f"more than {max_tensors:,}", max_tensors))
         member = members.get(data_prefix + storage.key)
         if member is None:
             raise CorruptData(f"a tensor's data ({storage.key}) is missing from the file")
@@ -254,10 +260,11 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
 
     try:
         obj = Reader(io.BytesIO(data)).load()
-    except (Unsupported, CorruptData):
+    except (Unsupported, CorruptData, StateLoadError):
         raise
     except RecursionError:
         raise CorruptData("the object graph nests deeper than Python can follow") from None
     except Exception as e:  # noqa: BLE001 - a broken pickle: let torch's loader produce its own message
         raise Unsupported(f"{type(e).__name__}: {e}") from None
+    mapped.release(base, (mapped.size if end is None else end) - base)  # the directory's and headers' pages
     return obj, sorted(set(skipped))

@@ -30,7 +30,7 @@ class Flag(str):
         return (Flag, (self.code, str(self)))
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamReport:
     index: int
     name: str
@@ -136,14 +136,14 @@ def _json_safe(obj: Any) -> Any:
     return repr(obj)
 
 
-@dataclass
+@dataclass(slots=True)
 class KeyDrift:
     key: str
     rel: float  # ||b - a|| / ||a||
     max_abs: float
 
 
-@dataclass
+@dataclass(slots=True)
 class ParamDiff:
     name: str
     step_a: int | None

@@ -24,7 +24,7 @@ HIST_BINS = 256
 RELEASE_EVERY = 4 * CHUNK
 
 
-@dataclass
+@dataclass(slots=True)
 class QuantError:
     """Error bound of an 8-bit block-wise tensor, from the codebook spacing at each stored code."""
 
@@ -36,7 +36,7 @@ class QuantError:
     floor_code_frac: float  # share of elements at the map's smallest-magnitude code (tiny values collapsed)
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorStats:
     key: str
     shape: list[int]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from optinspect.state.limits import MAX_TENSORS
 from optinspect.state.loaded import StateLoadError
 from optinspect.state.mapped import CorruptData, check_extent
 from optinspect.state.ptindex import Unsupported, load_index, stub_for
@@ -65,7 +66,7 @@ def read_small(path: str, limit: int) -> bytes:
         return fh.read(limit)
 
 
-def safe_torch_load(path: str) -> tuple[Any, list[str]]:
+def safe_torch_load(path: str, max_tensors: int = MAX_TENSORS) -> tuple[Any, list[str]]:
     """torch.load(weights_only=True), with harmless globals stubbed; returns (object, skipped global names)."""
     check_regular(path)
     try:
@@ -81,7 +82,7 @@ def safe_torch_load(path: str) -> tuple[Any, list[str]]:
                              f"safetensors; it starts with {magic!r}")
     if is_zip:
         try:
-            return load_index(path, HARMLESS_GLOBALS)
+            return load_index(path, HARMLESS_GLOBALS, max_tensors=max_tensors)
         except Unsupported:
             pass  # torch's own weights-only loader decides (and refuses what must be refused)
         except CorruptData as e:

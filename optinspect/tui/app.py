@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, ProgressBar
 
 from optinspect.render.view import DIFF_COLUMNS, STATE_COLUMNS, PendingRow, applicable, pending, state_summary
+from optinspect.state.limits import MAX_TENSORS
 from optinspect.tui.widgets.detail import DetailPane
 from optinspect.tui.widgets.summary import SummaryBar
 from optinspect.tui.widgets.table import ParamTable
@@ -42,9 +43,11 @@ class StateApp(App[int]):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, path: str, other: str | None = None, model: str | None = None, optimizer: int = 0) -> None:
+    def __init__(self, path: str, other: str | None = None, model: str | None = None, optimizer: int = 0,
+                 max_tensors: int = MAX_TENSORS) -> None:
         super().__init__()
         self.optimizer = optimizer
+        self.max_tensors = max_tensors
         self.path = path
         self.other = other
         self.model = model
@@ -86,7 +89,7 @@ class StateApp(App[int]):
         from optinspect.state.mapped import CorruptData
 
         try:
-            ls = load_state(self.path, model=self.model, optimizer=self.optimizer)
+            ls = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
@@ -130,8 +133,8 @@ class StateApp(App[int]):
         from optinspect.state.mapped import CorruptData
 
         try:
-            a = load_state(self.path, model=self.model, optimizer=self.optimizer)
-            b = load_state(self.other, model=self.model, optimizer=self.optimizer)
+            a = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
+            b = load_state(self.other, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
@@ -253,6 +256,7 @@ class StateApp(App[int]):
         yield SystemCommand("Toggle theme", "Dark or light", self.action_toggle_theme)
 
 
-def make_app(path: str, other: str | None = None, model: str | None = None, optimizer: int = 0) -> StateApp:
+def make_app(path: str, other: str | None = None, model: str | None = None, optimizer: int = 0,
+             max_tensors: int = MAX_TENSORS) -> StateApp:
     """The app factory shared by the CLI and the tests."""
-    return StateApp(path, other, model, optimizer)
+    return StateApp(path, other, model, optimizer, max_tensors)

@@ -117,3 +117,46 @@ def test_inspect_to_a_pipe_keeps_each_row_on_one_line(run_cli, tmp_path):
     assert len(rows) == 1 and rows[0].split()[-1] not in longest  # the figures follow on the same line
     rc, out, _ = run_cli("inspect", str(target), env={"NO_COLOR": "1", "COLUMNS": "60"})
     assert rc == 0 and not any(line.startswith(longest) for line in out.splitlines())
+
+
+def test_small_tensors_drift_in_batches_as_one_by_one():
+    """diff compares small tensors many at a time: each figure equals the one-pair streaming path's (the
+    oracle), NaN and inf included, for fp32, bf16 and 0-d entries."""
+    import math
+
+    from optinspect.state.diff import _batch_drifts, drift
+
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(n, generator=g), torch.randn(n, generator=g)) for n in (1, 7, 300, 4096)]
+    pairs += [(torch.randn(9, generator=g).bfloat16(), torch.randn(9, generator=g).bfloat16()),
+              (torch.tensor(3.0), torch.tensor(5.0)), (torch.zeros(4), torch.zeros(4)), (torch.zeros(3), torch.ones(3)),
+              (torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])),
+              (torch.tensor([1.0, 2.0]), torch.tensor([float("inf"), 2.0]))]
+    jobs = [(None, i, "exp_avg", x, y) for i, (x, y) in enumerate(pairs)]
+    for (_, i, got), (x, y) in zip(_batch_drifts(jobs), pairs, strict=True):
+        want = drift({"exp_avg": x}, {"exp_avg": y}, "exp_avg")
+        for a, b in ((got.rel, want.rel), (got.max_abs, want.max_abs)):
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), (i, got, want)
+
+
+def test_a_large_state_is_printed_as_it_is_computed(run_cli, tmp_path):
+    """Past one window of parameters `inspect` prints rows as they are computed and the summary after them: the
+    rows must say what the table of the whole report says (a parameter with NaN late in the file flagged too)."""
+    from optinspect.render.state import StreamedTable
+
+    n = StreamedTable.FIRST_ROWS + 300
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for i in range(n):
+        m = torch.randn(4, generator=g)
+        state[i] = {"step": torch.tensor(9.0), "exp_avg": m, "exp_avg_sq": m * m}
+    state[n - 5]["exp_avg"][0] = float("nan")
+    torch.save({"state": state, "param_groups": [{"lr": 1e-3, "params": list(range(n))}]}, tmp_path / "s.pt")
+    rc, streamed, _ = run_cli("inspect", str(tmp_path / "s.pt"), env={"NO_COLOR": "1"})
+    rc2, whole, _ = run_cli("inspect", str(tmp_path / "s.pt"), "--top", str(n), env={"NO_COLOR": "1"})  # not streamed
+    assert rc == rc2 == 0
+    rows = lambda text: [" ".join(line.split()) for line in text.splitlines() if line.startswith("0/")]  # noqa: E731
+    assert rows(streamed) == rows(whole) and len(rows(streamed)) == n
+    assert f"0/{n - 5} 4 float32 9" in rows(streamed)[n - 5] and "nan/inf in exp_avg" in rows(streamed)[n - 5]
+    assert streamed.index("\n0/0 ") < streamed.index("\noptimizer") and whole.index("\noptimizer") < whole.index("\n0/0 ")
+    assert f"! 0/{n - 5}: nan/inf in exp_avg" in streamed and f"{n:,} parameters" in streamed

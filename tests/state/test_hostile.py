@@ -314,3 +314,22 @@ def test_a_zip_directory_with_a_name_that_is_not_utf8_is_named(run_cli, tmp_path
         extra = [str(tmp_path / "s.pt")] if command == "diff" else []
         rc, _, err = run_cli(command, str(tmp_path / "s.pt"), *extra)
         assert rc == 2 and "unexpected" not in err and err.count("\n") == 1, err
+
+
+def test_more_tensors_than_the_bound_are_refused_before_they_are_read(run_cli, tmp_path):
+    """A file of a million one-element tensors is 88 MB and took minutes and gigabytes: past --max-tensors
+    (default 300,000) it is one line and exit 2, counted before any tensor object is made."""
+    from safetensors.torch import save_file
+
+    save_file({f"state.l{i}.exp_avg": torch.tensor([float(i)]) for i in range(120)}, str(tmp_path / "s.safetensors"))
+    sd = {"state": {i: {"exp_avg": torch.ones(1)} for i in range(120)},
+          "param_groups": [{"lr": 1.0, "params": list(range(120))}]}
+    torch.save(sd, tmp_path / "s.pt")
+    for name, count in (("s.safetensors", "120"), ("s.pt", "more than 100")):
+        rc, _, err = run_cli("inspect", str(tmp_path / name), "--max-tensors", "100")
+        assert rc == 2 and f"holds {count} tensors, past the limit of 100" in err and "--max-tensors" in err
+        assert run_cli("inspect", str(tmp_path / name), "--max-tensors", "120", "--json")[0] == 0
+    # diff reads two files: the bound holds for both together
+    rc, _, err = run_cli("diff", str(tmp_path / "s.pt"), str(tmp_path / "s.pt"), "--max-tensors", "200")
+    assert rc == 2 and "past the limit of 100" in err
+    assert run_cli("diff", str(tmp_path / "s.pt"), str(tmp_path / "s.pt"), "--max-tensors", "240")[0] == 0

@@ -135,3 +135,26 @@ def test_a_report_of_many_small_tensors_matches_per_tensor_statistics(tmp_path):
         assert a.update_scale_mean == pytest.approx(b.update_scale_mean, rel=1e-6)
         for x, y in zip(a.tensors, b.tensors, strict=True):
             assert x.hist == y.hist and x.rms == pytest.approx(y.rms, rel=1e-6)
+
+
+def test_gathered_small_tensors_equal_the_librarys_own_reading(tmp_path):
+    """Small mapped tensors are read many at a time (one indexed read per file and dtype); what comes out must be
+    what safetensors itself reads, for every dtype, odd sizes that leave later tensors unaligned, and 0-d ones."""
+    from safetensors.torch import load_file, save_file
+
+    from optinspect.state.layouts import load_safetensors
+    from optinspect.state.mapped import gather
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"state.a.x": torch.randn(3, generator=g).to(torch.bfloat16),  # 6 bytes: the next starts unaligned
+               "state.a.y": torch.randn(5, generator=g), "state.b.x": torch.randn(2, 3, generator=g).half(),
+               "state.b.y": torch.tensor(7.5, dtype=torch.float64), "state.c.x": torch.randn(1, generator=g),
+               "state.c.y": torch.tensor([float("nan"), float("inf"), -0.0, 1e-40])}
+    save_file(tensors, str(tmp_path / "s.safetensors"))
+    ls = load_safetensors(str(tmp_path / "s.safetensors"))
+    mapped = [v for p in ls.params for v in p.entries.values() if not isinstance(v, float)]
+    names = [f"state.{p.name}.{k}" for p in ls.params for k, v in p.entries.items() if not isinstance(v, float)]
+    own = load_file(str(tmp_path / "s.safetensors"))
+    mixed = mapped + [own["state.a.y"]]  # an in-memory tensor among the mapped ones
+    want = torch.cat([own[n].reshape(-1).float() for n in names] + [own["state.a.y"].float()])
+    assert torch.equal(gather(mixed).nan_to_num(nan=123.0), want.nan_to_num(nan=123.0))
