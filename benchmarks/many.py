@@ -62,8 +62,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tensors", type=int, default=100_000)
     ap.add_argument("--dir", default="/tmp/optinspect-bench")
+    ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    pt, tiny = make_files(Path(args.dir), args.tensors)
+    if args.make_only:  # in its own process: a child forked from a 3 GB parent would report that as its peak
+        make_files(Path(args.dir), args.tensors)
+        return
+    subprocess.run([sys.executable, __file__, "--make-only", "--tensors", str(args.tensors), "--dir", args.dir],
+                   check=True)
+    folder = Path(args.dir)
+    pt, tiny = folder / f"many_{args.tensors}.pt", folder / "tiny_1000000.safetensors"
     cli = [sys.executable, "-m", "optinspect", "inspect"]
     runs = {
         "naive torch.load + stats": measure([sys.executable, "-c", CHILD, "naive", str(pt), str(ROOT)]),
