@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from optinspect import specs
@@ -55,11 +55,13 @@ def constructor_kwargs(table: dict) -> dict[str, Any]:
 
 
 def build_optimizer(params: Iterable, table: dict, config: dict | None = None, *,
-                    strict: bool = False) -> Any:
+                    strict: bool = False, options: Mapping[str, Any] | None = None) -> Any:
     """Validate `table` with the schemas and rules, then construct the optimizer as the trainer would.
+    `options`: options of our implementation alone (the registry's `our_options`, such as Prodigy's `upcast`),
+    given here rather than in the table, which stays what the trainer reads.
 
     Raises InvalidConfig listing every error (and every warning with strict=True), NotBundled for valid
-    types without an implementation here.
+    types without an implementation here, ValueError for an option the type does not have.
     """
     if not isinstance(table, dict):
         raise TypeError(f"table must be a dict (the [optimizer] table), got {type(table).__name__}")
@@ -69,4 +71,13 @@ def build_optimizer(params: Iterable, table: dict, config: dict | None = None, *
     if bad:
         raise InvalidConfig(bad)
     klass = resolve_class(table["type"])
-    return klass(list(params), **constructor_kwargs(table))
+    kwargs = constructor_kwargs(table)
+    if options:
+        spec = specs.TYPES.get(catalog.resolve_type(table["type"]).schema or "")
+        unknown = [k for k in options if not spec or k not in spec.our_options]
+        if unknown:
+            having = [f"{t.written} ({', '.join(t.our_options)})" for t in specs.TYPES.values() if t.our_options]
+            raise ValueError(f"{', '.join(unknown)}: not an option of optinspect's {table['type']} (options of ours: "
+                             f"{'; '.join(having)})")
+        kwargs.update(options)
+    return klass(list(params), **kwargs)

@@ -298,6 +298,8 @@ class OptimizerType:
     # as Python uses them (true as 1, 100.0 as 100). A mixed-up type runs as meant: a warning, not an error.
     truthy_flags: bool = False
     strict_flags: tuple[str, ...] = ()  # ...except these, which torch checks to be real booleans
+    # options of our implementation alone (name -> what it does): the original has none of them
+    our_options: Mapping[str, str] = field(default_factory=dict)
     extra_items_ignored: bool = False  # arrays are read by index (betas[0], betas[1]): more items are never read
     # Keys whose out-of-range values make it fail (it raises, divides by zero or turns NaN); out of range elsewhere
     # it runs (a negative lr ascends): a warning. None: every range is enforced (torch, bitsandbytes, ...).
@@ -372,7 +374,9 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
                   family="Prodigy", kwargs="swallow", truthy_flags=True, state_bytes=_prodigy_bytes,
                   hard_ranges=("lr", "betas", "beta3", "weight_decay", "eps", "d0"),
                   misspellings={"use_bias_correction": "bias_correction", "decouple": "weight_decouple",
-                                "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"}),
+                                "slice_p": "(no equivalent)", "safeguard": "safeguard_warmup", "d_coeff": "d_coef"},
+                  our_options={"upcast": "fp32 arithmetic for bf16/fp16 parameters, stored back with stochastic "
+                                         "rounding, where the original computes in bf16"}),
 )}
 
 # Keys a trainer reads itself (and, in some trainers, pops before calling the constructor).

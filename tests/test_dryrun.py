@@ -124,6 +124,22 @@ def test_compare_fp32_says_when_low_precision_loses_the_updates(run_cli, tmp_pat
     assert json.loads(out)["notes"] == []  # same math in float32: no drift, nothing to say
 
 
+def test_prodigy_upcast_is_a_dry_run_option_not_a_config_key(run_cli, tmp_path):
+    """Prodigy on bf16 weights computes in bf16 as the trainer's class does: its first updates (d0 = 1e-6) are
+    below bf16's resolution and nearly all lost; --upcast runs ours in fp32 with stochastic rounding, which keeps
+    them on average: the weights move two orders of magnitude more."""
+    cfg = write(tmp_path, TABLES["Prodigy"], "bfloat16")
+    moved = {}
+    for flag in ((), ("--upcast",)):
+        rc, out, _ = run_cli("dry-run", cfg, "--steps", "3", "--json", *flag)
+        rep = json.loads(out)
+        assert rc == 0 and rep["optimizer_class"].endswith("prodigy.Prodigy")
+        moved[flag] = rep["steps"][0]["update_rms"]
+    assert moved[("--upcast",)] > 20 * moved[()]
+    rc, _, err = run_cli("dry-run", write(tmp_path, TABLES["scorn"]), "--upcast")
+    assert rc == 2 and "not an option of optinspect's scorn" in err and "Prodigy (upcast)" in err
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_save_round_trip_and_no_overwrite(run_cli, tmp_path, suffix):
     target = tmp_path / f"state{suffix}"

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from optinspect.dryrun.engine import run as dry_run
 
     settings = Settings(steps=args.steps, dtype=args.dtype, device=args.device, seed=args.seed,
-                        shapes=args.shapes_from, max_params=args.max_params, compare_fp32=args.compare_fp32)
+                        shapes=args.shapes_from, max_params=args.max_params, compare_fp32=args.compare_fp32,
+                        options=(("upcast", True),) if args.upcast else ())
     console = make_console(stderr=True)
     try:
         if args.json or not console.is_terminal:

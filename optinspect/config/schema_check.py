@@ -166,7 +166,14 @@ def _unknown_key(out: _Out, ctx: RuleContext, k: str, props: dict) -> None:
         hint = f"{spec.source if spec.source != 'builtin' else label} spells it `{spec.misspellings[k]}`"
     if others and not close:
         hint = f"`{k}` is a key of {', '.join(others[:3])}, not of {label}; remove it"
-    if meta.get("kwargs") == "swallow":
+    if spec and k in spec.our_options:
+        where = f"{spec.source}'s {label}" if spec.source != "builtin" else f"the trainer's {label}"
+        swallow = meta.get("kwargs") == "swallow"
+        out.emit("OPT103" if swallow else "OPT102", kp,
+                 f"`{k}` is an option of optinspect's own {label} only ({spec.our_options[k]}); {where}, which the "
+                 f"trainer builds, {'silently ignores it' if swallow else 'raises TypeError'}",
+                 f"remove it; `optinspect dry-run --{k}` runs ours with it", on_value=False)
+    elif meta.get("kwargs") == "swallow":
         out.emit("OPT103", kp, f"`{k}` is not a parameter of {label}: its constructor takes **kwargs and silently "
                  "ignores it", hint or "remove it", on_value=False)
     else:

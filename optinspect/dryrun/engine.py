@@ -31,6 +31,7 @@ class Settings:
     shapes: str | None = None  # a model .safetensors whose header gives the real shapes
     max_params: int = 4_000_000
     compare_fp32: bool = False
+    options: tuple[tuple[str, object], ...] = ()  # options of our implementation alone, e.g. (("upcast", True),)
 
 
 @dataclass
@@ -54,7 +55,10 @@ def run(config_path: str, config: dict, settings: Settings = Settings(),
     model, full = _model(config, settings, table, type_key, dtype)
     params, targets = make_params(model, getattr(torch, dtype), dev, settings.seed)
     torch.manual_seed(settings.seed)
-    opt = build_optimizer(params, table, config)
+    try:
+        opt = build_optimizer(params, table, config, options=dict(settings.options))
+    except ValueError as e:
+        raise DryRunError(str(e)) from None
     report = DryRunReport(config=config_path, optimizer_type=table["type"],
                           optimizer_class=f"{type(opt).__module__}.{type(opt).__qualname__}",
                           optimizer_file=_source_file(type(opt)), dtype=dtype, device=str(dev), seed=settings.seed,

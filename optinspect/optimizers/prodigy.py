@@ -1,9 +1,12 @@
 """Prodigy as the trainer builds it (`type = "Prodigy"` -> pytorch_optimizer 4.1.0's class), re-implemented.
 
 Same numbers and state layout as pytorch_optimizer.Prodigy (golden trajectories and the package itself are
-the references in the tests). Differences, both opt-in by nature:
+the references in the tests), bf16 included: like the original it computes in the parameters' own dtype, so a
+bf16 model gets bf16 moments and bf16 arithmetic, bit for bit. Differences:
 * unknown keyword arguments raise TypeError instead of being silently swallowed (a typo must not pass);
-* bf16/fp16 parameters are updated in fp32 and written back with stochastic rounding.
+* `upcast=True` (ours alone; the original has no such option and drops it unread) computes bf16/fp16
+  parameters in fp32 and writes parameters and state back with stochastic rounding: slower, and the numbers
+  differ from the original's, but small updates are not lost to bf16's 8-bit mantissa.
 Kept on purpose: coupled weight decay (`weight_decouple=False`) has no effect, as in the original.
 """
 
@@ -27,7 +30,7 @@ class Prodigy(torch.optim.Optimizer):
                  d0: float = 1e-6, d_coef: float = 1.0, growth_rate: float = float("inf"),
                  weight_decay: float = 0.0, weight_decouple: bool = True, fixed_decay: bool = False,
                  bias_correction: bool = False, safeguard_warmup: bool = False, eps: float | None = 1e-8,
-                 maximize: bool = False, foreach: bool | None = None):
+                 maximize: bool = False, foreach: bool | None = None, upcast: bool = False):
         check_range("lr", lr, 0.0)
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
@@ -42,6 +45,7 @@ class Prodigy(torch.optim.Optimizer):
         if eps is not None:
             check_range("eps", eps, 0.0)
         self.maximize = maximize
+        self.upcast = bool(upcast)
         defaults = dict(lr=lr, betas=betas, beta3=beta3, d=d0, d0=d0, d_max=d0, d_coef=d_coef,
                         growth_rate=growth_rate, weight_decay=weight_decay, weight_decouple=weight_decouple,
                         fixed_decay=fixed_decay, bias_correction=bias_correction, safeguard_warmup=safeguard_warmup,
@@ -85,7 +89,7 @@ class Prodigy(torch.optim.Optimizer):
                 if self.maximize:
                     grad.neg_()
                 state = self.state[p]
-                low = is_low_precision(p)
+                low = self.upcast and is_low_precision(p)
                 g, p32 = working(grad, low), working(p, low)
                 s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
                 d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)

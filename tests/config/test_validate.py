@@ -41,6 +41,14 @@ def test_prodigy_unknown_keys_are_silently_dropped_upstream():
     assert "silently" in d.message and "d_coef" in d.hint
 
 
+def test_an_option_of_ours_alone_is_named_as_such():
+    """Prodigy's `upcast` exists in optinspect's class only: in a trainer config it is dropped unread, and the
+    finding says so and where it does work."""
+    (d,) = find("[optimizer]\ntype = 'Prodigy'\nupcast = true\n", "OPT103")
+    assert "optinspect's own Prodigy only" in d.message and "silently ignores it" in d.message
+    assert "dry-run --upcast" in d.hint
+
+
 def test_type_resolution_case_rules():
     (d,) = find("[optimizer]\ntype = 'prodigy'\n", "OPT101")
     assert "Prodigy" in d.hint and "case-sensitive" in d.message

@@ -2,6 +2,7 @@
 transformers' Adafactor, pytorch_optimizer's Prodigy, bitsandbytes' 8-bit AdamW."""
 
 import io
+import math
 import warnings
 
 import pytest
@@ -138,6 +139,62 @@ def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, monkeypatch):
         assert torch.equal(p, q)
     assert ours.param_groups[0]["d"] == theirs.param_groups[0]["d"]
     assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or kw.get("eps", 1) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kw", PRODIGY_CASES[:4], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
+def test_prodigy_in_bf16_is_pytorch_optimizers_bit_for_bit(kw, dtype):
+    """By default ours computes in the parameters' dtype as the original does: bf16 weights, moments and d equal
+    pytorch_optimizer's exactly, step after step."""
+    po = pytest.importorskip("pytorch_optimizer")
+    pa, pb = make_params(dtype=dtype), make_params(dtype=dtype)
+    ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
+    for t in range(1, 16):
+        for p, q, g in zip(pa, pb, grads(pa, t, 0.05), strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+        same = dict(rtol=0, atol=0, equal_nan=True)  # fp16 overflows to NaN in both, alike
+        for p, q in zip(pa, pb, strict=True):
+            assert p.dtype == dtype
+            torch.testing.assert_close(p, q, **same, msg=f"step {t}")
+        for key in ("s", "p0", "exp_avg", "exp_avg_sq"):
+            for p, q in zip(pa, pb, strict=True):
+                assert ours.state[p][key].dtype == dtype
+                torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], **same)
+        d, want = ours.param_groups[0]["d"], theirs.param_groups[0]["d"]
+        assert d == want or (math.isnan(d) and math.isnan(want)), t
+
+
+def test_prodigy_upcast_computes_in_fp32_and_rounds_stochastically():
+    """`upcast=True` (ours alone): each step is the fp32 step from the stored bf16 values, stored with stochastic
+    rounding: every weight lands on one of the two bf16 neighbours of the fp32 result (bf16 arithmetic, the
+    default, lands elsewhere: on LoRA-sized updates it mostly leaves the weight unchanged)."""
+    pbf = make_params(dtype=torch.bfloat16)
+    up = Prodigy(pbf, upcast=True)
+    for t in range(1, 6):
+        before = [p.detach().float() for p in pbf]
+        state = [{k: v.float() for k, v in up.state[p].items()} for p in pbf] if t > 1 else None
+        gs = grads(pbf, t, 0.05)
+        ref_params = [torch.nn.Parameter(b.clone()) for b in before]
+        ref = Prodigy(ref_params)
+        ref.load_state_dict(up.state_dict())  # the same d and step as ours before this step, in fp32 below
+        for q, st in zip(ref_params, state or [None] * len(pbf), strict=True):
+            if st:
+                ref.state[q].update(st)
+        for p, q, g in zip(pbf, ref_params, gs, strict=True):
+            p.grad, q.grad = g, g.float()
+        up.step()
+        ref.step()
+        for p, q in zip(pbf, ref_params, strict=True):
+            assert p.dtype == torch.bfloat16 and up.state[p]["exp_avg"].dtype == torch.bfloat16
+            exact = q.detach()
+            down = exact.bfloat16().float()
+            ulp = (torch.nextafter(exact.abs().bfloat16(), torch.tensor(float("inf"), dtype=torch.bfloat16)).float()
+                   - exact.abs().bfloat16().float())
+            assert bool(((p.float() - exact).abs() <= ulp * 1.0001).all()), t
+            assert bool(((p.float() - down).abs() <= ulp * 1.0001).all()), t
+    assert up.param_groups[0]["d"] > up.param_groups[0]["d0"]  # the fp32 updates move the weights: d grows
 
 
 def test_prodigy_matches_pytorch_optimizer_on_strided_gradients():
