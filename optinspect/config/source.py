@@ -17,6 +17,10 @@ Path = tuple  # of str keys and int array indices
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _SUPPRESS = re.compile(r"optinspect:\s*ignore(?:\[([A-Za-z0-9_,\s]*)\])?")
+_BLANKS = re.compile(r"[ \t\r]+")
+_SCALAR = re.compile(r"[^,\]}\n#\r \t]+")
+_BASIC = re.compile(r'"(?:[^"\\\n]|\\.)*"?')  # a one-line "string", escapes included
+_LITERAL = re.compile(r"'[^'\n]*'?")
 
 
 @dataclass
@@ -72,15 +76,15 @@ class _Scanner:
         return self.s[j] if j < self.n else ""
 
     def adv(self, k: int = 1) -> None:
-        for _ in range(k):
-            if self.i >= self.n:
-                return
-            if self.s[self.i] == "\n":
-                self.line += 1
-                self.col = 1
-            else:
-                self.col += 1
-            self.i += 1
+        i = self.i
+        end = min(i + k, self.n)
+        lines = self.s.count("\n", i, end)
+        if lines:
+            self.line += lines
+            self.col = end - self.s.rfind("\n", i, end)
+        else:
+            self.col += end - i
+        self.i = end
 
     def pos(self) -> tuple[int, int]:
         return self.line, self.col
@@ -88,7 +92,11 @@ class _Scanner:
     def skip_ws(self, newlines: bool = False) -> None:
         while self.i < self.n:
             c = self.s[self.i]
-            if c in " \t\r" or (newlines and c == "\n"):
+            if c in " \t\r":  # a run of blanks at once (they never end a line)
+                end = (_BLANKS.match(self.s, self.i)).end()
+                self.col += end - self.i
+                self.i = end
+            elif newlines and c == "\n":
                 self.adv()
             elif c == "#":
                 self.comment()
@@ -98,8 +106,10 @@ class _Scanner:
     def comment(self) -> None:
         line = self.line
         start = self.i
-        while self.i < self.n and self.s[self.i] != "\n":
-            self.adv()
+        end = self.s.find("\n", start)
+        end = self.n if end < 0 else end
+        self.col += end - start  # a comment never holds a newline: the line stays, the column moves
+        self.i = end
         m = _SUPPRESS.search(self.s[start:self.i])
         if m:
             codes = {c.strip().upper() for c in (m.group(1) or "").split(",") if c.strip()} or {"*"}
@@ -167,9 +177,12 @@ class _Scanner:
         elif c in "\"'":
             self.string()
         else:
-            while self.i < self.n and self.s[self.i] not in ",]}\n#\r" and not (
-                self.s[self.i] in " \t" and self._scalar_ends_here()
-            ):
+            while True:  # a run of the scalar's characters at once; a blank inside only in a date-time
+                m = _SCALAR.match(self.s, self.i)
+                if m:
+                    self.adv(m.end() - self.i)
+                if self.i >= self.n or self.s[self.i] not in " \t" or self._scalar_ends_here():
+                    break
                 self.adv()
         return Span(l0, c0, *self.pos())
 
@@ -195,14 +208,8 @@ class _Scanner:
                     return
                 self.adv()
             return
-        self.adv()
-        while self.i < self.n and self.s[self.i] not in (q, "\n"):
-            if q == '"' and self.s[self.i] == "\\":
-                self.adv(2)
-                continue
-            self.adv()
-        if self.peek() == q:
-            self.adv()
+        m = (_BASIC if q == '"' else _LITERAL).match(self.s, self.i)  # to the closing quote, or the line's end
+        self.adv(m.end() - self.i)
 
     def array(self, path: Path) -> None:
         self.adv()  # [
