@@ -133,8 +133,9 @@ class StateApp(App[int]):
         from optinspect.state.mapped import CorruptData
 
         try:
-            a = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
-            b = load_state(self.other, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
+            each = max(self.max_tensors // 2, 1)  # the bound holds for the two files together, as in `diff`
+            a = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=each)
+            b = load_state(self.other, model=self.model, optimizer=self.optimizer, max_tensors=each)
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
