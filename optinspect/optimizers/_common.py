@@ -24,7 +24,9 @@ def orthograd_(p: torch.Tensor, floor: float) -> None:
     v = g.view(-1)
     proj = torch.atan2(torch.dot(w, v), torch.dot(w, w)).mul(A2)
     v_orth = v.float().sub(w, alpha=proj.item())
-    v_orth.mul_(v.norm(2) / v_orth.norm(2).clamp(min=floor))
+    # in place on the gradient's norm: for a bf16 gradient the ratio is rounded to bf16, as the originals' div_
+    # does (a plain division would promote it to fp32 and give other weights)
+    v_orth.mul_(v.norm(2).div_(v_orth.norm(2).clamp(min=floor)))
     g.copy_(v_orth.view_as(g))
 
 
