@@ -62,9 +62,9 @@ def original_factory(name: str):
     """The original class where it is installable (test-only packages) or in the trainer checkout given."""
     if name in TRAINER_KEYS and os.environ.get("OPTINSPECT_TRAINER_CHECKOUT"):
         from optinspect.build import constructor_kwargs
-        from tests.trainer_oracle import _trainer_class
+        from tests.optimizers.record_bf16 import trainer_class
 
-        klass = _trainer_class(TRAINER_KEYS[name])
+        klass = trainer_class(TRAINER_KEYS[name])
         return lambda ps: klass(ps, **constructor_kwargs({k: v for k, v in TABLES[name].items()}))
     try:
         if name == "adafactor":

@@ -79,7 +79,7 @@ def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor, block: int = BLOCK,
     """Codes (uint8, shape of x) and per-block absmax (fp32), as bitsandbytes' CPU quantizer writes them."""
     blocks, n = _blocks(x.float(), block)
     amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=1)
-    y = blocks / amax.unsqueeze(1)
+    y = blocks * (1.0 / amax).unsqueeze(1)  # by the reciprocal, as bitsandbytes: x / absmax differs in the last bit
     k = torch.floor((y + 1) * _GRID + 0.5)
     k = torch.nan_to_num(k, nan=0.0).clamp_(0, 65535)
     codes = lookup(_lut(qmap.to(x.device)), k)[:n].view(x.shape)

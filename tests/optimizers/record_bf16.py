@@ -1,4 +1,4 @@
-"""Record the trainer's own optimizers on bf16 parameters (stochastic rounding included) into
+"""Record the trainer's own optimizers on bf16 parameters (stochastic rounding, 8-bit states included) into
 `bf16_originals.safetensors`, which `test_bf16_originals.py` replays against ours bit for bit.
 
     OPTINSPECT_TRAINER_CHECKOUT=/path/to/diffusion-chroma python -m tests.optimizers.record_bf16
@@ -23,7 +23,28 @@ CASES = {  # name -> (trainer type key, constructor keywords as a config would g
     "scorn": ("scorn", {"lr": 1e-4, "weight_decay": 0.01}),
     "persona": ("persona", {"lr": 1e-4, "weight_decay": 0.01}),
     "adafactor": ("adafactor", {"lr": 1e-4, "scale_parameter": False, "relative_step": False, "beta1": 0.9}),
+    "adamw8bitkahan": ("adamw8bitkahan", {"lr": 2e-5, "weight_decay": 0.01, "stabilize": False,
+                                          "min_8bit_size": 256}),
 }
+
+
+def trainer_class(key: str) -> type:
+    """The trainer's class; its AdamW8bitKahan reads two per-parameter config keys that bitsandbytes 0.50 no
+    longer sets (`percentile_clipping`, `block_wise`): given their former defaults, it runs unchanged."""
+    from tests.trainer_oracle import _trainer_class
+
+    klass = _trainer_class(key)
+    if key != "adamw8bitkahan":
+        return klass
+
+    class WithFormerConfig(klass):
+        def get_config(self, gindex, pindex, group):
+            config = super().get_config(gindex, pindex, group)
+            config.setdefault("percentile_clipping", 100)
+            config.setdefault("block_wise", True)
+            return config
+
+    return WithFormerConfig
 
 
 def start() -> list[torch.nn.Parameter]:
@@ -56,11 +77,9 @@ def flat(name: str, params, opt) -> dict[str, torch.Tensor]:
 def main() -> None:
     from safetensors.torch import save_file
 
-    from tests.trainer_oracle import _trainer_class
-
     tensors = {}
     for name, (key, kw) in CASES.items():
-        klass = _trainer_class(key)
+        klass = trainer_class(key)
         params = start()
         tensors.update(flat(name, params, run(lambda ps, k=klass, a=kw: k(ps, **a), params)))
     save_file(tensors, str(OUT), metadata={"cases": json.dumps(CASES), "steps": str(STEPS)})

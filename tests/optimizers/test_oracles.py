@@ -244,6 +244,22 @@ def test_quantization_maps_and_codes_match_bitsandbytes():
         assert torch.equal(dequantize_blockwise(codes, absmax, qmap), ref)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantized_codes_match_bitsandbytes_on_millions_of_moments(signed):
+    """Values a hair from the midpoint between two codes decide by the last bit of x * (1 / absmax): over 4M
+    moment-like values (where x / absmax chose another code for about one in a million) every code must be
+    bitsandbytes'."""
+    F = _bnb().functional
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1 << 22, generator=g)
+    x = x * 1e-3 if signed else x * x * 1e-6
+    qmap = dynamic_map(signed)
+    codes, absmax = quantize_blockwise(x, qmap)
+    ref_codes, ref_state = F.quantize_blockwise(x, code=qmap, blocksize=256)
+    assert torch.equal(absmax, ref_state.absmax)
+    assert int((codes != ref_codes).sum()) == 0
+
+
 @pytest.mark.parametrize("min_8bit_size", [4096, 64])
 def test_adamw8bitkahan_moments_match_bitsandbytes_adamw8bit(min_8bit_size):
     """Without weight decay and stabilize, the moments depend only on the gradients: the codes, absmax and
