@@ -313,6 +313,24 @@ def adamw_on_bf16(ctx: RuleContext) -> Iterator[Finding]:
                       "round-to-nearest: small updates are lost", "use `type = 'adamw_optimi'`")
 
 
+@register("OPT412", "prodigy-on-bf16", "warning", "rule",
+          "Prodigy fine-tuning a bf16 model (no adapter): pytorch_optimizer's class computes in bf16, with no "
+          "stochastic rounding.",
+          why="With d0 = 1e-6 its first updates are about 1e-6, far below bf16's resolution at weights of 1e-2: "
+              "they round away, the weights do not move, and d, estimated from how far they moved, stays at d0 "
+              "(dry-run, 30 steps: d 1.05e-6 and the loss flat; fp32 arithmetic: d 5.2e-3, loss / 10). A LoRA "
+              "is spared: its zero-initialised B matrices move, and d grows.",
+          bad="[model]\ndtype='bfloat16'\n[optimizer]\ntype='Prodigy'",
+          good="[model]\ndtype='bfloat16'\n[adapter]\ntype='lora'\ndtype='bfloat16'\n[optimizer]\ntype='Prodigy'",
+          fix="train float32 weights, or use an optimizer with stochastic rounding", types=("prodigy",))
+def prodigy_on_bf16(ctx: RuleContext) -> Iterator[Finding]:
+    if ctx.trained_dtype in LOW_PRECISION and not isinstance(ctx.top("adapter"), dict):
+        yield Finding(("type",), f"Prodigy computes in {ctx.trained_dtype} on {ctx.trained_dtype} model weights: "
+                      "its first updates (d0 = 1e-6) round away, so the weights do not move and d stays at d0",
+                      "train float32 weights, or an optimizer with stochastic rounding; `optinspect dry-run "
+                      "--compare-fp32` measures it on this config")
+
+
 @register("OPT402", "stochastic-rounding-on-fp32", "info", "rule",
           "`stochastic_fp = true` while the trained weights are fp32: it does nothing.",
           bad="[model]\ndtype='float32'\n[optimizer]\ntype='scorn'\nstochastic_fp=true",

@@ -314,3 +314,25 @@ def test_flat_pre_045_layout_loads():
     b.load_state_dict(flat)
     q = b.param_groups[0]["params"][0]
     assert torch.equal(b.state[q]["state1"], a.state[p[0]]["state1"]) and b.state[q]["state1"].dtype == torch.uint8
+
+
+def test_pytorch_optimizers_prodigy_stalls_on_bf16_model_weights_as_opt412_says():
+    """OPT412's claim, on the original itself: on bf16 weights of magnitude ~1e-2 its first updates round away
+    and d stays at d0, where the same steps in fp32 move the weights and grow d; a zero-initialised tensor (a
+    LoRA's B) moves in bf16 too and lets d grow."""
+    po = pytest.importorskip("pytorch_optimizer")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 64, generator=g) * 0.02
+    grads = [torch.randn(256, 64, generator=g) * 1e-3 + w * 0.1 for _ in range(30)]
+
+    def final_d(start: torch.Tensor, dtype: torch.dtype) -> float:
+        p = torch.nn.Parameter(start.clone().to(dtype))
+        opt = po.Prodigy([p])
+        for gr in grads:
+            p.grad = gr.to(dtype)
+            opt.step()
+        return opt.param_groups[0]["d"]
+
+    assert final_d(w, torch.bfloat16) == 1e-6
+    assert final_d(w, torch.float32) > 1e-4
+    assert final_d(torch.zeros_like(w), torch.bfloat16) > 1e-4
