@@ -17,7 +17,7 @@ import math
 import torch
 
 from ._base import check_range, closure_loss, working, write_back_
-from ._common import scratch, windows
+from ._common import scratch, tensor_batches, windows
 from ._rounding import is_low_precision
 
 __all__ = ["Prodigy"]
@@ -82,6 +82,7 @@ class Prodigy(torch.optim.Optimizer):
                 if len(self.state[p]) == 0:
                     self._init_state(p)
             group["step"] += 1
+            items = []  # (p, g, p32, {s, exp_avg, exp_avg_sq}) in parameter order
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -93,12 +94,20 @@ class Prodigy(torch.optim.Optimizer):
                 g, p32 = working(grad, low), working(p, low)
                 s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
                 d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
-                s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
-                alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
-                for _, window in windows([g, m, v, s]):
+                items.append((p, g, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
+            s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
+            alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
+            for batch in tensor_batches([it[1] for it in items]):
+                chain = [[items[i][1] for i in batch]] + [[items[i][3][k] for i in batch]
+                                                          for k in ("exp_avg", "exp_avg_sq", "s")]
+                if len(batch) > 1:
+                    self._moments_multi(*chain, (beta1, beta2, beta3), alphas)
+                    continue
+                for _, window in windows([t[0] for t in chain]):
                     self._moments(*window, (beta1, beta2, beta3), alphas)
-                d_de_nom.add_(s.abs().sum())
-                work.append((p, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
+            for p, _, p32, tmp in items:  # summed in parameter order, as the original does
+                d_de_nom.add_(tmp["s"].abs().sum())
+                work.append((p, p32, tmp))
 
         if d_de_nom == 0:
             for p, _, tmp in work:
@@ -118,22 +127,49 @@ class Prodigy(torch.optim.Optimizer):
             group["d"] = d
             group["d_max"] = d_max
             group["d_hat"] = d_hat
-            for p in group["params"]:
-                if id(p) not in by_param:
-                    continue
-                p32, tmp = by_param[id(p)]
-                wd = group["weight_decay"]
-                decay = None
-                if wd != 0.0:
-                    if group["weight_decouple"]:
-                        decay = 1.0 - wd * (1.0 if group["fixed_decay"] else d_lr)
-                    elif wd > 0.0:
+            items = [(p, *by_param[id(p)]) for p in group["params"] if id(p) in by_param]
+            wd = group["weight_decay"]
+            decay = None
+            if wd != 0.0:
+                if group["weight_decouple"]:
+                    decay = 1.0 - wd * (1.0 if group["fixed_decay"] else d_lr)
+                elif wd > 0.0:
+                    for p, _, _ in items:
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
-                for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
-                    self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
+            for batch in tensor_batches([it[1] for it in items]):
+                chain = [[items[i][1] for i in batch], [items[i][2]["exp_avg"] for i in batch],
+                         [items[i][2]["exp_avg_sq"] for i in batch]]
+                if len(batch) > 1 and group["eps"] is not None:
+                    self._apply_multi(*chain, decay, d, d_lr, group["eps"])
+                    continue
+                for i in batch:
+                    p32, tmp = items[i][1], items[i][2]
+                    for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
+                        self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
+            for p, p32, tmp in items:  # stochastic rounding draws in parameter order: weights, then state
                 write_back_([(p, p32)])
                 self._write_state(p, tmp)
         return loss
+
+    @staticmethod
+    def _moments_multi(gs: list, ms: list, vs: list, ss: list, betas: tuple[float, float, float],
+                       alphas: tuple[float, float, float]) -> None:
+        """`_moments` over lists of tensors: the same operations element by element."""
+        torch._foreach_mul_(ms, betas[0])
+        torch._foreach_add_(ms, gs, alpha=alphas[0])
+        torch._foreach_mul_(vs, betas[1])
+        torch._foreach_addcmul_(vs, gs, gs, value=alphas[1])
+        torch._foreach_mul_(ss, betas[2])
+        torch._foreach_add_(ss, gs, alpha=alphas[2])
+
+    @staticmethod
+    def _apply_multi(ps: list, ms: list, vs: list, decay: float | None, d: float, d_lr: float, eps: float) -> None:
+        """`_apply` (the eps form) over lists of tensors: the same operations element by element."""
+        if decay is not None:
+            torch._foreach_mul_(ps, decay)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, d * eps)
+        torch._foreach_addcdiv_(ps, ms, denom, value=-d_lr)
 
     @staticmethod
     def _moments(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, s: torch.Tensor,

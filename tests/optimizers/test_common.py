@@ -44,3 +44,18 @@ def test_scratch_is_reused_per_slot_and_thread_and_never_held_for_large_tensors(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_scratch_off_cpu_is_none():
     assert common.scratch(0, torch.zeros(10, device="cuda")) is None
+
+
+def test_multi_tensor_batches_group_what_one_chain_can_take(monkeypatch):
+    """Consecutive fp32 tensors of one device that fit one window, up to a slice's worth together; a tensor that
+    needs slicing, a bf16 one (its scalars would round differently) or another dtype starts a batch of its own.
+    On CPU only when asked for: there the tensor-by-tensor chain is faster."""
+    import optinspect.optimizers._common as C
+
+    monkeypatch.setattr(C, "CPU_SLICE", 100)
+    ts = [torch.zeros(30), torch.zeros(30), torch.zeros(30), torch.zeros(30), torch.zeros(500), torch.zeros(10),
+          torch.zeros(10, dtype=torch.bfloat16), torch.zeros(10, dtype=torch.bfloat16), torch.zeros(10),
+          torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)]
+    assert C.tensor_batches(ts) == [[i] for i in range(len(ts))]
+    monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", True)
+    assert C.tensor_batches(ts) == [[0, 1, 2], [3], [4], [5], [6], [7], [8], [9, 10]]

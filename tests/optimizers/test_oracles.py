@@ -123,14 +123,17 @@ PRODIGY_CASES = [
 ]
 
 
+@pytest.mark.parametrize("multi_tensor", [False, True])
 @pytest.mark.parametrize("slice_elements", [None, 64])
 @pytest.mark.parametrize("kw", PRODIGY_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
-def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, monkeypatch):
-    """Also with in-cache slices (CPU_SLICE) far smaller than the tensors: still bit-identical."""
+def test_prodigy_matches_pytorch_optimizer(kw, slice_elements, multi_tensor, monkeypatch):
+    """Also with in-cache slices (CPU_SLICE) far smaller than the tensors, and with the multi-tensor chains (the
+    CUDA path, forced on here): still bit-identical."""
     po = pytest.importorskip("pytorch_optimizer")
-    if slice_elements is not None:
-        import optinspect.optimizers._common
+    import optinspect.optimizers._common
 
+    monkeypatch.setattr(optinspect.optimizers._common, "MULTI_TENSOR_ON_CPU", multi_tensor)
+    if slice_elements is not None:
         monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", slice_elements)
     pa, pb = make_params(), make_params()
     ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
