@@ -84,7 +84,10 @@ def _family(entries: dict, group: dict) -> specs.StateFamily | None:
 
 def family_of(entries: dict, group: dict) -> str:
     """The name of the family a parameter's state belongs to (the registry's first matching signature)."""
-    fam = _family(entries, group)
+    return _family_name(_family(entries, group), entries)
+
+
+def _family_name(fam: specs.StateFamily | None, entries: dict) -> str:
     if fam is not None:
         return fam.name
     return "unknown" if entries else "no state"
@@ -207,7 +210,7 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
         if k in e and (c := _as_int(e[k])) is not None:
             counters[k] = c
     r = ParamReport(p.index, p.name, p.group, list(p.shape) if p.shape else None,
-                    family.name if family else ("unknown" if e else "no state"), step, counters,
+                    _family_name(family, e), step, counters,
                     name_certain=p.name_certain)
     done: set[str] = set()
     pair = _moment_keys(e)
