@@ -31,3 +31,21 @@ def test_mutated_inputs_end_cleanly_within_limits():
 def test_the_judge_flags_what_it_must(rc, seconds, rss, out, err, problem):
     got = F.judge(rc, seconds, rss, out, err, json_out=False)
     assert (problem in got) if problem else got == ""
+
+
+@pytest.mark.slow
+def test_a_state_at_the_tensor_bound_ends_within_the_limits(tmp_path):
+    """The costliest honest shape per byte: every tensor its own one-element parameter, as many as --max-tensors
+    lets through (300,000). It must end within the harness's 30 s and 1 GiB; one more tensor is refused at once."""
+    import torch
+    from safetensors.torch import save_file
+
+    from optinspect.state.limits import MAX_TENSORS
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({f"state.l{i}.exp_avg": torch.tensor([float(i)]) for i in range(MAX_TENSORS)}, str(path))
+    rc, seconds, rss, out, err = F.run_case(["inspect", str(path)])
+    assert F.judge(rc, seconds, rss, out, err, json_out=False) == "" and rc == 0, (seconds, rss, err[-300:])
+    assert f"{MAX_TENSORS:,} parameters" in out
+    rc, seconds, rss, out, err = F.run_case(["inspect", str(path), "--max-tensors", str(MAX_TENSORS - 1)])
+    assert rc == 2 and "past the limit" in err and seconds < 10, (seconds, err)
