@@ -123,30 +123,45 @@ def _commands(kind: str, path: Path, rnd: random.Random) -> list[list[str]]:
     return [["inspect", str(target)], ["inspect", str(target), "--json"], ["diff", str(target), str(target)]]
 
 
+# The child is started by a small launcher that reports the child's wait4 figures: a process forked from a large
+# one (pytest, late in the suite) inherits the parent's peak RSS as its own ru_maxrss, through fork and exec.
+_LAUNCHER = r"""
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+child.returncode = os.waitstatus_to_exitcode(status)
+os.write(int(sys.argv[1]), json.dumps([child.returncode, usage.ru_maxrss]).encode())
+"""
+
+
 def run_case(args: list[str]) -> tuple[int | None, float, float, str, str]:
-    """Run `python -m optinspect ARGS` with its peak RSS read from wait4; kill it past the time limit."""
+    """Run `python -m optinspect ARGS` with its own peak RSS (wait4, read by a small launcher); kill it past the
+    time limit."""
+    import json
+
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
+    report_r, report_w = os.pipe()
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "optinspect", *args], stdout=out, stderr=err,
-                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    rc, usage = None, None
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            rc = os.waitstatus_to_exitcode(status)
-            break
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(report_w), sys.executable, "-m", "optinspect",
+                             *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, pass_fds=(report_w,))
+    os.close(report_w)
+    rc, rss_kib = None, 0
+    while proc.poll() is None:
         if time.monotonic() - start > TIME_LIMIT:
             os.killpg(proc.pid, signal.SIGKILL)
-            _, _, usage = os.wait4(proc.pid, 0)
+            proc.wait()
             break
         time.sleep(0.02)
-    proc.returncode = rc if rc is not None else -9  # reaped here: Popen must not wait for it again
+    with os.fdopen(report_r, "rb") as fh:
+        report = fh.read()
+    if report:
+        rc, rss_kib = json.loads(report)
     seconds = time.monotonic() - start
     out.seek(0)
     err.seek(0)
-    return rc, seconds, usage.ru_maxrss / 1024, out.read().decode("utf-8", "replace"), \
-        err.read().decode("utf-8", "replace")
+    return rc, seconds, rss_kib / 1024, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
 
 
 def judge(rc, seconds, rss, out, err, *, json_out: bool) -> str:
