@@ -8,6 +8,7 @@ The JSON forms (`to_dict`) are documented in README.md ("optinspect inspect --js
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,29 +96,29 @@ def _hist(h: Any) -> Any:
 _AS_IS = frozenset({type(None), bool, int, str})
 
 
-def plain(obj: Any) -> Any:
-    """Report objects as JSON-able data (non-finite floats as strings), sharing the histograms. Dispatched on the
-    exact type first: a state of 300k tensors makes ten million values to convert."""
+def plain(obj: Any, hist: Callable[[Any], Any] = _hist) -> Any:
+    """Report objects as JSON-able data (non-finite floats as strings), sharing the histograms (`hist` turns each
+    into what stands for it). Dispatched on the exact type first: 300k tensors make ten million values."""
     kind = type(obj)
     if kind in _AS_IS:
         return obj
     if kind is float:
         return obj if math.isfinite(obj) else str(obj)
     if kind is list or kind is tuple:
-        return [plain(v) for v in obj]
+        return [plain(v, hist) for v in obj]
     if kind is dict:
-        return {str(k): plain(v) for k, v in obj.items()}
+        return {str(k): plain(v, hist) for k, v in obj.items()}
     if is_dataclass(obj):  # histograms are our own lists of ints: shared as they are, not walked
-        return {name: (_hist(getattr(obj, name)) if name == "hist" else plain(getattr(obj, name)))
+        return {name: (hist(getattr(obj, name)) if name == "hist" else plain(getattr(obj, name), hist))
                 for name in _field_names(kind)}
     if isinstance(obj, (bool, int, str)):  # subclasses: Flag (a str), enums
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
+        return [plain(v, hist) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
+        return {str(k): plain(v, hist) for k, v in obj.items()}
     return _json_safe(obj)
 
 
