@@ -36,7 +36,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from optinspect.render.state import StreamedTable
     from optinspect.state.mapped import CorruptData
 
-    if not args.json and args.sort == "index" and not args.top and len(ls.params) > StreamedTable.FIRST_ROWS:
+    if not args.json and args.sort == "index" and not args.top and len(ls.params) > StreamedTable.STREAM_ABOVE:
         console = make_console(tables=True)  # a large state, in checkpoint order: printed as it is computed
         table = StreamedTable(console, ls, args.filter)
         from optinspect.state.analyse import build_report

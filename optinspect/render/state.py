@@ -229,7 +229,8 @@ class StreamedTable:
     Flags that compare a row with all the others (a step counter unlike most, an exploding or vanishing moment)
     exist only once every row is known: they are listed after the table, not in its flags column."""
 
-    FIRST_ROWS = 2048
+    STREAM_ABOVE = 2048  # parameters: smaller states print the whole table with the summary first
+    FIRST_ROWS = 256  # the rows that decide the columns, printed as soon as they are known
     BLOCK = 1000
 
     def __init__(self, console, state, pattern: str | None = None) -> None:

@@ -128,6 +128,7 @@ def reset_count(entries: dict) -> int | None:
 
 SMALL = 1 << 16  # tensors up to this size are simply read; larger ones are streamed
 BATCH_PARAMS = 2048  # parameters whose small tensors are counted in one batch
+FIRST_BATCH = 256
 
 
 def _small(v: Any) -> Any:
@@ -299,7 +300,8 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
         window: list[tuple[ParamState, dict, list[tuple]]] = []
         elements = 0
         end = i
-        while end < len(params) and end - i < BATCH_PARAMS and elements < S.BATCH_ELEMENTS:
+        limit = FIRST_BATCH if i == 0 else BATCH_PARAMS  # a small first batch: the first rows show sooner
+        while end < len(params) and end - i < limit and elements < S.BATCH_ELEMENTS:
             elements += sum(S.numel_of(v) for v in params[end].entries.values() if tensorish(v))
             end += 1
         for p, e in zip(params[i:end], _window_entries(params[i:end]), strict=True):

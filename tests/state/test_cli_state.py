@@ -144,7 +144,7 @@ def test_a_large_state_is_printed_as_it_is_computed(run_cli, tmp_path):
     rows must say what the table of the whole report says (a parameter with NaN late in the file flagged too)."""
     from optinspect.render.state import StreamedTable
 
-    n = StreamedTable.FIRST_ROWS + 300
+    n = StreamedTable.STREAM_ABOVE + 300
     g = torch.Generator().manual_seed(0)
     state = {}
     for i in range(n):
