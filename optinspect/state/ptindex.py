@@ -92,6 +92,12 @@ def _member_offsets(mm: Any, base: int = 0, end: int | None = None) -> tuple[dic
         raise Unsupported(f"malformed zip directory ({e})") from None
 
 
+# A central directory record's fields read here (signature, method, sizes, name/extra/comment lengths, local
+# header offset), and a local header's (signature, name and extra lengths): one unpack each per member.
+_CENTRAL = struct.Struct("<4s6xH8xIIHHH8xI")
+_LOCAL = struct.Struct("<4s22xHH")
+
+
 def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int, int]], str]:
     """(`size` is the archive's end in the mapping; its own offsets count from `base`.)"""
     eocd = mm.rfind(b"PK\x05\x06", max(base, size - 65557), size)
@@ -110,12 +116,10 @@ def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int
     out: dict[str, tuple[int, int]] = {}
     pos = base + cd_off
     for _ in range(count):
-        if mm[pos:pos + 4] != b"PK\x01\x02":
+        sig, method, csize, usize, n, m, k, local = _CENTRAL.unpack_from(mm, pos)
+        if sig != b"PK\x01\x02":
             raise Unsupported("bad central directory")
-        method, = struct.unpack_from("<H", mm, pos + 10)
-        csize, usize, n, m, k = struct.unpack_from("<IIHHH", mm, pos + 20)
-        (local,) = struct.unpack_from("<I", mm, pos + 42)
-        name = bytes(mm[pos + 46:pos + 46 + n]).decode("utf-8", "replace")
+        name = mm[pos + 46:pos + 46 + n].decode("utf-8", "replace")
         if 0xFFFFFFFF in (usize, local, csize):
             extra = mm[pos + 46 + n:pos + 46 + n + m]
             j = 0
@@ -135,9 +139,9 @@ def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int
         if method != 0:
             raise CorruptData(f"zip member {name} is compressed (method {method}); torch.save never compresses, so "
                               "this file was re-packed by another tool and is not read (it could expand without bound)")
-        if mm[local:local + 4] != b"PK\x03\x04":
+        sig, ln, lm = _LOCAL.unpack_from(mm, local)
+        if sig != b"PK\x03\x04":
             raise Unsupported("bad local header")
-        ln, lm = struct.unpack_from("<HH", mm, local + 26)
         start = local + 30 + ln + lm
         if start + usize > size:
             raise Unsupported("member past the end of the file")
