@@ -29,10 +29,10 @@ def make_state(path: str, n: int) -> None:
 
 
 async def measure(path: str) -> dict:
-    from optinspect.cli.common import _few_collections
+    from optinspect.cli.common import few_collections
     from optinspect.tui.app import make_app
 
-    _few_collections()  # as `optinspect tui` sets the collector before the app starts
+    few_collections()  # as `optinspect tui` sets the collector before the app starts
     from optinspect.tui.widgets.table import ParamTable
 
     t0 = time.perf_counter()

@@ -255,3 +255,24 @@ def test_tui_refuses_to_draw_into_a_pipe():
     proc = _cli("tui", GOOD, timeout=30)
     assert proc.returncode == 2 and "needs a terminal" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_the_program_tunes_the_collector_and_a_caller_keeps_its_own(monkeypatch, capsys):
+    """Run as the program (argv from sys.argv), optinspect owns the process and makes the cyclic collector run
+    rarely (it tripled the load time of a 100k-tensor state); called with arguments, from a caller's process
+    (tests, a script), it leaves the caller's collector as it was."""
+    import gc
+
+    from optinspect.cli import main
+
+    before = gc.get_threshold()
+    try:
+        main(["--version"])
+        assert gc.get_threshold() == before
+        monkeypatch.setattr("sys.argv", ["optinspect", "--version"])
+        main()
+        assert gc.get_threshold()[0] >= 100_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    capsys.readouterr()

@@ -9,13 +9,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from optinspect.cli.common import EXIT_OK, EXIT_USAGE
+from optinspect.cli.common import EXIT_OK, EXIT_USAGE, few_collections
 from optinspect.cli.parser import DESCRIPTION, build_parser
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program (`argv` None: sys.argv, and the process is ours to tune), or a call with its own arguments."""
+    if argv is None:
+        few_collections()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

@@ -45,14 +45,13 @@ def missing_extra(command: str, modules: tuple[str, ...], extra: str) -> int | N
         import warnings
 
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch's, numpy plays no part
-        _few_collections()
     return None
 
 
-def _few_collections() -> None:
-    """A state of 100k tensors builds millions of long-lived objects and no cycles to speak of: at Python's default
-    thresholds the cyclic collector's walks tripled the load time. It runs far less often here, and never over the
-    objects from before this point."""
+def few_collections() -> None:
+    """For a process of our own (the program, not a caller that imported us): a state of 100k tensors builds
+    millions of long-lived objects and no cycles to speak of, and at Python's default thresholds the cyclic
+    collector's walks tripled the load time. It runs far less often, and never over the objects from before."""
     import gc
 
     if gc.get_threshold()[0] < 100_000:  # once per process
