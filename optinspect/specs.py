@@ -160,10 +160,13 @@ FAMILIES: tuple[StateFamily, ...] = (
 )
 
 
-def family_of(keys: frozenset[str] | set[str], group: Mapping, lowbit: str | None = None) -> StateFamily | None:
+def family_of(keys: frozenset[str] | set[str], group: Mapping | frozenset[str], lowbit: str | None = None
+              ) -> StateFamily | None:
     """The family a parameter's state belongs to, or None for a state we do not recognise (or no state).
-    `lowbit`: the kind of torchao low-bit tensor among its values, if any (the keys are Adam's)."""
-    return _family_of(frozenset(keys), frozenset(k for k in group if isinstance(k, str)), lowbit)
+    `group`: the param group, or its keys as a frozenset already. `lowbit`: the kind of torchao low-bit tensor
+    among its values, if any (the keys are Adam's)."""
+    group_keys = group if isinstance(group, frozenset) else frozenset(k for k in group if isinstance(k, str))
+    return _family_of(keys if isinstance(keys, frozenset) else frozenset(keys), group_keys, lowbit)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -40,6 +40,15 @@ class _SortKeys:
         return iter(self._keys())
 
 
+def _state_options(c: argparse.ArgumentParser, pair: bool = False) -> None:
+    """What every command that reads saved state takes: naming, which optimizer, the bound on tensors (`pair`:
+    it reads two states, which share the bound)."""
+    c.add_argument("--model", metavar="FILE", help=MODEL_HELP)
+    c.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
+    c.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
+                   help=MAX_TENSORS_HELP + ("; half of it for each of two states" if pair else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from optinspect import __version__
 
@@ -103,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantization error, flags, size); one of %(choices)s")
     i.add_argument("--filter", metavar="GLOB", help="only parameters whose name matches, e.g. '*attn*'")
     i.add_argument("--top", type=positive_int, metavar="N", help="only the first N rows after sorting")
-    i.add_argument("--model", metavar="FILE", help=MODEL_HELP)
-    i.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
-    i.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
-                   help=MAX_TENSORS_HELP)
+    _state_options(i)
 
     r = command("resume", "resume", "what resuming STATE under CONFIG will really do (settings, lr, resets, fit)")
     r.add_argument("config", metavar="CONFIG", help="the trainer config the run will resume with")
@@ -123,19 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = command("tui", "tui", "interactive view of a saved optimizer state (two: their deltas)")
     t.add_argument("state", metavar="STATE", help=STATE_HELP)
     t.add_argument("other", metavar="B", nargs="?", help="a second state: show what changed from STATE to B")
-    t.add_argument("--model", metavar="FILE", help=MODEL_HELP)
-    t.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
-    t.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
-                   help=MAX_TENSORS_HELP)
+    _state_options(t, pair=True)
 
     f = command("diff", "state", "compare two states of the same run (after a resume, say)")
     f.add_argument("a", metavar="A", help="the earlier state (file or checkpoint folder)")
     f.add_argument("b", metavar="B", help="the later state")
     f.add_argument("--json", action="store_true", help="the comparison as JSON")
-    f.add_argument("--model", metavar="FILE", help=MODEL_HELP)
-    f.add_argument("--optimizer", type=int, default=0, metavar="N", help=OPTIMIZER_HELP)
-    f.add_argument("--max-tensors", type=positive_int, default=MAX_TENSORS, metavar="N",
-                   help=MAX_TENSORS_HELP + "; half of it for each file")
+    _state_options(f, pair=True)
 
     p.set_defaults(_commands=sub.choices)
     return p

@@ -17,14 +17,13 @@ def run(args: argparse.Namespace) -> int:
     return _inspect(args) if args.command == "inspect" else _diff(args)
 
 
-def _load(path: str, model: str | None, optimizer: int = 0, max_tensors: int | None = None):
+def _load(path: str, model: str | None, optimizer: int, max_tensors: int):
     from optinspect.state.header import HeaderError
     from optinspect.state.load import StateLoadError, load_state
     from optinspect.state.mapped import CorruptData
 
     try:
-        kw = {} if max_tensors is None else {"max_tensors": max_tensors}
-        return load_state(path, model=model, optimizer=optimizer, **kw), None
+        return load_state(path, model=model, optimizer=optimizer, max_tensors=max_tensors), None
     except (StateLoadError, HeaderError, CorruptData, OSError) as e:
         return None, str(e)
 

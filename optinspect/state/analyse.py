@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import statistics
@@ -69,17 +70,15 @@ def plain_value(value: Any) -> Any:
     return conv(value, 0)
 
 
-_GROUP_KEYS: dict[int, tuple[dict, frozenset]] = {}  # a group's key set, made once per group, not per parameter
+@functools.lru_cache(maxsize=256)
+def _key_set(keys: tuple) -> frozenset[str]:
+    """A group's (or a state's) keys as the registry matches them, made once per distinct set, not per parameter."""
+    return frozenset(k for k in keys if isinstance(k, str))
 
 
 def _family(entries: dict, group: dict) -> specs.StateFamily | None:
     lowbit = next((v.kind for v in entries.values() if isinstance(v, LowBitTensor)), None)
-    hit = _GROUP_KEYS.get(id(group))
-    if hit is None or hit[0] is not group:
-        if len(_GROUP_KEYS) > 64:
-            _GROUP_KEYS.clear()
-        hit = _GROUP_KEYS[id(group)] = group, frozenset(k for k in group if isinstance(k, str))
-    return specs.family_of(frozenset(k for k in entries if isinstance(k, str)), hit[1], lowbit)
+    return specs.family_of(_key_set(tuple(entries)), _key_set(tuple(group)), lowbit)
 
 
 def family_of(entries: dict, group: dict) -> str:
@@ -156,7 +155,7 @@ def _window_entries(params: list[ParamState]) -> list[dict]:
     for p in params:
         e = {}
         for k, v in p.entries.items():
-            if _plain_mapped(v) and not v.is_scalar and _batchable(v):
+            if _plain_mapped(v) and not v.is_scalar and batchable(v):
                 e[k] = v
             else:
                 e[k] = values[id(v)] if id(v) in values else _small(v)
@@ -177,7 +176,8 @@ def _moment_keys(e: dict) -> tuple[str, str] | None:
     return None
 
 
-def _batchable(t: Any) -> bool:
+def batchable(t: Any) -> bool:
+    """A state tensor counted in a batch with other small ones (a plain float tensor of at most S.BATCH_MAX)."""
     if not tensorish(t) or isinstance(t, LowBitTensor) or not t.dtype.is_floating_point:
         return False
     return 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) <= S.BATCH_MAX
@@ -191,11 +191,11 @@ def _small_jobs(e: dict) -> list[tuple]:
     pair = _moment_keys(e)
     if pair and e[pair[0]].dtype != torch.uint8:
         m, v = e[pair[0]], e[pair[1]]
-        if _batchable(m) and _batchable(v):
+        if batchable(m) and batchable(v):
             jobs.append(("pair", pair[0], m, pair[1], v))
         done = set(pair)
     for k, v in e.items():
-        if k not in done and not k.startswith(("qmap", "absmax")) and _batchable(v):
+        if k not in done and not k.startswith(("qmap", "absmax")) and batchable(v):
             jobs.append(("one", k, v))
     return jobs
 

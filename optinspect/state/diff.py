@@ -6,12 +6,11 @@ import math
 
 import torch
 
-from optinspect.state.analyse import param_step, plain_value, reset_count, tensorish
+from optinspect.state.analyse import batchable, param_step, plain_value, reset_count, tensorish
 from optinspect.state.loaded import LoadedState, materialize
-from optinspect.state.lowbit import LowBitTensor
 from optinspect.state.mapped import gather
 from optinspect.state.report import DiffReport, KeyDrift, ParamDiff
-from optinspect.state.stats import BATCH_MAX, numel_of, value_chunks
+from optinspect.state.stats import numel_of, value_chunks
 
 
 def _chunks(entries: dict, key: str, mapped: bool):
@@ -41,10 +40,6 @@ def drift(a: dict, b: dict, key: str, mapped: tuple[bool, bool] = (False, False)
 
 
 BATCH = 4096  # pairs of small tensors compared in one batch
-
-
-def _batchable(t) -> bool:
-    return not isinstance(t, LowBitTensor) and t.dtype.is_floating_point and 0 < numel_of(t) <= BATCH_MAX
 
 
 def _batch_drifts(jobs: list[tuple]):
@@ -91,7 +86,7 @@ def diff_states(a: LoadedState, b: LoadedState) -> DiffReport:
                 row.note = f"{key}: {str(x.dtype).replace('torch.', '')}{list(x.shape)} vs " \
                            f"{str(y.dtype).replace('torch.', '')}{list(y.shape)}"
                 continue
-            if _batchable(x) and _batchable(y):
+            if batchable(x) and batchable(y):
                 small.append((row, len(row.drifts), key, x, y))
                 row.drifts.append(None)
             else:
