@@ -16,6 +16,7 @@ difference otherwise).
 
     python benchmarks/optimizers.py [--steps 3] [--only scorn,remaster] [--small] [--recycle]
                                     [--workload full|lora] [--dtype bfloat16] [--trainer-checkout PATH]
+                                    [--threads N]
 """
 
 from __future__ import annotations
@@ -154,7 +155,12 @@ def main() -> None:
     ap.add_argument("--lora-tensors", type=int, default=1000)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--trainer-checkout", default=None, help="a diffusion-chroma checkout: its own classes too")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads for every optimizer (torch's default: one per physical core). With "
+                         "fewer than the CPUs, ours draws its stochastic-rounding bits on an idle one")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors)
     if args.trainer_checkout:
         os.environ["OPTINSPECT_TRAINER_CHECKOUT"] = args.trainer_checkout

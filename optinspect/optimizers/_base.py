@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ._rounding import copy_stochastic_
+from ._rounding import bits_ahead, copy_stochastic_
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
@@ -92,14 +92,22 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         raise NotImplementedError
 
+    def _rounded(self, p: torch.Tensor, group: dict) -> bool:
+        """Whether a step stochastically rounds into p (or into its state): low-precision weights, unless
+        the group turned rounding off."""
+        return group.get("stochastic_fp", True)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        for group in self.param_groups:
-            self._begin_group(group)
-            for p in group["params"]:
-                if p.grad is not None:
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                    self._step_param(p, group)
+        rounded = [p for group in self.param_groups for p in group["params"]
+                   if p.grad is not None and self._rounded(p, group)]
+        with bits_ahead(rounded):
+            for group in self.param_groups:
+                self._begin_group(group)
+                for p in group["params"]:
+                    if p.grad is not None:
+                        if p.grad.is_sparse:
+                            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                        self._step_param(p, group)
         return loss

@@ -2,21 +2,166 @@
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import cache
+
 import torch
 
-__all__ = ["copy_stochastic_", "is_low_precision"]
+__all__ = ["bits_ahead", "copy_stochastic_", "is_low_precision"]
 
 _BF16_MAX = torch.finfo(torch.bfloat16).max
+_HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
 
 
 def is_low_precision(t: torch.Tensor) -> bool:
     return t.dtype in (torch.bfloat16, torch.float16)
 
 
+# -- drawing the bits ahead, on CPU ------------------------------------------------------------------------
+# Stochastic rounding on CPU spends most of a bf16 step in the global generator: it is a serial Mersenne
+# twister, ~2 ns per element on one core (LoRA bf16, 49M weights: ~100 ms of Adafactor's ~240 ms step, 310 of
+# Persona's 550 with its two bf16 moments). The originals draw tensor by tensor between their arithmetic. The
+# bits can be drawn on a second core meanwhile without changing one of them: on CPU an int32 draw takes one
+# 32-bit output per element in order, so n values then m values are the n + m values of one draw. A helper
+# thread draws chunks from a copy of the global generator; each request takes the next values of that stream;
+# at the end the global generator is set to where plain draws would have left it. Only draws from the global
+# generator on CPU go through it; CUDA's counter-based generator offsets each call, so there it stays per call.
+
+AHEAD_CHUNK = 1 << 20  # values per chunk (4 MiB): the most one settling re-draws
+AHEAD_DEPTH = 4  # chunks drawn before they are asked for: bounds the memory and the work spent past the last use
+AHEAD_MIN = 1 << 20  # low-precision elements in a step below which a thread is not worth starting
+_local = threading.local()
+
+
+class _BitsAhead:
+    """The global CPU generator's stream of 16-bit draws, drawn ahead on a helper thread for one step."""
+
+    def __init__(self) -> None:
+        self._home = torch.default_generator
+        self._copy = torch.Generator()
+        self._copy.set_state(self._home.get_state())
+        self._chunks: queue.Queue = queue.Queue(maxsize=AHEAD_DEPTH)
+        self._stop = threading.Event()
+        self._start: torch.Tensor | None = None  # the generator state the current chunk was drawn from
+        self._chunk: torch.Tensor | None = None
+        self._used = 0  # values of the current chunk handed out
+        self._closed = False
+        self._thread = threading.Thread(target=self._draw, name="optinspect-random-bits", daemon=True)
+        self._thread.start()
+
+    def _draw(self) -> None:
+        try:
+            while not self._stop.is_set():
+                start = self._copy.get_state()
+                chunk = torch.randint(0, _HIGH, (AHEAD_CHUNK,), dtype=torch.int32, generator=self._copy)
+                self._put((start, chunk))
+        except BaseException as e:  # noqa: BLE001 - handed to the step, which raises it
+            self._put((None, e))
+
+    def _put(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next n values of the stream (a view into a chunk where they fit in one)."""
+        pieces = []
+        while n > 0:
+            if self._chunk is None or self._used == AHEAD_CHUNK:
+                start, chunk = self._chunks.get()
+                if start is None:
+                    raise chunk
+                self._start, self._chunk, self._used = start, chunk, 0
+            k = min(n, AHEAD_CHUNK - self._used)
+            pieces.append(self._chunk[self._used:self._used + k])
+            self._used += k
+            n -= k
+        if not pieces:
+            return torch.empty(0, dtype=torch.int32)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def close(self) -> None:
+        """Stop drawing; leave the global generator exactly where drawing each request from it would have."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join()
+        if self._chunk is None:  # nothing was taken: the global generator was never behind
+            return
+        self._home.set_state(self._start)
+        if self._used:
+            torch.randint(0, _HIGH, (self._used,), dtype=torch.int32)
+
+
+@cache
+def _draws_concatenate() -> bool:
+    """Whether this torch's CPU draws have the property the stream relies on (checked once, on a private
+    generator): n values then m values equal the n + m values of one draw."""
+    g = torch.Generator().manual_seed(1234)
+    sizes = (1, 3, 4097, 70001)
+    parts = [torch.randint(0, _HIGH, (k,), dtype=torch.int32, generator=g) for k in sizes]
+    g.manual_seed(1234)
+    whole = torch.randint(0, _HIGH, (sum(sizes),), dtype=torch.int32, generator=g)
+    return torch.equal(torch.cat(parts), whole)
+
+
+def _cores() -> int:
+    """CPUs this process may run on. The helper thread needs one the intra-op pool leaves idle (torch takes one
+    per physical core, so SMT siblings usually are): taking one of the pool's would change nothing in the
+    results but slow the step, as libgomp's workers spin between operations and a third busy thread on two
+    cores makes them wait. Fewer threads for the pool is no way out either: CPU sums and dot products split
+    their work by thread count, and so round differently."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def bits_ahead(rounded: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Within the block, stochastic rounding on CPU takes its bits from a stream drawn ahead on a core the
+    intra-op pool leaves idle (none: nothing changes); the results and the global generator's state after the
+    block are those of drawing each time. `rounded`: the tensors the block will round (they decide whether a
+    thread is worth starting)."""
+    if getattr(_local, "ahead", None) is not None or _cores() <= torch.get_num_threads():
+        yield
+        return
+    size = sum(t.numel() for t in rounded if t.device.type == "cpu" and is_low_precision(t))
+    if size == 0 or size < AHEAD_MIN or not _draws_concatenate():
+        yield
+        return
+    ahead = _local.ahead = _BitsAhead()
+    try:
+        yield
+    finally:
+        _local.ahead = None
+        ahead.close()
+
+
+def _settle() -> None:
+    """Before any other draw from the global generator within a `bits_ahead` block: catch it up and draw
+    directly from then on."""
+    ahead = getattr(_local, "ahead", None)
+    if ahead is not None:
+        _local.ahead = None
+        ahead.close()
+
+
 def _random_bits(source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:  # the originals draw from the device's global generator, one draw per call
-        return torch.randint_like(source, dtype=torch.int32, low=0, high=1 << 16)
-    return torch.randint(0, 1 << 16, source.shape, dtype=torch.int32, device=source.device, generator=generator)
+        ahead = getattr(_local, "ahead", None)
+        if ahead is not None and source.device.type == "cpu":
+            return ahead.take(source.numel()).view(source.shape)
+        return torch.randint_like(source, dtype=torch.int32, low=0, high=_HIGH)
+    return torch.randint(0, _HIGH, source.shape, dtype=torch.int32, device=source.device, generator=generator)
 
 
 def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
@@ -65,6 +210,7 @@ def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Ge
     gap = hi - lo
     p_hi = torch.where(gap > 0, (source - lo) / gap, torch.zeros_like(source))
     if generator is None:
+        _settle()
         u = torch.rand_like(source)
     else:
         u = torch.rand(source.shape, device=source.device, generator=generator)

@@ -84,6 +84,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         self.step_parameter(p, group)
 
+    def _rounded(self, p: torch.Tensor, group: dict) -> bool:
+        return p.dtype == torch.bfloat16  # fp16 weights are rounded to nearest, as the original does
+
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         """fp32 state whatever the parameter's dtype (the gradient is upcast first); momentum only when beta1 is
         set, and row/column statistics instead of a full second moment for matrices."""

@@ -106,6 +106,9 @@ class AdamW8bitKahan(PerParameterOptimizer):
             state["absmax2"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
         state["shift"] = torch.zeros_like(p)
 
+    def _rounded(self, p: torch.Tensor, group: dict) -> bool:
+        return False  # low-precision weights keep what does not fit in the Kahan buffer: nothing is drawn
+
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         if len(self.state[p]) == 0:
             self._init_state(p, group)

@@ -18,7 +18,7 @@ import torch
 
 from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, tensor_batches, windows
-from ._rounding import is_low_precision
+from ._rounding import bits_ahead, is_low_precision
 
 __all__ = ["Prodigy"]
 
@@ -55,6 +55,13 @@ class Prodigy(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
+        rounded = [p for group in self.param_groups for p in group["params"]
+                   if p.grad is not None and self.upcast]
+        with bits_ahead(rounded):
+            self._step()
+        return loss
+
+    def _step(self) -> None:
         first = self.param_groups[0]
         device = first["params"][0].device
         beta1, beta2 = first["betas"]
@@ -112,7 +119,7 @@ class Prodigy(torch.optim.Optimizer):
         if d_de_nom == 0:
             for p, _, tmp in work:
                 self._write_state(p, tmp)
-            return loss
+            return
         last = self.param_groups[-1]  # the original reads these from the loop variable: the last group
         d_hat = (last["d_coef"] * d_numerator / d_de_nom).item()
         if d == last["d0"]:
@@ -149,7 +156,6 @@ class Prodigy(torch.optim.Optimizer):
             for p, p32, tmp in items:  # stochastic rounding draws in parameter order: weights, then state
                 write_back_([(p, p32)])
                 self._write_state(p, tmp)
-        return loss
 
     @staticmethod
     def _moments_multi(gs: list, ms: list, vs: list, ss: list, betas: tuple[float, float, float],

@@ -93,6 +93,30 @@ ACCEPTED = {
 }
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_bits_drawn_ahead_change_no_bit(name, dtype, request):
+    """Stochastic rounding's bits drawn ahead on a helper thread: the same weights, state and global generator
+    as drawing them in turn (fp16 too, where Persona's exact rounding draws floats in between)."""
+    options = {"upcast": True} if name == "Prodigy" else None
+    table = {**TABLES[name], **({"fp16_rounding": True} if name == "persona" else {})}
+    runs = []
+    for ahead in (False, True):
+        if ahead:
+            streams = request.getfixturevalue("bits_ahead_on")
+        params = model(dtype)
+        opt = optinspect.build_optimizer(params, table, options=options)
+        torch.manual_seed(11)
+        train(opt, params, 4)
+        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
+    (p0, s0, r0), (p1, s1, r1) = runs
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
+    assert torch.equal(r0, r1)
+    assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
+
+
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, cases in ACCEPTED.items() for kw in cases])
 def test_constructors_accept_what_the_originals_accept(name, kw):
     from optinspect.build import class_for

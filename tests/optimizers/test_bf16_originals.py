@@ -23,8 +23,11 @@ def recorded():
     return load_file(str(OUT))
 
 
+@pytest.mark.parametrize("ahead", [False, True], ids=["bits-in-turn", "bits-ahead"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bf16_steps_equal_the_trainers_own_class(name, recorded):
+def test_bf16_steps_equal_the_trainers_own_class(name, ahead, recorded, request):
+    """Also with the random bits drawn ahead on a helper thread (chunks smaller than a tensor): the same bits."""
+    streams = request.getfixturevalue("bits_ahead_on") if ahead else None
     key, kw = CASES[name]
     params = start()
     ours = flat(name, params, run(lambda ps: optinspect.build_optimizer(ps, {"type": key, **kw}), params))
@@ -35,3 +38,6 @@ def test_bf16_steps_equal_the_trainers_own_class(name, recorded):
         assert got.dtype == want.dtype, k
         assert torch.equal(got, want), f"{k}: max diff {(got.float() - want.float()).abs().max().item():.3g}"
     assert len(SHAPES) == sum(k.endswith("/param") for k in theirs)
+    if ahead:  # every step that rounds drew its bits ahead, and no stream was started in vain
+        assert bool(streams) == (key != "adamw8bitkahan")
+        assert all(s._chunk is not None for s in streams)

@@ -125,3 +125,101 @@ def test_fp32_target_is_a_plain_copy():
     out = torch.empty(10)
     copy_stochastic_(out, src)
     assert torch.equal(out, src)
+
+
+# -- bits drawn ahead (bits_ahead): the oracle is torch's own global generator, drawn in turn ----------------
+
+def _rounding_run(sizes, *, fp16_exact_at=None, ahead=False):
+    """Round fp32 tensors of the given sizes into bf16 one after another from a seeded global generator (an
+    fp16 exact rounding at one position, if asked); the results and the generator state left."""
+    from optinspect.optimizers._rounding import bits_ahead
+
+    g = torch.Generator().manual_seed(7)
+    sources = [torch.randn(n, generator=g) for n in sizes]
+    targets = [torch.empty(n, dtype=torch.float16 if i == fp16_exact_at else torch.bfloat16)
+               for i, n in enumerate(sizes)]
+    torch.manual_seed(99)
+    with bits_ahead(targets) if ahead else _nothing():
+        for i, (t, s) in enumerate(zip(targets, sources, strict=True)):
+            copy_stochastic_(t, s, fp16_exact=i == fp16_exact_at)
+    return targets, torch.get_rng_state()
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("sizes", [
+    [7, 3, 1000],  # within one chunk, then straddling two
+    [500, 500, 1],  # exactly on chunk boundaries
+    [2600],  # one request over five chunks
+    [0, 13, 0, 499, 2],
+    [1200, 5, 1300, 77, 4000],
+])
+def test_bits_drawn_ahead_are_the_bits_drawn_in_turn(sizes, bits_ahead_on):
+    plain, state_plain = _rounding_run(sizes)
+    ahead, state_ahead = _rounding_run(sizes, ahead=True)
+    assert len(bits_ahead_on) == 1
+    for a, b in zip(ahead, plain, strict=True):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    # the global generator is left where drawing in turn leaves it: the next draw is the same
+    assert torch.equal(state_ahead, state_plain)
+
+
+def test_another_draw_within_the_block_catches_the_generator_up_first(bits_ahead_on):
+    """fp16 exact rounding draws floats, which the stream cannot serve: the generator is caught up before it
+    draws, and everything after it draws in turn."""
+    sizes = [700, 300, 900, 50]
+    plain, state_plain = _rounding_run(sizes, fp16_exact_at=1)
+    ahead, state_ahead = _rounding_run(sizes, fp16_exact_at=1, ahead=True)
+    for a, b in zip(ahead, plain, strict=True):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    assert torch.equal(state_ahead, state_plain)
+
+
+def test_a_block_that_draws_nothing_leaves_the_generator_alone(bits_ahead_on):
+    from optinspect.optimizers._rounding import bits_ahead
+
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    with bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+        pass
+    assert len(bits_ahead_on) == 1 and torch.equal(torch.get_rng_state(), before)
+
+
+def test_no_thread_without_an_idle_cpu_or_without_low_precision_work(monkeypatch, bits_ahead_on):
+    from optinspect.optimizers import _rounding
+
+    with _rounding.bits_ahead([torch.empty(4000, dtype=torch.float32)]):
+        pass
+    monkeypatch.setattr(_rounding, "_cores", lambda: torch.get_num_threads())
+    with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+        pass
+    assert bits_ahead_on == []
+
+
+def test_a_failing_draw_reaches_the_step(monkeypatch, bits_ahead_on):
+    """The helper thread's error is raised where the bits are taken, not lost with the thread."""
+    from optinspect.optimizers import _rounding
+
+    real = torch.randint
+
+    def failing(*args, generator=None, **kwargs):
+        if generator is not None:
+            raise RuntimeError("no memory for the bits")
+        return real(*args, **kwargs)
+
+    assert _rounding._draws_concatenate()  # checked (and cached) before the draws start failing
+    source = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(_rounding.torch, "randint", failing)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="no memory for the bits"), \
+            _rounding.bits_ahead([torch.empty(10, dtype=torch.bfloat16)]):
+        copy_stochastic_(torch.empty(10, dtype=torch.bfloat16), source)
+    assert len(bits_ahead_on) == 1
+    assert torch.equal(torch.get_rng_state(), before)
