@@ -187,7 +187,7 @@ def _may_carry_badly(source: torch.Tensor) -> bool:
     if source.numel() == 0:
         return False
     lo, hi = torch.aminmax(source)
-    return not (lo >= -_BF16_MAX and hi <= _BF16_MAX)
+    return not (-_BF16_MAX <= lo.item() and hi.item() <= _BF16_MAX)  # compared in Python: two dispatches fewer
 
 
 def _keep_special(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
