@@ -27,8 +27,9 @@ def is_low_precision(t: torch.Tensor) -> bool:
 # Persona's 550 with its two bf16 moments). The originals draw tensor by tensor between their arithmetic. The
 # bits can be drawn on a second core meanwhile without changing one of them: on CPU an int32 draw takes one
 # 32-bit output per element in order, so n values then m values are the n + m values of one draw. A helper
-# thread draws chunks from a copy of the global generator; each request takes the next values of that stream;
-# at the end the global generator is set to where plain draws would have left it. Only draws from the global
+# thread draws chunks from the global generator; each request takes the next values of that stream; at the end
+# the values drawn ahead and not used are given back (the generator is wound back to where plain draws would
+# have left it). Another thread's draws meanwhile interleave with the chunks, never repeat. Only draws from the
 # generator on CPU go through it; CUDA's counter-based generator offsets each call, so there it stays per call.
 
 AHEAD_CHUNK = 1 << 20  # values per chunk (4 MiB): the most one settling re-draws
@@ -42,13 +43,16 @@ class _BitsAhead:
 
     def __init__(self) -> None:
         self._home = torch.default_generator
-        self._copy = torch.Generator()
-        self._copy.set_state(self._home.get_state())
         self._chunks: queue.Queue = queue.Queue(maxsize=AHEAD_DEPTH)
         self._stop = threading.Event()
-        self._start: torch.Tensor | None = None  # the generator state the current chunk was drawn from
+        # set by the helper: the state before its first chunk, after its last, and whether each chunk began
+        # where the one before ended (no other thread drew in between)
+        self._first: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+        self._contiguous = True
+        self._start: torch.Tensor | None = None  # the state the chunk being handed out was drawn from
         self._chunk: torch.Tensor | None = None
-        self._used = 0  # values of the current chunk handed out
+        self._used = 0  # values of that chunk handed out
         self._closed = False
         self._thread = threading.Thread(target=self._draw, name="optinspect-random-bits", daemon=True)
         self._thread.start()
@@ -56,8 +60,13 @@ class _BitsAhead:
     def _draw(self) -> None:
         try:
             while not self._stop.is_set():
-                start = self._copy.get_state()
-                chunk = torch.randint(0, _HIGH, (AHEAD_CHUNK,), dtype=torch.int32, generator=self._copy)
+                start = self._home.get_state()
+                if self._last is None:
+                    self._first = start
+                elif not torch.equal(start, self._last):
+                    self._contiguous = False
+                chunk = torch.randint(0, _HIGH, (AHEAD_CHUNK,), dtype=torch.int32)
+                self._last = self._home.get_state()
                 self._put((start, chunk))
         except BaseException as e:  # noqa: BLE001 - handed to the step, which raises it
             self._put((None, e))
@@ -88,13 +97,19 @@ class _BitsAhead:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def close(self) -> None:
-        """Stop drawing; leave the global generator exactly where drawing each request from it would have."""
+        """Stop drawing, and give the global generator back the values drawn ahead and not used: it is left
+        exactly where drawing each request from it would have left it. If another thread drew from it meanwhile
+        (a plain run would have interleaved its draws with ours in no fixed order), nothing is given back:
+        winding back would hand that thread's values out again."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         self._thread.join()
-        if self._chunk is None:  # nothing was taken: the global generator was never behind
+        if self._last is None or not self._contiguous or not torch.equal(self._home.get_state(), self._last):
+            return
+        if self._chunk is None:
+            self._home.set_state(self._first)
             return
         self._home.set_state(self._start)
         if self._used:

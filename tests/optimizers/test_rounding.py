@@ -1,5 +1,7 @@
 """Stochastic rounding (optimizers/_rounding.py): unbiased, exact where representable, finite, seedable."""
 
+import threading
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -208,8 +210,8 @@ def test_a_failing_draw_reaches_the_step(monkeypatch, bits_ahead_on):
 
     real = torch.randint
 
-    def failing(*args, generator=None, **kwargs):
-        if generator is not None:
+    def failing(*args, **kwargs):
+        if threading.current_thread().name == "optinspect-random-bits":
             raise RuntimeError("no memory for the bits")
         return real(*args, **kwargs)
 
@@ -223,3 +225,26 @@ def test_a_failing_draw_reaches_the_step(monkeypatch, bits_ahead_on):
         copy_stochastic_(torch.empty(10, dtype=torch.bfloat16), source)
     assert len(bits_ahead_on) == 1
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_draws_by_another_thread_meanwhile_are_never_handed_out_again(bits_ahead_on):
+    """Another thread drawing from the global generator during the block (data augmentation, say): its values
+    and the block's come from one stream, none twice, and the generator is not wound back over them."""
+    from optinspect.optimizers._rounding import bits_ahead
+
+    source = torch.randn(1700, generator=torch.Generator().manual_seed(0))
+    target = torch.empty(1700, dtype=torch.bfloat16)
+    torch.manual_seed(21)
+    with bits_ahead([target]):
+        copy_stochastic_(target, source)
+        theirs = torch.randint(0, 1 << 16, (3,), dtype=torch.int32)  # drawn directly, as another thread would
+        copy_stochastic_(target, source)
+    after = torch.randint(0, 1 << 16, (2000,), dtype=torch.int32)
+    torch.manual_seed(21)
+    stream = torch.randint(0, 1 << 16, (200_000,), dtype=torch.int32)  # all the values this seed gives
+    # the other thread's three values lie in the stream after the first chunk the helper drew...
+    at = next(i for i in range(len(stream) - 2) if torch.equal(stream[i:i + 3], theirs))
+    assert at >= 500
+    # ...and what is drawn after the block starts past everything handed out (nothing repeats)
+    start = next(i for i in range(len(stream) - 4) if torch.equal(stream[i:i + 4], after[:4]))
+    assert start >= at + 3 and start >= 3400
