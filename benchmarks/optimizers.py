@@ -9,14 +9,15 @@ MALLOC_* tunables, set before the process starts), the cheaper case for the orig
 
 With `--trainer-checkout PATH` (a diffusion-chroma checkout; or OPTINSPECT_TRAINER_CHECKOUT) the trainer's own
 classes (SCORN, REMASTER, Persona, EnhancedAdafactor, AdamW8bitKahan) are loaded from its `optimizers/` folder
-and measured in the same run too. Workloads: `--workload full` (the 14.7M shapes above) or `lora` (`--lora-tensors`
-tensors alternating 3072x16 and 16x3072, as a rank-16 LoRA of a Flux-size model), `--dtype float32|bfloat16`.
+and measured in the same run too. Workloads: `--workload full` (a transformer block's shapes: 14.7M parameters, or
+about `--params M` million for scaling) or `lora` (`--lora-tensors` tensors alternating 3072x16 and 16x3072, as a
+rank-16 LoRA of a Flux-size model), `--dtype float32|bfloat16`.
 "equal" compares ours with the original after the same seeded steps (bit for bit; the maximum relative
 difference otherwise).
 
     python benchmarks/optimizers.py [--steps 3] [--only scorn,remaster] [--small] [--recycle]
                                     [--workload full|lora] [--dtype bfloat16] [--trainer-checkout PATH]
-                                    [--threads N]
+                                    [--threads N] [--params 1|15|50]
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def original_factory(name: str):
     return None
 
 
-WORKLOAD = {"kind": "full", "dtype": torch.float32, "lora": 1000}
+WORKLOAD = {"kind": "full", "dtype": torch.float32, "lora": 1000, "width": 1024}
+
+
+def width_for(millions: float) -> int:
+    """The full workload's width for about that many parameters (14 w^2 + 8 w), a multiple of 64."""
+    return max(64, round((millions * 1e6 / 14) ** 0.5 / 64) * 64)
 
 
 def make_params(small: bool) -> list[torch.nn.Parameter]:
@@ -91,8 +97,9 @@ def make_params(small: bool) -> list[torch.nn.Parameter]:
     if WORKLOAD["kind"] == "lora":
         n = WORKLOAD["lora"] // k
         shapes = [(3072, 16) if i % 2 == 0 else (16, 3072) for i in range(n)]
-    else:
-        shapes = [(1024 // k, 1024 // k)] * 6 + [(4096 // k, 1024 // k)] * 2 + [(1024 // k,)] * 8
+    else:  # a transformer block's shapes: six square projections, two 4x MLP matrices, eight norms/biases
+        w = WORKLOAD["width"] // k
+        shapes = [(w, w)] * 6 + [(4 * w, w)] * 2 + [(w,)] * 8
     g = torch.Generator().manual_seed(0)
     return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.02).to(WORKLOAD["dtype"])) for s in shapes]
 
@@ -153,6 +160,8 @@ def main() -> None:
                     help="run with glibc recycling freed blocks (no page faults for the originals' temporaries)")
     ap.add_argument("--workload", choices=["full", "lora"], default="full")
     ap.add_argument("--lora-tensors", type=int, default=1000)
+    ap.add_argument("--params", type=float, default=None,
+                    help="millions of parameters for the full workload (scaling: 1, 15, 50); default 14.7")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--trainer-checkout", default=None, help="a diffusion-chroma checkout: its own classes too")
     ap.add_argument("--threads", type=int, default=None,
@@ -161,7 +170,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors)
+    WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors,
+                    width=width_for(args.params) if args.params else 1024)
     if args.trainer_checkout:
         os.environ["OPTINSPECT_TRAINER_CHECKOUT"] = args.trainer_checkout
     if args.recycle and RECYCLE.keys() - os.environ.keys():
