@@ -27,13 +27,12 @@ def is_low_precision(t: torch.Tensor) -> bool:
 # Persona's 550 with its two bf16 moments). The originals draw tensor by tensor between their arithmetic. The
 # bits can be drawn on a second core meanwhile without changing one of them: on CPU an int32 draw takes one
 # 32-bit output per element in order, so n values then m values are the n + m values of one draw. A helper
-# thread draws chunks from the global generator; each request takes the next values of that stream; at the end
-# the values drawn ahead and not used are given back (the generator is wound back to where plain draws would
-# have left it). Another thread's draws meanwhile interleave with the chunks, never repeat. Only draws from the
-# generator on CPU go through it; CUDA's counter-based generator offsets each call, so there it stays per call.
+# thread draws chunks from a copy of the global generator; each request takes the next values of that stream;
+# at the end the global generator is moved past the values handed out. Only draws from the global generator on
+# CPU go through it; CUDA's counter-based generator offsets each call, so there it stays per call.
 
-AHEAD_CHUNK = 1 << 20  # values per chunk (4 MiB): the most one settling re-draws
-AHEAD_DEPTH = 4  # chunks drawn before they are asked for: bounds the memory and the work spent past the last use
+AHEAD_CHUNK = 1 << 18  # values per chunk (1 MiB): the most one settling re-draws
+AHEAD_DEPTH = 8  # chunks drawn before they are asked for: bounds the memory and the work spent past the last use
 AHEAD_MIN = 1 << 20  # low-precision elements in a step below which a thread is not worth starting
 _local = threading.local()
 
@@ -43,16 +42,17 @@ class _BitsAhead:
 
     def __init__(self) -> None:
         self._home = torch.default_generator
+        self._initial = self._home.get_state()
+        # The helper draws from a copy: the global generator is not touched until the step ends, so whether
+        # another thread drew from it meanwhile is a plain comparison (the copy's own states never race).
+        self._copy = torch.Generator()
+        self._copy.set_state(self._initial)
         self._chunks: queue.Queue = queue.Queue(maxsize=AHEAD_DEPTH)
         self._stop = threading.Event()
-        # set by the helper: the state before its first chunk, after its last, and whether each chunk began
-        # where the one before ended (no other thread drew in between)
-        self._first: torch.Tensor | None = None
-        self._last: torch.Tensor | None = None
-        self._contiguous = True
-        self._start: torch.Tensor | None = None  # the state the chunk being handed out was drawn from
+        self._start: torch.Tensor | None = None  # the copy's state before the chunk being handed out
         self._chunk: torch.Tensor | None = None
         self._used = 0  # values of that chunk handed out
+        self._taken = 0  # values handed out in all
         self._closed = False
         self._thread = threading.Thread(target=self._draw, name="optinspect-random-bits", daemon=True)
         self._thread.start()
@@ -60,13 +60,8 @@ class _BitsAhead:
     def _draw(self) -> None:
         try:
             while not self._stop.is_set():
-                start = self._home.get_state()
-                if self._last is None:
-                    self._first = start
-                elif not torch.equal(start, self._last):
-                    self._contiguous = False
-                chunk = torch.randint(0, _HIGH, (AHEAD_CHUNK,), dtype=torch.int32)
-                self._last = self._home.get_state()
+                start = self._copy.get_state()
+                chunk = torch.randint(0, _HIGH, (AHEAD_CHUNK,), dtype=torch.int32, generator=self._copy)
                 self._put((start, chunk))
         except BaseException as e:  # noqa: BLE001 - handed to the step, which raises it
             self._put((None, e))
@@ -91,25 +86,32 @@ class _BitsAhead:
             k = min(n, AHEAD_CHUNK - self._used)
             pieces.append(self._chunk[self._used:self._used + k])
             self._used += k
+            self._taken += k
             n -= k
         if not pieces:
             return torch.empty(0, dtype=torch.int32)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def close(self) -> None:
-        """Stop drawing, and give the global generator back the values drawn ahead and not used: it is left
-        exactly where drawing each request from it would have left it. If another thread drew from it meanwhile
-        (a plain run would have interleaved its draws with ours in no fixed order), nothing is given back:
-        winding back would hand that thread's values out again."""
+        """Stop drawing and move the global generator past the values handed out: exactly where drawing each
+        request from it would have left it."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
+        while True:  # a helper waiting for room in the queue gets it now, sees the stop, and ends
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
         self._thread.join()
-        if self._last is None or not self._contiguous or not torch.equal(self._home.get_state(), self._last):
+        if self._chunk is None:  # nothing was handed out
             return
-        if self._chunk is None:
-            self._home.set_state(self._first)
+        if not torch.equal(self._home.get_state(), self._initial):
+            # Another thread drew from it meanwhile; a plain run would have interleaved its draws with ours in no
+            # fixed order. Keep its draws and skip past the values handed out here, so that it never meets them
+            # later (those it drew meanwhile were also among ours: harmless, they went to different uses).
+            torch.randint(0, _HIGH, (self._taken,), dtype=torch.int32)
             return
         self._home.set_state(self._start)
         if self._used:
