@@ -148,7 +148,8 @@ def bits_ahead(rounded: Iterable[torch.Tensor]) -> Iterator[None]:
     intra-op pool leaves idle (none: nothing changes); the results and the global generator's state after the
     block are those of drawing each time. `rounded`: the tensors the block will round (they decide whether a
     thread is worth starting)."""
-    if getattr(_local, "ahead", None) is not None or _cores() <= torch.get_num_threads():
+    if (getattr(_local, "ahead", None) is not None or _cores() <= torch.get_num_threads()
+            or os.environ.get("OPTINSPECT_BITS_AHEAD") == "0"):  # off: e.g. many 1-thread processes share the CPUs
         yield
         return
     size = sum(t.numel() for t in rounded if t.device.type == "cpu" and is_low_precision(t))

@@ -193,15 +193,23 @@ def test_a_block_that_draws_nothing_leaves_the_generator_alone(bits_ahead_on):
     assert len(bits_ahead_on) == 1 and torch.equal(torch.get_rng_state(), before)
 
 
-def test_no_thread_without_an_idle_cpu_or_without_low_precision_work(monkeypatch, bits_ahead_on):
+def test_no_thread_without_an_idle_cpu_or_low_precision_work_or_when_switched_off(monkeypatch, bits_ahead_on):
     from optinspect.optimizers import _rounding
 
     with _rounding.bits_ahead([torch.empty(4000, dtype=torch.float32)]):
         pass
-    monkeypatch.setattr(_rounding, "_cores", lambda: torch.get_num_threads())
+    with monkeypatch.context() as m:
+        m.setattr(_rounding, "_cores", lambda: torch.get_num_threads())
+        with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+            pass
+    monkeypatch.setenv("OPTINSPECT_BITS_AHEAD", "0")  # switched off by the user
     with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
         pass
     assert bits_ahead_on == []
+    monkeypatch.delenv("OPTINSPECT_BITS_AHEAD")
+    with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+        pass
+    assert len(bits_ahead_on) == 1
 
 
 def test_a_failing_draw_reaches_the_step(monkeypatch, bits_ahead_on):
