@@ -22,7 +22,7 @@ def is_low_precision(t: torch.Tensor) -> bool:
 
 
 # -- drawing the bits ahead, on CPU ------------------------------------------------------------------------
-# Stochastic rounding on CPU spends most of a bf16 step in the global generator: it is a serial Mersenne
+# Stochastic rounding on CPU spends much of a bf16 step in the global generator: it is a serial Mersenne
 # twister, ~2 ns per element on one core (LoRA bf16, 49M weights: ~100 ms of Adafactor's ~240 ms step, 310 of
 # Persona's 550 with its two bf16 moments). The originals draw tensor by tensor between their arithmetic. The
 # bits can be drawn on a second core meanwhile without changing one of them: on CPU an int32 draw takes one
