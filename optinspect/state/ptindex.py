@@ -61,6 +61,8 @@ class Unsupported(Exception):
 
 
 class _StorageRef:
+    __slots__ = ("dtype", "key", "numel")
+
     def __init__(self, dtype: torch.dtype, key: str, numel: int) -> None:
         self.dtype, self.key, self.numel = dtype, key, numel
 
