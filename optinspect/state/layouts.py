@@ -41,6 +41,8 @@ def _is_grad_release(obj: Any) -> bool:
 
 
 def _flatten_entries(st: dict) -> dict[str, Any]:
+    if "__bnb_optimizer_quant_state__" not in st:  # the usual case, in one pass
+        return {k if type(k) is str else str(k): v for k, v in st.items()}
     out = {}
     for k, v in st.items():
         if k == "__bnb_optimizer_quant_state__" and isinstance(v, dict):
@@ -54,11 +56,14 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
     _check_state_dict(sd, path)
     params: list[ParamState] = []
     groups = []
+    state = sd["state"]
     for gi, g in enumerate(sd["param_groups"]):
         groups.append({k: v for k, v in g.items() if k != "params"})
         for idx in g.get("params", []):
             try:
-                st = sd["state"].get(idx, sd["state"].get(str(idx), {}))
+                st = state.get(idx)
+                if st is None:
+                    st = state.get(str(idx), {})
             except TypeError:  # an unhashable parameter id
                 raise StateLoadError(f"{path}: a parameter id of type {type(idx).__name__}") from None
             params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi,
@@ -80,14 +85,17 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
     return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
 
 
+_TENSORISH = (torch.Tensor, MappedTensor)
+
+
 def _tensorish(v: Any) -> bool:
-    return isinstance(v, (torch.Tensor, MappedTensor))
+    return isinstance(v, _TENSORISH)
 
 
 def _infer_shape(entries: dict) -> tuple[int, ...] | None:
     for key in SHAPE_KEYS:
         v = entries.get(key)
-        if _tensorish(v) and v.ndim >= 1:
+        if isinstance(v, _TENSORISH) and len(v.shape) >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
     if _tensorish(row) and _tensorish(col):

@@ -60,13 +60,6 @@ class Unsupported(Exception):
 
 
 
-class _StorageRef:
-    __slots__ = ("dtype", "key", "numel")
-
-    def __init__(self, dtype: torch.dtype, key: str, numel: int) -> None:
-        self.dtype, self.key, self.numel = dtype, key, numel
-
-
 def _dims(value: Any, what: str) -> tuple[int, ...]:
     """A shape or stride from the pickle: a tuple of non-negative machine-sized integers, or CorruptData."""
     if not isinstance(value, (tuple, list)) or len(value) > 64 or \
@@ -174,17 +167,41 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
     extents: dict[tuple, tuple] = {}
     count = [0]
 
-    def rebuild_tensor(storage: _StorageRef, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
-        if not isinstance(storage, _StorageRef):
-            raise CorruptData("a tensor without a storage")
+    def storage_of(pid: Any) -> tuple[torch.dtype, str, int]:
+        """A storage reference's (dtype, key, elements): the unpickler hands over the raw persistent id (its
+        `persistent_load` is the builtin `tuple`, which costs no Python call for each of 300k tensors)."""
+        try:
+            tag, stype, key, _location, numel = pid
+        except (TypeError, ValueError):
+            tag = stype = key = numel = None
+        if tag == "storage" and type(stype) is _StorageType and type(key) is str and type(numel) is int \
+                and 0 <= numel < 1 << 62:
+            return stype.dtype, key, numel
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):  # torch's own loader decides
+            raise Unsupported(f"a tensor's storage is {pid!r:.40}")
+        if len(pid) != 5:
+            raise CorruptData(f"a storage reference of {len(pid)} fields")
+        if not isinstance(stype, _StorageType):
+            raise Unsupported("untyped storage")
+        if type(numel) is not int or not 0 <= numel < 1 << 62:
+            raise CorruptData(f"storage {str(key)[:40]} claims {str(numel)[:40]} elements")
+        return stype.dtype, str(key), numel
+
+    def rebuild_tensor(pid: Any, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
+        dtype, key, storage_numel = storage_of(pid)
+        return rebuild(dtype, key, storage_numel, offset, shape, stride)
+
+    def rebuild(dtype: torch.dtype, key: str, storage_numel: int, offset: int, shape: Any, stride: Any
+                ) -> MappedTensor:
         count[0] += 1
         if count[0] > max_tensors:
             raise StateLoadError(too_many_tensors(path, f"more than {max_tensors:,}", max_tensors))
-        member = members.get(data_prefix + storage.key)
+        member = members.get(data_prefix + key)
         if member is None:
-            raise CorruptData(f"a tensor's data ({storage.key}) is missing from the file")
-        if storage.numel * _itemsize(storage.dtype) > member[1]:
-            raise CorruptData(f"storage {storage.key} claims {storage.numel * _itemsize(storage.dtype):,} bytes; the "
+            raise CorruptData(f"a tensor's data ({key}) is missing from the file")
+        itemsize = _itemsize(dtype)
+        if storage_numel * itemsize > member[1]:
+            raise CorruptData(f"storage {key} claims {storage_numel * itemsize:,} bytes; the "
                               f"file holds {member[1]:,} (truncated or corrupt)")
         if type(offset) is not int:
             raise CorruptData("a tensor's storage offset is not an integer")
@@ -197,22 +214,22 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
             numel = math.prod(shape)
             span = sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if numel else -1
             extents[(shape, stride)] = shape, stride, numel, span
-        if numel and (offset < 0 or offset + span >= storage.numel or numel > storage.numel):
-            check_extent(shape, stride, offset, storage.numel)  # raises, with the figures
-        t = MappedTensor(mapped, member[0] + offset * _itemsize(storage.dtype), storage.dtype, shape,
-                         stride, storage.numel - offset)
+        if numel and (offset < 0 or offset + span >= storage_numel or numel > storage_numel):
+            check_extent(shape, stride, offset, storage_numel)  # raises, with the figures
+        t = MappedTensor(mapped, member[0] + offset * itemsize, dtype, shape, stride, storage_numel - offset)
         t._numel = numel
         return t
 
-    def rebuild_tensor_v3(storage: _StorageRef, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
+    def rebuild_tensor_v3(pid: Any, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
                           dtype: Any, *_: Any) -> MappedTensor:
         """torch's newer form (float8 and other dtypes without a typed storage): bytes plus the dtype."""
-        if not isinstance(storage, _StorageRef) or not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, torch.dtype):
             raise CorruptData("a tensor without a storage or a dtype")
+        storage_dtype, key, storage_numel = storage_of(pid)
         size = _itemsize(dtype)
-        if storage.dtype is not torch.uint8 or storage.numel % size:
-            raise CorruptData(f"storage {storage.key} does not hold whole {dtype} elements")
-        return rebuild_tensor(_StorageRef(dtype, storage.key, storage.numel // size), offset, shape, stride)
+        if storage_dtype is not torch.uint8 or storage_numel % size:
+            raise CorruptData(f"storage {key} does not hold whole {dtype} elements")
+        return rebuild(dtype, key, storage_numel // size, offset, shape, stride)
 
     def make_stub(name: str):
 
@@ -252,17 +269,7 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
                 return make_stub(full)
             raise Unsupported(full)
 
-        def persistent_load(self, pid: Any) -> Any:
-            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-                raise Unsupported(f"persistent id {pid!r:.40}")
-            if len(pid) != 5:
-                raise CorruptData(f"a storage reference of {len(pid)} fields")
-            _, stype, key, _location, numel = pid
-            if not isinstance(stype, _StorageType):
-                raise Unsupported("untyped storage")
-            if type(numel) is not int or not 0 <= numel < 1 << 62:
-                raise CorruptData(f"storage {str(key)[:40]} claims {str(numel)[:40]} elements")
-            return _StorageRef(stype.dtype, str(key), numel)
+        persistent_load = tuple  # storage references stay their persistent ids (see storage_of)
 
     try:
         obj = Reader(io.BytesIO(data)).load()

@@ -60,6 +60,37 @@ def test_tensor_extents_are_checked_before_anything_is_read(run_cli, tmp_path, s
     _refused(run_cli, tmp_path / "s.pt", needle)
 
 
+class _Reference:
+    """A tensor's storage reference (torch.save's persistent id) with the fields given."""
+
+    def __init__(self, *fields) -> None:
+        self.fields = fields
+
+
+class _ReferencePickler(C._Pickler):
+    def persistent_id(self, obj):
+        return obj.fields if isinstance(obj, _Reference) else super().persistent_id(obj)
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (("storage", torch.FloatStorage, "0", "cpu", -5), "storage 0 claims -5 elements"),
+    (("storage", torch.FloatStorage, "0", "cpu", 2**70), "claims 1180591620717411303424 elements"),
+    (("storage", torch.FloatStorage, "0", "cpu", "64"), "claims 64 elements"),
+    (("storage", torch.FloatStorage, "0", "cpu"), "a storage reference of 4 fields"),
+    (("storage", torch.FloatStorage, "9", "cpu", 64), "a tensor's data (9) is missing"),
+    (("storage", torch.FloatStorage, 0, "cpu", 64), None),  # a key that is not a string still finds its data
+])
+def test_storage_references_are_checked(run_cli, tmp_path, monkeypatch, fields, needle):
+    monkeypatch.setattr(C, "_Pickler", _ReferencePickler)
+    C.torch_zip(tmp_path / "s.pt", C.state_with(C._Tensor(_Reference(*fields), 0, (8, 8), (8, 1))),
+                {"0": bytes(64 * F32)})
+    if needle is None:
+        rc, out, err = run_cli("inspect", str(tmp_path / "s.pt"))
+        assert rc == 0 and "0/0" in out, (rc, err)  # read, its one parameter listed
+    else:
+        _refused(run_cli, tmp_path / "s.pt", needle)
+
+
 def test_non_contiguous_tensors_are_read_piecewise_and_right(run_cli, tmp_path, monkeypatch):
     """A transposed and a strided tensor: statistics equal those of the same values stored contiguously, read
     in chunks far smaller than a row."""
