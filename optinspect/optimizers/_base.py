@@ -93,8 +93,8 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _rounded(self, p: torch.Tensor, group: dict) -> bool:
-        """Whether a step stochastically rounds into p (or into its state): low-precision weights, unless
-        the group turned rounding off."""
+        """Whether a step may round into p (or its state) stochastically: yes unless the group turned it off;
+        `bits_ahead` counts the low-precision ones among these."""
         return group.get("stochastic_fp", True)
 
     @torch.no_grad()

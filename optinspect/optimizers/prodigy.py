@@ -55,8 +55,9 @@ class Prodigy(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        rounded = [p for group in self.param_groups for p in group["params"]
-                   if p.grad is not None and self.upcast]
+        # only the upcast path rounds stochastically; the default computes in the weights' own dtype
+        rounded = [p for group in self.param_groups for p in group["params"] if p.grad is not None] \
+            if self.upcast else []
         with bits_ahead(rounded):
             self._step()
         return loss
