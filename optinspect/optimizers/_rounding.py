@@ -111,11 +111,22 @@ class _BitsAhead:
             # Another thread drew from it meanwhile; a plain run would have interleaved its draws with ours in no
             # fixed order. Keep its draws and skip past the values handed out here, so that it never meets them
             # later (those it drew meanwhile were also among ours: harmless, they went to different uses).
-            torch.randint(0, _HIGH, (self._taken,), dtype=torch.int32)
+            _skip(self._taken)
             return
         self._home.set_state(self._start)
-        if self._used:
-            torch.randint(0, _HIGH, (self._used,), dtype=torch.int32)
+        _skip(self._used)
+
+
+def _skip(n: int) -> None:
+    """Move the global generator past n of these draws, a chunk at a time (n can be billions: every value a
+    full fine-tune's step rounded)."""
+    if n <= 0:
+        return
+    buf = torch.empty(min(n, AHEAD_CHUNK), dtype=torch.int32)
+    while n > 0:
+        k = min(n, buf.numel())
+        buf[:k].random_(0, _HIGH)
+        n -= k
 
 
 @cache
