@@ -100,9 +100,9 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        rounded = [p for group in self.param_groups for p in group["params"]
-                   if p.grad is not None and self._rounded(p, group)]
-        with bits_ahead(rounded):
+        stepped = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        rounded = [p for p, group in stepped if self._rounded(p, group)]
+        with bits_ahead(rounded, [p for p, _ in stepped], lend=getattr(self, "_lend", True)) as pool:
             for group in self.param_groups:
                 self._begin_group(group)
                 for p in group["params"]:
@@ -110,4 +110,6 @@ class PerParameterOptimizer(torch.optim.Optimizer):
                         if p.grad.is_sparse:
                             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                         self._step_param(p, group)
+        if pool.reduced:  # reductions ran while a thread was lent: slower than drawing in turn (see bits_ahead)
+            self._lend = False
         return loss

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ._base import working
-from ._rounding import is_low_precision
+from ._rounding import all_threads, is_low_precision
 
 A2 = 1.27323954474  # ~4/pi, as the originals write it
 
@@ -19,6 +19,11 @@ def orthograd_(p: torch.Tensor, floor: float) -> None:
     SCORN uses floor 1e-6 and REMASTER 1e-3: with REMASTER's floor a gradient whose orthogonal part is
     smaller than 1e-3 is shrunk instead of renormalised (the original's behaviour).
     """
+    with all_threads:  # dot products and norms: at the original's thread count
+        _orthograd(p, floor)
+
+
+def _orthograd(p: torch.Tensor, floor: float) -> None:
     w = p.view(-1)
     g = p.grad
     v = g.view(-1)
@@ -32,6 +37,11 @@ def orthograd_(p: torch.Tensor, floor: float) -> None:
 
 def orthograd_persona_(p: torch.Tensor, eps: float) -> None:
     """PersonaOptimizer's variant: skips near-zero weights and rescales only when both norms exceed eps."""
+    with all_threads:
+        _orthograd_persona(p, eps)
+
+
+def _orthograd_persona(p: torch.Tensor, eps: float) -> None:
     w = p.view(-1)
     g = p.grad
     v = g.view(-1)
@@ -53,13 +63,17 @@ def agreement_mask(a: torch.Tensor, b: torch.Tensor, minimum: float, floor: floa
     prod = a * b
     mask = (prod >= 0 if inclusive else prod > 0).to(a.dtype)
     mask.clamp_(min=minimum)
-    mask.div_(mask.mean().clamp(min=floor))
+    with all_threads:
+        mean = mask.mean()
+    mask.div_(mean.clamp(min=floor))
     return mask
 
 
 def rms_clip_(g: torch.Tensor) -> torch.Tensor:
     """Divide by the gradient's RMS when it exceeds 1 (SCORN/REMASTER)."""
-    return g.div_(g.pow(2).mean().sqrt().clamp(min=1))
+    with all_threads:
+        ms = g.pow(2).mean()
+    return g.div_(ms.sqrt().clamp(min=1))
 
 
 def begin_ema_step(opt, p: torch.Tensor, group: dict, orthograd_floor: float) -> tuple:

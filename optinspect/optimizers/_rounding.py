@@ -11,7 +11,7 @@ from functools import cache
 
 import torch
 
-__all__ = ["bits_ahead", "copy_stochastic_", "is_low_precision"]
+__all__ = ["Pool", "all_threads", "bits_ahead", "copy_stochastic_", "is_low_precision"]
 
 _BF16_MAX = torch.finfo(torch.bfloat16).max
 _HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
@@ -142,37 +142,118 @@ def _draws_concatenate() -> bool:
 
 
 def _cores() -> int:
-    """CPUs this process may run on. The helper thread needs one the intra-op pool leaves idle (torch takes one
-    per physical core, so SMT siblings usually are): taking one of the pool's would change nothing in the
-    results but slow the step, as libgomp's workers spin between operations and a third busy thread on two
-    cores makes them wait. Fewer threads for the pool is no way out either: CPU sums and dot products split
-    their work by thread count, and so round differently."""
+    """CPUs this process may run on: more than torch's intra-op threads (torch takes one per physical core, so SMT
+    siblings usually are idle) leaves one for the helper thread."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
 
+GRAIN = 32768  # torch's CPU elementwise kernels split a tensor among threads only from this many elements
+
+
+def _splits_alike(n: int, threads: int) -> bool:
+    """Whether an elementwise op on n elements computes each one the same way at any thread count up to
+    `threads`. Each thread's chunk runs a vectorised loop and finishes its last few elements with scalar code,
+    which may round differently (atan2, fused multiply-adds): chunks of whole 64-element vectors (every
+    split torch makes of a LoRA matrix or a usual weight) leave only the tensor's own tail to scalar code, at
+    every count."""
+    return n < GRAIN or all(-(-n // k) % 64 == 0 for k in range(2, threads + 1))
+
+
+class Pool:
+    """What a `bits_ahead` block did with torch's intra-op pool: whether it lent a thread to the helper, and
+    whether reductions ran while it did (each took the whole pool back for a moment)."""
+
+    __slots__ = ("threads", "size", "depth", "lent", "reduced")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads  # the step's count: reductions run at it
+        self.size = threads  # the count for everything else
+        self.depth = 0  # nested `all_threads` blocks
+        self.lent = False
+        self.reduced = False
+
+
+class _AllThreads:
+    """`with all_threads:` runs reductions on the step's whole intra-op pool while one of its threads is lent to
+    the helper. CPU sums, means and dot products split their work by thread count and round accordingly (norms
+    and matrix products may too, in other builds), so they must run at the count the original runs at;
+    elementwise arithmetic gives the same bits at any count (see _splits_alike). Nothing happens outside a step
+    that lent a thread."""
+
+    def __enter__(self) -> None:
+        pool = getattr(_local, "pool", None)
+        if pool is not None and pool.lent:
+            if pool.depth == 0:
+                torch.set_num_threads(pool.threads)
+                pool.reduced = True
+            pool.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pool = getattr(_local, "pool", None)
+        if pool is not None and pool.lent:
+            pool.depth -= 1
+            if pool.depth == 0:
+                torch.set_num_threads(pool.size)
+
+
+all_threads = _AllThreads()
+
+
 @contextmanager
-def bits_ahead(rounded: Iterable[torch.Tensor]) -> Iterator[None]:
-    """Within the block, stochastic rounding on CPU takes its bits from a stream drawn ahead on a core the
-    intra-op pool leaves idle (none: nothing changes); the results and the global generator's state after the
-    block are those of drawing each time. `rounded`: the tensors the block will round (they decide whether a
-    thread is worth starting)."""
-    if (getattr(_local, "ahead", None) is not None or _cores() <= torch.get_num_threads()
-            or os.environ.get("OPTINSPECT_BITS_AHEAD") == "0"):  # off: e.g. many 1-thread processes share the CPUs
-        yield
+def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = (), *,
+               lend: bool = True) -> Iterator[Pool]:
+    """Within the block, stochastic rounding on CPU takes its bits from a stream drawn ahead on a helper thread;
+    the results and the global generator's state after the block are those of drawing each time. `rounded`: the
+    tensors the block will round (they decide whether a thread is worth starting); `stepped`: every tensor its
+    elementwise arithmetic runs on.
+
+    The helper gets a CPU the intra-op pool leaves idle or, with `lend`, one of the pool's threads: the
+    elementwise arithmetic then runs one thread short while reductions (`all_threads`) keep the full count,
+    provided every stepped tensor splits alike at both counts. Lending pays where the step is elementwise: the
+    draws are serial, and a LoRA's small elementwise ops gain little from a second thread (Persona, bf16 LoRA on
+    2 cores: 484 -> 356 ms). It costs where reductions are frequent: each wakes the lent thread on the helper's
+    core, and libgomp's workers then spin between operations (Adafactor 236 -> 282 ms, ~90 us per reduction).
+    So the yielded `Pool` says whether reductions ran while lent, and callers stop lending then."""
+    threads = torch.get_num_threads()
+    status = Pool(threads)
+    if getattr(_local, "ahead", None) is not None or os.environ.get("OPTINSPECT_BITS_AHEAD") == "0":
+        yield status  # nested, or switched off: e.g. many 1-thread processes share the CPUs
+        return
+    rounded = list(rounded)
+    idle = _cores() > threads
+    if not idle and not (lend and threads >= 2 and all(
+            _splits_alike(t.numel(), threads) for t in (*rounded, *stepped) if t.device.type == "cpu")):
+        yield status
         return
     size = sum(t.numel() for t in rounded if t.device.type == "cpu" and is_low_precision(t))
     if size == 0 or size < AHEAD_MIN or not _draws_concatenate():
-        yield
+        yield status
         return
     ahead = _local.ahead = _BitsAhead()
+    if not idle:
+        status.lent, status.size = True, threads - 1
+        _local.pool = status
+        torch.set_num_threads(status.size)
     try:
-        yield
+        yield status
     finally:
-        _local.ahead = None
+        _end(ahead)
+
+
+def _end(ahead: _BitsAhead) -> None:
+    """Close the stream and give the pool its thread back."""
+    _local.ahead = None
+    pool = getattr(_local, "pool", None)
+    _local.pool = None
+    try:
         ahead.close()
+    finally:
+        if pool is not None:
+            pool.lent = False
+            torch.set_num_threads(pool.threads)
 
 
 def _settle() -> None:
@@ -180,8 +261,7 @@ def _settle() -> None:
     directly from then on."""
     ahead = getattr(_local, "ahead", None)
     if ahead is not None:
-        _local.ahead = None
-        ahead.close()
+        _end(ahead)
 
 
 def _random_bits(source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

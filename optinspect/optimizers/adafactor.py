@@ -14,6 +14,7 @@ import torch
 
 from ._base import PerParameterOptimizer, working, write_back_
 from ._common import scratch, windows
+from ._rounding import all_threads
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
@@ -21,7 +22,9 @@ _MOMENTS = ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
-    return t.norm(2) / (t.numel() ** 0.5)
+    with all_threads:
+        norm = t.norm(2)
+    return norm / (t.numel() ** 0.5)
 
 
 class EnhancedAdafactor(PerParameterOptimizer):
@@ -135,10 +138,11 @@ class EnhancedAdafactor(PerParameterOptimizer):
         # below reduces in memory order, so another layout could change the last bit.
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
-            col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
-            r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
-            c_factor = col.unsqueeze(-2).rsqrt()
+            with all_threads:  # means, and the arithmetic on row and column vectors of any length
+                row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
+                col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
+                r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+                c_factor = col.unsqueeze(-2).rsqrt()
             update = torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
         else:
             v = state["exp_avg_sq"]

@@ -18,7 +18,7 @@ import torch
 
 from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, tensor_batches, windows
-from ._rounding import bits_ahead, is_low_precision
+from ._rounding import all_threads, bits_ahead, is_low_precision
 
 __all__ = ["Prodigy"]
 
@@ -58,8 +58,10 @@ class Prodigy(torch.optim.Optimizer):
         # only the upcast path rounds stochastically; the default computes in the weights' own dtype
         rounded = [p for group in self.param_groups for p in group["params"] if p.grad is not None] \
             if self.upcast else []
-        with bits_ahead(rounded):
+        with bits_ahead(rounded, rounded, lend=getattr(self, "_lend", True)) as pool:
             self._step()
+        if pool.reduced:  # its dot products and sums take the lent thread back: slower (see bits_ahead)
+            self._lend = False
         return loss
 
     def _step(self) -> None:
@@ -101,7 +103,10 @@ class Prodigy(torch.optim.Optimizer):
                 low = self.upcast and is_low_precision(p)
                 g, p32 = working(grad, low), working(p, low)
                 s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
-                d_numerator.add_(torch.dot(g.flatten(), (p0 - p32).flatten()), alpha=(d / d0) * d_lr)
+                moved = (p0 - p32).flatten()
+                with all_threads:
+                    dot = torch.dot(g.flatten(), moved)
+                d_numerator.add_(dot, alpha=(d / d0) * d_lr)
                 items.append((p, g, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
             s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
             alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
@@ -114,7 +119,9 @@ class Prodigy(torch.optim.Optimizer):
                 for _, window in windows([t[0] for t in chain]):
                     self._moments(*window, (beta1, beta2, beta3), alphas)
             for p, _, p32, tmp in items:  # summed in parameter order, as the original does
-                d_de_nom.add_(tmp["s"].abs().sum())
+                size = tmp["s"].abs()
+                with all_threads:
+                    d_de_nom.add_(size.sum())
                 work.append((p, p32, tmp))
 
         if d_de_nom == 0:

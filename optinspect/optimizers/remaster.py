@@ -12,6 +12,7 @@ import torch
 
 from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
+from ._rounding import all_threads
 
 __all__ = ["REMASTER"]
 
@@ -60,7 +61,9 @@ class REMASTER(PerParameterOptimizer):
         step_size = group["lr"] * A2
 
         rms_clip_(g)
-        norm_ratio = torch.atan2(g.norm(2), ema.norm(2)).mul(A2)
+        with all_threads:
+            norms = g.norm(2), ema.norm(2)
+        norm_ratio = torch.atan2(*norms).mul(A2)
         if norm_ratio > 1e-6:
             g.div_(norm_ratio)
         ema.mul_(beta1).add_(g, alpha=1 - beta1)

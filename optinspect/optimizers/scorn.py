@@ -14,6 +14,7 @@ import torch
 
 from ._base import PerParameterOptimizer, check_betas, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
+from ._rounding import all_threads
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 
@@ -105,7 +106,8 @@ class SCORN(PerParameterOptimizer):
         slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
 
         rms_clip_(g)
-        g = lmo_(g)
+        with all_threads:  # norms and matrix products
+            g = lmo_(g)
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         c = g.add(ema / bias_correction, alpha=group["amp"])

@@ -4,10 +4,7 @@ import torch
 from optinspect.optimizers import _rounding
 
 
-@pytest.fixture
-def bits_ahead_on(monkeypatch):
-    """Stochastic rounding draws its bits ahead on a helper thread whatever the step's size or the machine's
-    idle CPUs, in chunks small enough that requests straddle them. Yields the list of streams started."""
+def _spy_streams(monkeypatch, cores) -> list:
     started = []
     real = _rounding._BitsAhead
 
@@ -18,6 +15,25 @@ def bits_ahead_on(monkeypatch):
 
     monkeypatch.setattr(_rounding, "AHEAD_MIN", 0)
     monkeypatch.setattr(_rounding, "AHEAD_CHUNK", 500)
-    monkeypatch.setattr(_rounding, "_cores", lambda: torch.get_num_threads() + 1)
+    monkeypatch.setattr(_rounding, "_cores", cores)
     monkeypatch.setattr(_rounding, "_BitsAhead", Spy)
     return started
+
+
+@pytest.fixture
+def bits_ahead_on(monkeypatch):
+    """Stochastic rounding draws its bits ahead on a helper thread whatever the step's size, on a CPU the intra-op
+    pool leaves idle, in chunks small enough that requests straddle them. Yields the list of streams started."""
+    return _spy_streams(monkeypatch, lambda: torch.get_num_threads() + 1)
+
+
+@pytest.fixture
+def thread_lent(monkeypatch):
+    """As bits_ahead_on, on a machine with no idle CPU: the intra-op pool (two threads at least, so that CPU
+    reductions split their work) lends one of its threads to the helper."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        yield _spy_streams(monkeypatch, lambda: torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads)

@@ -117,6 +117,67 @@ def test_bits_drawn_ahead_change_no_bit(name, dtype, request):
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
+# big enough that CPU reductions split their work between two threads (and round differently on one); the fp32
+# ones show a reduction's last bit, which stochastic rounding into bf16 would mostly hide
+LENT_SHAPES = [(256, 192), (48, 32), (32768 + 128,)]
+LENT_FP32 = [(192, 256), (256, 192), (32768 + 128,)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(TABLES))
+@pytest.mark.parametrize("extra", [{}, {"orthograd": True, "cautious_min": 0.5}], ids=["table", "reducing"])
+def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request):
+    """With no idle CPU the intra-op pool lends a thread to the helper: elementwise arithmetic runs one thread
+    short, reductions at the full count. Forced on every step (a step that reduces stops lending after it): the
+    same weights, state and global generator as drawing in turn at the full count."""
+    options = {"upcast": True} if name == "Prodigy" else None
+    table = {**TABLES[name], **(extra if name in ("persona", "remaster", "scorn") else {})}
+    if name == "Prodigy":
+        table["d0"] = 1e-6  # d then follows d_hat, a quotient of two sums
+    g = torch.Generator().manual_seed(3)
+    start = [(torch.randn(s, generator=g) * 0.1).to(dtype) for s in LENT_SHAPES]
+    start += [torch.randn(s, generator=g) * 0.1 for s in LENT_FP32]
+    runs = []
+    for lent in (False, True):
+        if lent:
+            streams = request.getfixturevalue("thread_lent")
+        threads = torch.get_num_threads()
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = optinspect.build_optimizer(params, table, options=options)
+        torch.manual_seed(11)
+        for t in range(1, 4):
+            for p in params:  # one gradient with an RMS over 1, which SCORN and REMASTER clip by their mean
+                p.grad = grad(p, t) * (30 if p.shape == (192, 256) else 1)
+            opt._lend = True
+            opt.step()
+            assert torch.get_num_threads() == threads
+        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        state += [torch.as_tensor(v) for group in opt.param_groups for v in group.values()  # Prodigy's d sums
+                  if isinstance(v, (float, torch.Tensor))]
+        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
+    (p0, s0, r0), (p1, s1, r1) = runs
+    assert torch.get_num_threads() >= 2  # the in-turn run reduced on two threads too
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
+    assert torch.equal(r0, r1)
+    assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
+
+
+@pytest.mark.parametrize("name,lends", [("persona", True), ("adafactor", False), ("remaster", False),
+                                        ("Prodigy", False)])
+def test_a_step_that_reduces_stops_lending(name, lends, thread_lent):
+    """Reductions take the lent thread back for a moment, which costs more than the draws gain (bits_ahead): an
+    optimizer whose step reduced while lent stops lending; Persona's elementwise step keeps it."""
+    params = [torch.nn.Parameter(torch.randn(s).to(torch.bfloat16)) for s in LENT_SHAPES]
+    opt = optinspect.build_optimizer(params, TABLES[name], options={"upcast": True} if name == "Prodigy" else None)
+    for t in (1, 2):
+        for p in params:
+            p.grad = grad(p, t)
+        opt.step()
+    assert len(thread_lent) == (2 if lends else 1)
+    assert getattr(opt, "_lend", True) == lends
+
+
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, cases in ACCEPTED.items() for kw in cases])
 def test_constructors_accept_what_the_originals_accept(name, kw):
     from optinspect.build import class_for

@@ -193,23 +193,83 @@ def test_a_block_that_draws_nothing_leaves_the_generator_alone(bits_ahead_on):
     assert len(bits_ahead_on) == 1 and torch.equal(torch.get_rng_state(), before)
 
 
-def test_no_thread_without_an_idle_cpu_or_low_precision_work_or_when_switched_off(monkeypatch, bits_ahead_on):
+def test_no_thread_for_fp32_work_or_when_switched_off(monkeypatch, bits_ahead_on):
     from optinspect.optimizers import _rounding
 
     with _rounding.bits_ahead([torch.empty(4000, dtype=torch.float32)]):
         pass
-    with monkeypatch.context() as m:
-        m.setattr(_rounding, "_cores", lambda: torch.get_num_threads())
-        with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
-            pass
     monkeypatch.setenv("OPTINSPECT_BITS_AHEAD", "0")  # switched off by the user
     with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
         pass
     assert bits_ahead_on == []
     monkeypatch.delenv("OPTINSPECT_BITS_AHEAD")
-    with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+    with _rounding.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]) as pool:
+        assert torch.get_num_threads() == pool.threads  # an idle CPU: the pool keeps its threads
+    assert len(bits_ahead_on) == 1 and not pool.lent
+
+
+def test_without_an_idle_cpu_the_pool_lends_a_thread_and_reductions_take_it_back(thread_lent):
+    from optinspect.optimizers._rounding import all_threads, bits_ahead
+
+    threads = torch.get_num_threads()
+    with bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]) as pool:
+        assert pool.lent and torch.get_num_threads() == threads - 1
+        assert not pool.reduced
+        with all_threads:
+            assert torch.get_num_threads() == threads
+            with all_threads:
+                assert torch.get_num_threads() == threads
+            assert torch.get_num_threads() == threads  # the inner block leaves the outer one's count
+        assert torch.get_num_threads() == threads - 1 and pool.reduced
+    assert torch.get_num_threads() == threads and len(thread_lent) == 1
+    with all_threads:  # outside a step: nothing to give back
+        assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("case", ["one thread", "not lent", "splits apart"])
+def test_no_thread_lent_where_it_cannot_be(case, thread_lent):
+    """One intra-op thread has none to lend; `lend=False` (a step that reduces often) keeps it; and a tensor whose
+    split among threads is not whole 64-element vectors would be computed differently one thread short."""
+    from optinspect.optimizers._rounding import bits_ahead
+
+    if case == "one thread":
+        torch.set_num_threads(1)
+    sizes = [4000, 70000 if case != "splits apart" else 65576]
+    with bits_ahead([torch.empty(n, dtype=torch.bfloat16) for n in sizes], lend=case != "not lent") as pool:
         pass
-    assert len(bits_ahead_on) == 1
+    assert not pool.lent and thread_lent == []
+
+
+def test_elementwise_ops_split_apart_round_apart():
+    """Why the sizes matter: atan2's vector and scalar code differ in the last bit, and a thread's chunk ends in
+    scalar code where it is not whole vectors (65576 elements on two threads: chunks of 32788)."""
+    from optinspect.optimizers._rounding import _splits_alike
+
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    try:
+        for n in (65576, 100003, 49152):
+            x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
+            results = []
+            for t in (2, 1):
+                torch.set_num_threads(t)
+                results.append(torch.atan2(x, y))
+            same = torch.equal(*results)
+            assert _splits_alike(n, 2) == (n == 49152)
+            if n == 49152:
+                assert same
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_pool_gets_its_thread_back_when_the_step_fails(thread_lent):
+    from optinspect.optimizers._rounding import bits_ahead
+
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="bad step"), bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]):
+        assert torch.get_num_threads() == threads - 1
+        raise ValueError("bad step")
+    assert torch.get_num_threads() == threads
 
 
 def test_a_failing_draw_reaches_the_step(monkeypatch, bits_ahead_on):
