@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ._rounding import bits_ahead, copy_stochastic_
+from ._ahead import lending
+from ._rounding import copy_stochastic_
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
@@ -102,7 +103,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         loss = closure_loss(closure)
         stepped = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
         rounded = [p for p, group in stepped if self._rounded(p, group)]
-        with bits_ahead(rounded, [p for p, _ in stepped], lend=getattr(self, "_lend", True)) as pool:
+        with lending(self).step(rounded, [p for p, _ in stepped]):
             for group in self.param_groups:
                 self._begin_group(group)
                 for p in group["params"]:
@@ -110,6 +111,4 @@ class PerParameterOptimizer(torch.optim.Optimizer):
                         if p.grad.is_sparse:
                             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                         self._step_param(p, group)
-        if pool.reduced:  # reductions ran while a thread was lent: slower than drawing in turn (see bits_ahead)
-            self._lend = False
         return loss

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ._ahead import all_threads
 from ._base import working
-from ._rounding import all_threads, is_low_precision
+from ._rounding import is_low_precision
 
 A2 = 1.27323954474  # ~4/pi, as the originals write it
 

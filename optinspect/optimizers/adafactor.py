@@ -9,22 +9,37 @@ bf16 (and the next step casts them back up), so a reloaded bf16 run is not bit-i
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 
+from ._ahead import all_threads, reduction, splits_alike
 from ._base import PerParameterOptimizer, working, write_back_
 from ._common import scratch, windows
-from ._rounding import all_threads
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return t.norm(2)
+
+
+def _mean_rows(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=-1)
+
+
+def _mean_cols(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=-2)
+
+
+def _mean_last(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=-1, keepdim=True)
+
+
 def _rms(t: torch.Tensor) -> torch.Tensor:
-    with all_threads:
-        norm = t.norm(2)
-    return norm / (t.numel() ** 0.5)
+    return reduction(_norm, t) / (t.numel() ** 0.5)
 
 
 class EnhancedAdafactor(PerParameterOptimizer):
@@ -138,10 +153,11 @@ class EnhancedAdafactor(PerParameterOptimizer):
         # below reduces in memory order, so another layout could change the last bit.
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            with all_threads:  # means, and the arithmetic on row and column vectors of any length
-                row.mul_(beta2t).add_(sq.mean(dim=-1), alpha=1.0 - beta2t)
-                col.mul_(beta2t).add_(sq.mean(dim=-2), alpha=1.0 - beta2t)
-                r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+            # the arithmetic on the row and column vectors stays on the full pool where it would split apart
+            with nullcontext() if splits_alike(row.numel()) and splits_alike(col.numel()) else all_threads:
+                row.mul_(beta2t).add_(reduction(_mean_rows, sq), alpha=1.0 - beta2t)
+                col.mul_(beta2t).add_(reduction(_mean_cols, sq), alpha=1.0 - beta2t)
+                r_factor = (row / reduction(_mean_last, row)).rsqrt_().unsqueeze(-1)
                 c_factor = col.unsqueeze(-2).rsqrt()
             update = torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
         else:

@@ -16,9 +16,10 @@ import math
 
 import torch
 
+from ._ahead import all_threads, lending
 from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, tensor_batches, windows
-from ._rounding import all_threads, bits_ahead, is_low_precision
+from ._rounding import is_low_precision
 
 __all__ = ["Prodigy"]
 
@@ -58,10 +59,8 @@ class Prodigy(torch.optim.Optimizer):
         # only the upcast path rounds stochastically; the default computes in the weights' own dtype
         rounded = [p for group in self.param_groups for p in group["params"] if p.grad is not None] \
             if self.upcast else []
-        with bits_ahead(rounded, rounded, lend=getattr(self, "_lend", True)) as pool:
+        with lending(self).step(rounded, rounded):
             self._step()
-        if pool.reduced:  # its dot products and sums take the lent thread back: slower (see bits_ahead)
-            self._lend = False
         return loss
 
     def _step(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ._ahead import all_threads
 from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
-from ._rounding import all_threads
 
 __all__ = ["REMASTER"]
 

@@ -12,9 +12,9 @@ import math
 
 import torch
 
+from ._ahead import all_threads
 from ._base import PerParameterOptimizer, check_betas, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
-from ._rounding import all_threads
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 

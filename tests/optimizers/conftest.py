@@ -1,22 +1,22 @@
 import pytest
 import torch
 
-from optinspect.optimizers import _rounding
+from optinspect.optimizers import _ahead
 
 
 def _spy_streams(monkeypatch, cores) -> list:
     started = []
-    real = _rounding._BitsAhead
+    real = _ahead._BitsAhead
 
     class Spy(real):
         def __init__(self):
             super().__init__()
             started.append(self)
 
-    monkeypatch.setattr(_rounding, "AHEAD_MIN", 0)
-    monkeypatch.setattr(_rounding, "AHEAD_CHUNK", 500)
-    monkeypatch.setattr(_rounding, "_cores", cores)
-    monkeypatch.setattr(_rounding, "_BitsAhead", Spy)
+    monkeypatch.setattr(_ahead, "AHEAD_MIN", 0)
+    monkeypatch.setattr(_ahead, "AHEAD_CHUNK", 500)
+    monkeypatch.setattr(_ahead, "_cores", cores)
+    monkeypatch.setattr(_ahead, "_BitsAhead", Spy)
     return started
 
 

@@ -1,0 +1,356 @@
+"""Stochastic rounding's random bits drawn ahead on a helper thread, on CPU, and the intra-op thread the helper
+may borrow: the same bits as drawing them in turn, and the same results."""
+
+from __future__ import annotations
+
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import cache
+
+import torch
+
+__all__ = ["HIGH", "Lending", "Pool", "all_threads", "bits_ahead", "lending", "reduction", "settle", "splits_alike",
+           "stream"]
+
+HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
+
+# Stochastic rounding on CPU spends much of a bf16 step in the global generator: it is a serial Mersenne
+# twister, ~2 ns per element on one core (LoRA bf16, 49M weights: ~100 ms of Adafactor's ~240 ms step, 310 of
+# Persona's 550 with its two bf16 moments). The originals draw tensor by tensor between their arithmetic. The
+# bits can be drawn on a second core meanwhile without changing one of them: on CPU an int32 draw takes one
+# 32-bit output per element in order, so n values then m values are the n + m values of one draw. A helper
+# thread draws chunks from a copy of the global generator; each request takes the next values of that stream;
+# at the end the global generator is moved past the values handed out. Only draws from the global generator on
+# CPU go through it; CUDA's counter-based generator offsets each call, so there it stays per call.
+
+AHEAD_CHUNK = 1 << 18  # values per chunk (1 MiB): the most one settling re-draws
+AHEAD_DEPTH = 8  # chunks drawn before they are asked for: bounds the memory and the work spent past the last use
+AHEAD_MIN = 1 << 20  # low-precision elements in a step below which a thread is not worth starting
+_local = threading.local()
+
+
+class _BitsAhead:
+    """The global CPU generator's stream of 16-bit draws, drawn ahead on a helper thread for one step."""
+
+    def __init__(self) -> None:
+        self._home = torch.default_generator
+        self._initial = self._home.get_state()
+        # The helper draws from a copy: the global generator is not touched until the step ends, so whether
+        # another thread drew from it meanwhile is a plain comparison (the copy's own states never race).
+        self._copy = torch.Generator()
+        self._copy.set_state(self._initial)
+        self._chunks: queue.Queue = queue.Queue(maxsize=AHEAD_DEPTH)
+        self._stop = threading.Event()
+        self._start: torch.Tensor | None = None  # the copy's state before the chunk being handed out
+        self._chunk: torch.Tensor | None = None
+        self._used = 0  # values of that chunk handed out
+        self._taken = 0  # values handed out in all
+        self._closed = False
+        self._thread = threading.Thread(target=self._draw, name="optinspect-random-bits", daemon=True)
+        self._thread.start()
+
+    def _draw(self) -> None:
+        try:
+            while not self._stop.is_set():
+                start = self._copy.get_state()
+                chunk = torch.randint(0, HIGH, (AHEAD_CHUNK,), dtype=torch.int32, generator=self._copy)
+                self._put((start, chunk))
+        except BaseException as e:  # noqa: BLE001 - handed to the step, which raises it
+            self._put((None, e))
+
+    def _put(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, n: int) -> torch.Tensor:
+        """The next n values of the stream (a view into a chunk where they fit in one)."""
+        pieces = []
+        while n > 0:
+            if self._chunk is None or self._used == AHEAD_CHUNK:
+                start, chunk = self._chunks.get()
+                if start is None:
+                    raise chunk
+                self._start, self._chunk, self._used = start, chunk, 0
+            k = min(n, AHEAD_CHUNK - self._used)
+            pieces.append(self._chunk[self._used:self._used + k])
+            self._used += k
+            self._taken += k
+            n -= k
+        if not pieces:
+            return torch.empty(0, dtype=torch.int32)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def close(self) -> None:
+        """Stop drawing and move the global generator past the values handed out: exactly where drawing each
+        request from it would have left it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        while True:  # a helper waiting for room in the queue gets it now, sees the stop, and ends
+            try:
+                self._chunks.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+        if self._chunk is None:  # nothing was handed out
+            return
+        if not torch.equal(self._home.get_state(), self._initial):
+            # Another thread drew from it meanwhile; a plain run would have interleaved its draws with ours in no
+            # fixed order. Keep its draws and skip past the values handed out here, so that it never meets them
+            # later (those it drew meanwhile were also among ours: harmless, they went to different uses).
+            _skip(self._taken)
+            return
+        self._home.set_state(self._start)
+        _skip(self._used)
+
+
+def _skip(n: int) -> None:
+    """Move the global generator past n of these draws, a chunk at a time (n can be billions: every value a
+    full fine-tune's step rounded)."""
+    if n <= 0:
+        return
+    buf = torch.empty(min(n, AHEAD_CHUNK), dtype=torch.int32)
+    while n > 0:
+        k = min(n, buf.numel())
+        buf[:k].random_(0, HIGH)
+        n -= k
+
+
+@cache
+def _draws_concatenate() -> bool:
+    """Whether this torch's CPU draws have the property the stream relies on (checked once, on a private
+    generator): n values then m values equal the n + m values of one draw."""
+    g = torch.Generator().manual_seed(1234)
+    sizes = (1, 3, 4097, 70001)
+    parts = [torch.randint(0, HIGH, (k,), dtype=torch.int32, generator=g) for k in sizes]
+    g.manual_seed(1234)
+    whole = torch.randint(0, HIGH, (sum(sizes),), dtype=torch.int32, generator=g)
+    return torch.equal(torch.cat(parts), whole)
+
+
+def _cores() -> int:
+    """CPUs this process may run on: more than torch's intra-op threads (torch takes one per physical core, so SMT
+    siblings usually are idle) leaves one for the helper thread."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+GRAIN = 32768  # torch's CPU elementwise kernels split a tensor among threads only from this many elements
+
+
+def _splits_alike(n: int, threads: int) -> bool:
+    """Whether an elementwise op on n elements computes each one the same way at any thread count up to
+    `threads`. Each thread's chunk runs a vectorised loop and finishes its last few elements with scalar code,
+    which may round differently (atan2, fused multiply-adds): chunks of whole 64-element vectors (every
+    split torch makes of a LoRA matrix or a usual weight) leave only the tensor's own tail to scalar code, at
+    every count."""
+    return n < GRAIN or all(-(-n // k) % 64 == 0 for k in range(2, threads + 1))
+
+
+def splits_alike(n: int) -> bool:
+    """Whether elementwise arithmetic on n elements gives the same bits on the lent pool as on the full one (a
+    step checks its parameters' sizes before lending; this is for other tensors, e.g. Adafactor's row vectors)."""
+    pool = getattr(_local, "pool", None)
+    return pool is None or not pool.lent or _splits_alike(n, pool.threads)
+
+
+class Pool:
+    """What a `bits_ahead` block did with torch's intra-op pool: whether it could lend a thread to the helper
+    (no idle CPU, a stream worth drawing, every tensor splitting alike), and whether it did."""
+
+    __slots__ = ("threads", "size", "depth", "lendable", "lent")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads  # the step's count: reductions run at it
+        self.size = threads  # the count for everything else
+        self.depth = 0  # nested `all_threads` blocks
+        self.lendable = False
+        self.lent = False
+
+
+class _AllThreads:
+    """`with all_threads:` runs reductions on the step's whole intra-op pool while one of its threads is lent to
+    the helper. CPU sums, means and dot products split their work by thread count and round accordingly (norms
+    and matrix products may too, in other builds), so they must run at the count the original runs at;
+    elementwise arithmetic gives the same bits at any count (see _splits_alike). Nothing happens outside a step
+    that lent a thread."""
+
+    def __enter__(self) -> None:
+        pool = getattr(_local, "pool", None)
+        if pool is not None and pool.lent:
+            if pool.depth == 0:
+                torch.set_num_threads(pool.threads)
+            pool.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pool = getattr(_local, "pool", None)
+        if pool is not None and pool.lent:
+            pool.depth -= 1
+            if pool.depth == 0:
+                torch.set_num_threads(pool.size)
+
+
+all_threads = _AllThreads()
+
+PROBES = 12  # random tensors a reduction is tried on, at both thread counts
+PROBE_MAX = 1 << 20  # elements: larger tensors are reduced at the full count without trying (fewer per step)
+_invariant: dict = {}
+
+
+def reduction(op: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """op(t), a reduction, with the original's bits: at the lent pool's count where op is thread-invariant for
+    tensors like t, else at the full count (`all_threads`). Some reductions never split their work: torch
+    computes an L2 norm of a contiguous tensor, or a mean along one dimension of a matrix, one output per
+    thread. Which ones is torch's business, so it is tried once per op, shape, layout and count on random
+    tensors; a reduction that splits its work rounds differently on most of them."""
+    pool = getattr(_local, "pool", None)
+    if pool is None or not pool.lent or t.device.type != "cpu":
+        return op(t)
+    key = (op, t.shape, t.dtype, pool.threads)
+    same = _invariant.get(key) if t.is_contiguous() else False
+    if same is None:
+        same = _invariant[key] = _thread_invariant(op, t, pool)
+    if same:
+        return op(t)
+    with all_threads:
+        return op(t)
+
+
+def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, pool: Pool) -> bool:
+    if like.numel() > PROBE_MAX:
+        return False
+    g = torch.Generator().manual_seed(0)
+    try:
+        for _ in range(PROBES):
+            x = torch.randn(like.shape, generator=g).to(like.dtype)
+            torch.set_num_threads(pool.threads)
+            full = op(x)
+            torch.set_num_threads(pool.size)
+            if not torch.equal(full, op(x)):
+                return False
+        return True
+    finally:
+        torch.set_num_threads(pool.size if pool.depth == 0 else pool.threads)
+
+
+@contextmanager
+def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = (), *,
+               lend: bool = True) -> Iterator[Pool]:
+    """Within the block, stochastic rounding on CPU takes its bits from a stream drawn ahead on a helper thread;
+    the results and the global generator's state after the block are those of drawing each time. `rounded`: the
+    tensors the block will round (they decide whether a thread is worth starting); `stepped`: every tensor its
+    elementwise arithmetic runs on.
+
+    The helper gets a CPU the intra-op pool leaves idle or, with `lend`, one of the pool's threads: the
+    elementwise arithmetic then runs one thread short while reductions that split their work (`all_threads`,
+    `reduction`) keep the full count, provided every stepped tensor splits alike at both counts. Whether lending
+    pays depends on the step (see Lending)."""
+    threads = torch.get_num_threads()
+    status = Pool(threads)
+    if getattr(_local, "ahead", None) is not None or os.environ.get("OPTINSPECT_BITS_AHEAD") == "0":
+        yield status  # nested, or switched off: e.g. many 1-thread processes share the CPUs
+        return
+    rounded = list(rounded)
+    size = sum(t.numel() for t in rounded if t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16))
+    if size == 0 or size < AHEAD_MIN or not _draws_concatenate():
+        yield status
+        return
+    idle = _cores() > threads
+    status.lendable = not idle and threads >= 2 and all(
+        _splits_alike(t.numel(), threads) for t in (*rounded, *stepped) if t.device.type == "cpu")
+    if not idle and not (lend and status.lendable):
+        yield status
+        return
+    ahead = _local.ahead = _BitsAhead()
+    if not idle:
+        status.lent, status.size = True, threads - 1
+        _local.pool = status
+        torch.set_num_threads(status.size)
+    try:
+        yield status
+    finally:
+        _end(ahead)
+
+
+class Lending:
+    """Whether an optimizer's steps lend a pool thread to the helper. Which is faster depends on the step, not
+    only on how often it reduces. bf16 LoRA on 2 cores, ms per step in turn vs lent: Persona (elementwise) 484 vs
+    303; SCORN 805 vs 520, though 20 reductions and matrix products per tensor take the thread back (its small
+    elementwise ops run faster on one thread); REMASTER 412 vs 490, where each of its dot products wakes the
+    lent thread on the helper's core and libgomp's workers then spin, ~90 us a time. So the first steps that
+    can lend try both ways in turn and the faster (median) is kept. The bits are the same either way."""
+
+    TRIALS = 3  # timed steps each way
+
+    def __init__(self, choice: bool | None = None) -> None:
+        self.choice = choice
+        self._times: tuple[list[float], list[float]] = ([], [])  # in turn, lent
+        self._first = True
+
+    def lend(self) -> bool:
+        if self.choice is not None:
+            return self.choice
+        return len(self._times[1]) <= len(self._times[0])
+
+    def record(self, pool: Pool, seconds: float) -> None:
+        if self.choice is not None or not pool.lendable:
+            return
+        if self._first:  # a first step builds the state: not like the others
+            self._first = False
+            return
+        self._times[pool.lent].append(seconds)
+        if min(len(t) for t in self._times) >= self.TRIALS:
+            self.choice = statistics.median(self._times[1]) < statistics.median(self._times[0])
+
+    @contextmanager
+    def step(self, rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = ()) -> Iterator[Pool]:
+        """`bits_ahead` for one optimizer step, lent or not as decided, and timed while deciding."""
+        start = time.perf_counter()
+        with bits_ahead(rounded, stepped, lend=self.lend()) as pool:
+            yield pool
+        self.record(pool, time.perf_counter() - start)
+
+
+def lending(optimizer: object) -> Lending:
+    """The optimizer's own `Lending` (made on its first step)."""
+    found = optimizer.__dict__.get("_lending")
+    if found is None:
+        found = optimizer.__dict__["_lending"] = Lending()
+    return found
+
+
+def _end(ahead: _BitsAhead) -> None:
+    """Close the stream and give the pool its thread back."""
+    _local.ahead = None
+    pool = getattr(_local, "pool", None)
+    _local.pool = None
+    try:
+        ahead.close()
+    finally:
+        if pool is not None:
+            torch.set_num_threads(pool.threads)
+
+
+def settle() -> None:
+    """Before any other draw from the global generator within a `bits_ahead` block: catch it up and draw
+    directly from then on."""
+    ahead = getattr(_local, "ahead", None)
+    if ahead is not None:
+        _end(ahead)
+
+
+def stream() -> _BitsAhead | None:
+    """The stream this thread's stochastic rounding takes its bits from, or None (draw in turn)."""
+    return getattr(_local, "ahead", None)
