@@ -134,6 +134,9 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     set_grads(params)
     ref.step()
     opt.step()  # warm-up: state allocation
+    for o in (ref, opt):  # ours tries lending a thread both ways on its first steps (Lending): time the way kept
+        while getattr(o, "_lending", None) is not None and o._lending.deciding:
+            o.step()
     tr, to = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -211,6 +214,8 @@ def main() -> None:
             what = "ours/original" if label == name else "ours/lean whole-tensor bound"
             same = equal_after(lambda ps, t=table: optinspect.build_optimizer(ps, t), factory, args.small)
             notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}")
+        if getattr(opt, "_lending", None) is not None and opt._lending.choice is not None:
+            notes.append("a pool thread lent to the bits" if opt._lending.choice else "bits drawn in turn")
         same_run = "; ".join(notes) or "-"
         print(f"{name:16s} {t * 1e3:9.1f} {t_ref * 1e3:9.1f} {ratio:8.2f} {to_fused:8.2f} {state_bytes(opt) / n:8.2f}  "
               f"{same_run}", flush=True)

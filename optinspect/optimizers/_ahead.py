@@ -285,32 +285,39 @@ def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] 
 
 
 class Lending:
-    """Whether an optimizer's steps lend a pool thread to the helper. Which is faster depends on the step, not
-    only on how often it reduces. bf16 LoRA on 2 cores, ms per step in turn vs lent: Persona (elementwise) 484 vs
-    303; SCORN 805 vs 520, though 20 reductions and matrix products per tensor take the thread back (its small
-    elementwise ops run faster on one thread); REMASTER 412 vs 490, where each of its dot products wakes the
-    lent thread on the helper's core and libgomp's workers then spin, ~90 us a time. So the first steps that
-    can lend try both ways in turn and the faster (median) is kept. The bits are the same either way."""
+    """Whether an optimizer's steps lend a pool thread to the helper. Which is faster depends on the step and on
+    the allocator's state, not only on how often the step reduces. bf16 LoRA (1000 tensors) on 2 cores, ms per
+    step in turn vs lent: Persona (elementwise) 484 vs 303; REMASTER 1030 vs 1150, where each of its dot
+    products wakes the lent thread on the helper's core and libgomp's workers then spin, ~90 us a time; SCORN
+    1680 vs 1100 under glibc's defaults but 1270 vs 1430 with freed memory recycled (its many small
+    temporaries). So the first steps that can lend try both ways and keep the faster (median). Each way runs
+    two steps in a row and only the second is timed: a step inherits the allocator's state from the one
+    before. The bits are the same either way."""
 
     TRIALS = 3  # timed steps each way
+    RUN = 2  # steps in a row each way
 
     def __init__(self, choice: bool | None = None) -> None:
         self.choice = choice
         self._times: tuple[list[float], list[float]] = ([], [])  # in turn, lent
-        self._first = True
+        self._tried = -1  # steps that could lend, less the first (it builds the state)
+
+    @property
+    def deciding(self) -> bool:
+        """Still trying both ways (steps that can lend have run, not yet enough of them)."""
+        return self.choice is None and self._tried >= 0
 
     def lend(self) -> bool:
         if self.choice is not None:
             return self.choice
-        return len(self._times[1]) <= len(self._times[0])
+        return max(self._tried, 0) // self.RUN % 2 == 0
 
     def record(self, pool: Pool, seconds: float) -> None:
         if self.choice is not None or not pool.lendable:
             return
-        if self._first:  # a first step builds the state: not like the others
-            self._first = False
-            return
-        self._times[pool.lent].append(seconds)
+        if self._tried >= 0 and self._tried % self.RUN == self.RUN - 1:
+            self._times[pool.lent].append(seconds)
+        self._tried += 1
         if min(len(t) for t in self._times) >= self.TRIALS:
             self.choice = statistics.median(self._times[1]) < statistics.median(self._times[0])
 

@@ -192,13 +192,21 @@ def test_lending_is_tried_both_ways_and_the_faster_kept(lent_faster):
     from optinspect.optimizers._ahead import Lending
 
     choice = Lending()
-    asked = []
-    for _ in range(7):
+    choice.record(_pool(False, False), 0.0)
+    assert not choice.deciding  # nothing could lend yet
+    asked, timed = [], []
+    for k in range(13):
         lend = choice.lend()
         asked.append(lend)
-        choice.record(_pool(True, lend), (1.0 if lend == lent_faster else 2.0))
+        before = sum(map(len, choice._times))
+        # only the second step of each run counts: the first inherits the other way's allocator state
+        choice.record(_pool(True, lend), (1.0 if lend == lent_faster else 2.0) + (5.0 if k % 2 else 0.0))
+        timed.append(sum(map(len, choice._times)) > before)
         choice.record(_pool(False, False), 0.0)  # a step that could not lend tells nothing
-    assert asked == [True, True, False, True, False, True, False]  # the first step (state built) is not timed
+    # the first step builds the state and is not timed; then two steps each way, the second timed
+    assert asked == [True] + [True, True, False, False] * 3
+    assert timed == [False] + [False, True] * 6
+    assert not choice.deciding
     assert choice.choice is lent_faster and choice.lend() is lent_faster
     choice.record(_pool(True, not lent_faster), 0.0)  # decided: later steps change nothing
     assert choice.choice is lent_faster
