@@ -204,17 +204,19 @@ class _AllThreads:
 
 all_threads = _AllThreads()
 
-PROBES = 12  # random tensors a reduction is tried on, at both thread counts
-PROBE_MAX = 1 << 20  # elements: larger tensors are reduced at the full count without trying (fewer per step)
+PROBES = 48  # random tensors a reduction is tried on, at both thread counts: one that splits its work differs on
+# a quarter of them or more (a sum over one LoRA matrix's 49k elements, SCORN's normalisation of a vector)
+PROBE_MAX = 1 << 17  # elements: larger tensors are reduced at the full count untried (trying costs, and they
+# reduce less often per element)
 _invariant: dict = {}
 
 
 def reduction(op: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-    """op(t), a reduction, with the original's bits: at the lent pool's count where op is thread-invariant for
-    tensors like t, else at the full count (`all_threads`). Some reductions never split their work: torch
-    computes an L2 norm of a contiguous tensor, or a mean along one dimension of a matrix, one output per
-    thread. Which ones is torch's business, so it is tried once per op, shape, layout and count on random
-    tensors; a reduction that splits its work rounds differently on most of them."""
+    """op(t), where op reduces (sums, norms, matrix products), with the original's bits: at the lent pool's
+    count where op is thread-invariant for tensors like t, else at the full count (`all_threads`). Some
+    reductions never split their work: torch computes an L2 norm of a contiguous tensor, or a mean along one
+    dimension of a matrix, one output per thread. Which ones is torch's business, so it is tried once per op,
+    shape, dtype and count on random tensors; a reduction that splits its work rounds differently on most."""
     pool = getattr(_local, "pool", None)
     if pool is None or not pool.lent or t.device.type != "cpu":
         return op(t)
@@ -236,9 +238,9 @@ def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Te
         for _ in range(PROBES):
             x = torch.randn(like.shape, generator=g).to(like.dtype)
             torch.set_num_threads(pool.threads)
-            full = op(x)
+            full = op(x.clone())  # a clone each time: op may work in place (SCORN's normalisation of a vector)
             torch.set_num_threads(pool.size)
-            if not torch.equal(full, op(x)):
+            if not torch.equal(full, op(x.clone())):
                 return False
         return True
     finally:

@@ -7,11 +7,16 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ._ahead import all_threads
+from ._ahead import all_threads, reduction
 from ._base import working
 from ._rounding import is_low_precision
 
 A2 = 1.27323954474  # ~4/pi, as the originals write it
+
+
+def norm2(t: torch.Tensor) -> torch.Tensor:
+    """The L2 norm, for `reduction` (one function object: its thread-invariance is tried once per shape)."""
+    return t.norm(2)
 
 
 def orthograd_(p: torch.Tensor, floor: float) -> None:
@@ -20,39 +25,32 @@ def orthograd_(p: torch.Tensor, floor: float) -> None:
     SCORN uses floor 1e-6 and REMASTER 1e-3: with REMASTER's floor a gradient whose orthogonal part is
     smaller than 1e-3 is shrunk instead of renormalised (the original's behaviour).
     """
-    with all_threads:  # dot products and norms: at the original's thread count
-        _orthograd(p, floor)
-
-
-def _orthograd(p: torch.Tensor, floor: float) -> None:
     w = p.view(-1)
     g = p.grad
     v = g.view(-1)
-    proj = torch.atan2(torch.dot(w, v), torch.dot(w, w)).mul(A2)
+    with all_threads:  # dot products split their work by thread count
+        proj = torch.atan2(torch.dot(w, v), torch.dot(w, w)).mul(A2)
     v_orth = v.float().sub(w, alpha=proj.item())
     # in place on the gradient's norm: for a bf16 gradient the ratio is rounded to bf16, as the originals' div_
     # does (a plain division would promote it to fp32 and give other weights)
-    v_orth.mul_(v.norm(2).div_(v_orth.norm(2).clamp(min=floor)))
+    v_orth.mul_(reduction(norm2, v).div_(reduction(norm2, v_orth).clamp(min=floor)))
     g.copy_(v_orth.view_as(g))
 
 
 def orthograd_persona_(p: torch.Tensor, eps: float) -> None:
     """PersonaOptimizer's variant: skips near-zero weights and rescales only when both norms exceed eps."""
-    with all_threads:
-        _orthograd_persona(p, eps)
-
-
-def _orthograd_persona(p: torch.Tensor, eps: float) -> None:
     w = p.view(-1)
     g = p.grad
     v = g.view(-1)
-    w_norm_sq = torch.dot(w, w)
+    with all_threads:
+        w_norm_sq = torch.dot(w, w)
     if w_norm_sq < eps:
         return
-    proj = torch.atan2(torch.dot(w, v), w_norm_sq).mul(A2)
+    with all_threads:
+        proj = torch.atan2(torch.dot(w, v), w_norm_sq).mul(A2)
     v_orth = v.float().sub(w, alpha=proj.item())
-    g_norm = v.norm(2)
-    o_norm = v_orth.norm(2)
+    g_norm = reduction(norm2, v)
+    o_norm = reduction(norm2, v_orth)
     if g_norm > eps and o_norm > eps:
         v_orth.mul_(g_norm / o_norm)
     g.copy_(v_orth.view_as(g).to(g.dtype))

@@ -15,15 +15,11 @@ import torch
 
 from ._ahead import all_threads, reduction, splits_alike
 from ._base import PerParameterOptimizer, working, write_back_
-from ._common import scratch, windows
+from ._common import norm2, scratch, windows
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
-
-
-def _norm(t: torch.Tensor) -> torch.Tensor:
-    return t.norm(2)
 
 
 def _mean_rows(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +35,7 @@ def _mean_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
-    return reduction(_norm, t) / (t.numel() ** 0.5)
+    return reduction(norm2, t) / (t.numel() ** 0.5)
 
 
 class EnhancedAdafactor(PerParameterOptimizer):

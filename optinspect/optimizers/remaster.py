@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ._ahead import all_threads
+from ._ahead import reduction
 from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
-from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
+from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, norm2, rms_clip_
 
 __all__ = ["REMASTER"]
 
@@ -61,9 +61,7 @@ class REMASTER(PerParameterOptimizer):
         step_size = group["lr"] * A2
 
         rms_clip_(g)
-        with all_threads:
-            norms = g.norm(2), ema.norm(2)
-        norm_ratio = torch.atan2(*norms).mul(A2)
+        norm_ratio = torch.atan2(reduction(norm2, g), reduction(norm2, ema)).mul(A2)
         if norm_ratio > 1e-6:
             g.div_(norm_ratio)
         ema.mul_(beta1).add_(g, alpha=1 - beta1)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._ahead import all_threads
+from ._ahead import reduction
 from ._base import PerParameterOptimizer, check_betas, working, write_back_
 from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
 
@@ -106,8 +106,7 @@ class SCORN(PerParameterOptimizer):
         slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
 
         rms_clip_(g)
-        with all_threads:  # norms and matrix products
-            g = lmo_(g)
+        g = reduction(lmo_, g)  # a norm and matrix products
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         c = g.add(ema / bias_correction, alpha=group["amp"])
