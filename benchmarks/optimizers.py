@@ -149,6 +149,12 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     return statistics.median(tr), statistics.median(to)
 
 
+def lent(opt) -> str:
+    """How this instance of ours drew its stochastic-rounding bits, once it had decided (see Lending)."""
+    choice = getattr(getattr(opt, "_lending", None), "choice", None)
+    return "" if choice is None else ", a pool thread lent to the bits" if choice else ", bits drawn in turn"
+
+
 def state_bytes(opt) -> int:
     return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                if isinstance(v, torch.Tensor))
@@ -204,8 +210,9 @@ def main() -> None:
                 continue
             qs = make_params(args.small)
             rs = make_params(args.small)
+            ours = optinspect.build_optimizer(rs, table)
             try:
-                t_ours, t_orig = paired_times(optinspect.build_optimizer(rs, table), rs, factory(qs), qs, args.steps)
+                t_ours, t_orig = paired_times(ours, rs, factory(qs), qs, args.steps)
             except Exception as e:  # noqa: BLE001 - an original that cannot run here says why, the rest goes on
                 notes.append(f"original failed: {type(e).__name__}: {str(e)[:80]}")
                 continue
@@ -213,10 +220,9 @@ def main() -> None:
                 del rs, qs
             what = "ours/original" if label == name else "ours/lean whole-tensor bound"
             same = equal_after(lambda ps, t=table: optinspect.build_optimizer(ps, t), factory, args.small)
-            notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}")
-        if getattr(opt, "_lending", None) is not None and opt._lending.choice is not None:
-            notes.append("a pool thread lent to the bits" if opt._lending.choice else "bits drawn in turn")
-        same_run = "; ".join(notes) or "-"
+            notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}{lent(ours)}")
+            del ours
+        same_run = "; ".join(notes) or f"-{lent(opt)}"
         print(f"{name:16s} {t * 1e3:9.1f} {t_ref * 1e3:9.1f} {ratio:8.2f} {to_fused:8.2f} {state_bytes(opt) / n:8.2f}  "
               f"{same_run}", flush=True)
         del opt, ps
