@@ -93,6 +93,11 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         raise NotImplementedError
 
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One group's parameters with a gradient, in order (a multi-tensor step overrides this)."""
+        for p in params:
+            self._step_param(p, group)
+
     def _rounded(self, p: torch.Tensor, group: dict) -> bool:
         """Whether a step may round into p (or its state) stochastically: yes unless the group turned it off;
         `bits_ahead` counts the low-precision ones among these."""
@@ -106,9 +111,9 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         with lending(self).step(rounded, [p for p, _ in stepped]):
             for group in self.param_groups:
                 self._begin_group(group)
-                for p in group["params"]:
-                    if p.grad is not None:
-                        if p.grad.is_sparse:
-                            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                        self._step_param(p, group)
+                params = [p for p in group["params"] if p.grad is not None]
+                for p in params:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                self._step_group(group, params)
         return loss

@@ -150,19 +150,20 @@ MULTI_TENSOR = 1 << 24  # elements per multi-tensor batch off CPU: bounds the ba
 MULTI_TENSOR_ON_CPU = False
 
 
-def tensor_batches(tensors: list[torch.Tensor]) -> list[list[int]]:
+def tensor_batches(tensors: list[torch.Tensor], working: torch.dtype | None = None) -> list[list[int]]:
     """Indices of consecutive tensors to run as one multi-tensor (torch._foreach_*) chain: tensors of one device
     and dtype that each fit a single window (`windows`), up to a slice's worth of elements together on CPU
     (the in-cache size; only with MULTI_TENSOR_ON_CPU) or MULTI_TENSOR off it, where each operation is one kernel
     launch per batch instead of one per tensor;
     the per-element operations and their roundings are the per-tensor path's. Tensors that need slicing come
     alone, and so do bf16/fp16 ones: torch._foreach_mul_ rounds its scalar to the tensors' dtype first, where
-    mul_ multiplies by the fp32 value (another result in the last bit)."""
+    mul_ multiplies by the fp32 value (another result in the last bit). `working`: the dtype the chain computes in
+    where it is not the tensors' own (Persona's fp32 copies of bf16 weights)."""
     out: list[list[int]] = []
     total, joinable = 0, False  # elements in the last batch, and whether more may join it
     for i, t in enumerate(tensors):
         cap = CPU_SLICE if t.device.type == "cpu" else MULTI_TENSOR
-        batchable = (t.dtype in (torch.float32, torch.float64) and len(windows([t])) == 1
+        batchable = ((working or t.dtype) in (torch.float32, torch.float64) and len(windows([t])) == 1
                      and (t.device.type != "cpu" or MULTI_TENSOR_ON_CPU))
         prev = tensors[out[-1][-1]] if out else None
         if joinable and batchable and total + t.numel() <= cap and (prev.device, prev.dtype) == (t.device, t.dtype):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._base import PerParameterOptimizer, check_betas, check_range, working, write_back_
-from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, windows
+from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, tensor_batches, windows
 from ._rounding import is_low_precision
 
 __all__ = ["PersonaOptimizer"]
@@ -55,6 +55,27 @@ class PersonaOptimizer(PerParameterOptimizer):
             state["ema_grad_var"] = torch.zeros_like(p)
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        self._step_group(group, [p])
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Off CPU, consecutive parameters whose steps share their scalars run the update as one multi-tensor
+        chain (`_update_multi`: one kernel per operation per batch instead of per tensor); the rest, and every
+        parameter on CPU, tensor by tensor. The same operations element by element either way, and the random
+        draws of the write-back in parameter order."""
+        plain = group["cautious_min"] < 1 or group["focus_boost"] > 0  # a mean per tensor, or the focus terms
+        for batch in tensor_batches(params, working=torch.float32):
+            work = [self._prepare(params[i], group) for i in batch]
+            if len(work) > 1 and not plain and len({w[2] for w in work}) == 1:
+                self._update_multi(*([w[1][j] for w in work] for j in range(4)), group, work[0][2])
+            else:
+                for _, tensors, scalars, low in work:
+                    self._update_windows(tensors, group, scalars, low)
+            for p, tensors, _, low in work:  # the draws in parameter order
+                self._write_back(p, tensors, group, low)
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> tuple:
+        """Orthograd, the state, the counters and resets, and the fp32 working tensors of one parameter's step:
+        (p, [p_w, g, ema, v, egv], (bias correction, denominator eps, weight decay), low)."""
         beta1, beta2 = group["betas"][:2]
         eps = group["eps"]
         if group["orthograd"] and p.ndim >= 2:
@@ -90,8 +111,9 @@ class PersonaOptimizer(PerParameterOptimizer):
         bias_correction = max(1 - beta1**k, eps)
         bias_correction_sqrt = max((1 - beta2**k) ** 0.5, eps)
         effective_wd = group["weight_decay"] * group["weight_decay_rate"] ** (k - 1)
-        scalars = (bias_correction, eps * bias_correction_sqrt, effective_wd)
-        tensors = [p_w, g, ema, v, egv]
+        return p, [p_w, g, ema, v, egv], (bias_correction, eps * bias_correction_sqrt, effective_wd), low
+
+    def _update_windows(self, tensors: list, group: dict, scalars: tuple[float, float, float], low: bool) -> None:
         # Elementwise from here on, except the cautious mask (a mean over the whole update): fp32 work runs
         # slice by slice in cache, same ops per element, same results (see windows).
         parts = [(0, tensors)] if low or group["cautious_min"] < 1 else windows(tensors)
@@ -102,15 +124,45 @@ class PersonaOptimizer(PerParameterOptimizer):
             buffers = (scratch(0, window[0]), scratch(1, window[0])) if same_layout else (None, None)
             self._update(*window, group, scalars, None if buffers[0] is None else buffers)
 
-        if low:
-            if egv is not None:  # the original rounds this one to nearest, always
-                state["ema_grad_var"].copy_(egv)
-            pairs = [(p, p_w), (state["ema"], ema), (state["ema_squared"], v)]
-            if group["stochastic_fp"]:
-                write_back_(pairs, fp16_exact=group["fp16_rounding"])
-            else:
-                for home, work in pairs:
-                    home.copy_(work)
+    def _write_back(self, p: torch.Tensor, tensors: list, group: dict, low: bool) -> None:
+        if not low:
+            return
+        p_w, _, ema, v, egv = tensors
+        state = self.state[p]
+        if egv is not None:  # the original rounds this one to nearest, always
+            state["ema_grad_var"].copy_(egv)
+        pairs = [(p, p_w), (state["ema"], ema), (state["ema_squared"], v)]
+        if group["stochastic_fp"]:
+            write_back_(pairs, fp16_exact=group["fp16_rounding"])
+        else:
+            for home, work in pairs:
+                home.copy_(work)
+
+    @staticmethod
+    def _update_multi(p_ws: list, gs: list, emas: list, vs: list, group: dict,
+                      scalars: tuple[float, float, float]) -> None:
+        """`_update` without the focus terms and the cautious mask, over lists of fp32 tensors sharing their
+        scalars: the same operations element by element (atan2 has no multi-tensor form: per tensor)."""
+        beta1, beta2 = group["betas"][:2]
+        bias_correction, denom_eps, effective_wd = scalars
+        torch._foreach_mul_(emas, beta1)
+        torch._foreach_add_(emas, gs, alpha=1 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, denom_eps)
+        update = torch._foreach_div(emas, bias_correction)  # g + amp * (ema / bc): the quotient rounded first
+        if group["amp_factor"] != 1.0:
+            torch._foreach_mul_(update, group["amp_factor"])
+        torch._foreach_add_(update, gs)
+        for u, d in zip(update, denom, strict=True):
+            u.atan2_(d)
+        torch._foreach_mul_(update, A2)
+        if effective_wd > 0 and not group["constrain"]:
+            torch._foreach_add_(update, p_ws, alpha=effective_wd)
+        if group["constrain"]:
+            torch._foreach_mul_(p_ws, 1 - group["lr"])
+        torch._foreach_add_(p_ws, update, alpha=-group["lr"])
 
     @staticmethod
     def _update(p_w: torch.Tensor, g: torch.Tensor, ema: torch.Tensor, v: torch.Tensor, egv: torch.Tensor | None,

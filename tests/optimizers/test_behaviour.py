@@ -184,6 +184,38 @@ def test_an_optimizer_tries_lending_both_ways_then_keeps_one(name, thread_lent):
     assert opt._lending.choice is not None and started[13:] == [opt._lending.choice] * 3
 
 
+PERSONA_MULTI = [{}, {"amp_factor": 2.5, "weight_decay": 0.1, "weight_decay_rate": 0.9},
+                 {"constrain": True, "orthograd": True}, {"reset_interval": 3, "reset_increment": 1},
+                 {"cautious_min": 0.5}, {"focus_boost": 0.1}, {"stochastic_fp": False}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", PERSONA_MULTI, ids=lambda k: ",".join(k) or "defaults")
+def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
+    """Persona's multi-tensor chain (the path off CPU, forced on here): the same weights, state and generator as
+    tensor by tensor; configurations it cannot take (a mean per tensor, the focus terms) run tensor by tensor."""
+    import optinspect.optimizers._common as C
+
+    runs, batched = [], []
+    real = PersonaOptimizer._update_multi
+    monkeypatch.setattr(PersonaOptimizer, "_update_multi",
+                        staticmethod(lambda ps, *a: (batched.append(len(ps)), real(ps, *a))))
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        params = model(dtype)
+        opt = PersonaOptimizer(params, lr=1e-3, **kw)
+        torch.manual_seed(5)
+        train(opt, params, 7)
+        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
+    (p0, s0, r0), (p1, s1, r1) = runs
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
+    assert torch.equal(r0, r1)
+    plain = "cautious_min" in kw or "focus_boost" in kw
+    assert bool(batched) != plain and all(n > 1 for n in batched)
+
+
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, cases in ACCEPTED.items() for kw in cases])
 def test_constructors_accept_what_the_originals_accept(name, kw):
     from optinspect.build import class_for
