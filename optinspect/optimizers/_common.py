@@ -163,8 +163,8 @@ def tensor_batches(tensors: list[torch.Tensor], working: torch.dtype | None = No
     total, joinable = 0, False  # elements in the last batch, and whether more may join it
     for i, t in enumerate(tensors):
         cap = CPU_SLICE if t.device.type == "cpu" else MULTI_TENSOR
-        batchable = ((working or t.dtype) in (torch.float32, torch.float64) and len(windows([t])) == 1
-                     and (t.device.type != "cpu" or MULTI_TENSOR_ON_CPU))
+        batchable = ((t.device.type != "cpu" or MULTI_TENSOR_ON_CPU)
+                     and (working or t.dtype) in (torch.float32, torch.float64) and len(windows([t])) == 1)
         prev = tensors[out[-1][-1]] if out else None
         if joinable and batchable and total + t.numel() <= cap and (prev.device, prev.dtype) == (t.device, t.dtype):
             out[-1].append(i)
