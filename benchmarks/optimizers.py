@@ -134,8 +134,8 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     set_grads(params)
     ref.step()
     opt.step()  # warm-up: state allocation
-    for o in (ref, opt):  # ours tries lending a thread both ways on its first steps (Lending): time the way kept
-        while getattr(o, "_lending", None) is not None and o._lending.deciding:
+    for o in (ref, opt):  # ours tries its helper thread both ways on its first steps (HelperChoice): time the way kept
+        while getattr(o, "_helper", None) is not None and o._helper.deciding:
             o.step()
     tr, to = [], []
     for _ in range(steps):
@@ -150,9 +150,9 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
 
 
 def lent(opt) -> str:
-    """How this instance of ours drew its stochastic-rounding bits, once it had decided (see Lending)."""
-    choice = getattr(getattr(opt, "_lending", None), "choice", None)
-    return "" if choice is None else ", a pool thread lent to the bits" if choice else ", bits drawn in turn"
+    """How this instance of ours drew its stochastic-rounding bits, once it had decided (see HelperChoice)."""
+    choice = getattr(getattr(opt, "_helper", None), "choice", None)
+    return "" if choice is None else ", bits drawn ahead on the helper" if choice else ", bits drawn in turn"
 
 
 def state_bytes(opt) -> int:

@@ -14,8 +14,8 @@ from functools import cache
 
 import torch
 
-__all__ = ["HIGH", "Lending", "Pool", "all_threads", "bits_ahead", "lending", "reduction", "settle", "splits_alike",
-           "stream"]
+__all__ = ["HIGH", "HelperChoice", "Pool", "all_threads", "bits_ahead", "helper_choice", "reduction", "settle",
+           "splits_alike", "stream"]
 
 HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
 
@@ -167,16 +167,17 @@ def splits_alike(n: int) -> bool:
 
 
 class Pool:
-    """What a `bits_ahead` block did with torch's intra-op pool: whether it could lend a thread to the helper
-    (no idle CPU, a stream worth drawing, every tensor splitting alike), and whether it did."""
+    """What a `bits_ahead` block did: whether the helper could draw its bits (a stream worth drawing, and an idle
+    CPU or a thread the intra-op pool can lend), whether it did, and whether the pool lent it a thread."""
 
-    __slots__ = ("threads", "size", "depth", "lendable", "lent")
+    __slots__ = ("threads", "size", "depth", "possible", "helped", "lent")
 
     def __init__(self, threads: int) -> None:
         self.threads = threads  # the step's count: reductions run at it
         self.size = threads  # the count for everything else
         self.depth = 0  # nested `all_threads` blocks
-        self.lendable = False
+        self.possible = False
+        self.helped = False
         self.lent = False
 
 
@@ -249,16 +250,16 @@ def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Te
 
 @contextmanager
 def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = (), *,
-               lend: bool = True) -> Iterator[Pool]:
+               helper: bool = True) -> Iterator[Pool]:
     """Within the block, stochastic rounding on CPU takes its bits from a stream drawn ahead on a helper thread;
     the results and the global generator's state after the block are those of drawing each time. `rounded`: the
     tensors the block will round (they decide whether a thread is worth starting); `stepped`: every tensor its
     elementwise arithmetic runs on.
 
-    The helper gets a CPU the intra-op pool leaves idle or, with `lend`, one of the pool's threads: the
-    elementwise arithmetic then runs one thread short while reductions that split their work (`all_threads`,
-    `reduction`) keep the full count, provided every stepped tensor splits alike at both counts. Whether lending
-    pays depends on the step (see Lending)."""
+    The helper (`helper=False`: none) gets a CPU the intra-op pool leaves idle or else one of the pool's
+    threads: the elementwise arithmetic then runs one thread short while reductions that split their work
+    (`all_threads`, `reduction`) keep the full count, provided every stepped tensor splits alike at both counts.
+    Whether the helper pays depends on the step and the machine (see HelperChoice)."""
     threads = torch.get_num_threads()
     status = Pool(threads)
     if getattr(_local, "ahead", None) is not None or os.environ.get("OPTINSPECT_BITS_AHEAD") == "0":
@@ -270,12 +271,13 @@ def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] 
         yield status
         return
     idle = _cores() > threads
-    status.lendable = not idle and threads >= 2 and all(
+    status.possible = idle or threads >= 2 and all(
         _splits_alike(t.numel(), threads) for t in (*rounded, *stepped) if t.device.type == "cpu")
-    if not idle and not (lend and status.lendable):
+    if not (helper and status.possible):
         yield status
         return
     ahead = _local.ahead = _BitsAhead()
+    status.helped = True
     if not idle:
         status.lent, status.size = True, threads - 1
         _local.pool = status
@@ -286,57 +288,57 @@ def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] 
         _end(ahead)
 
 
-class Lending:
-    """Whether an optimizer's steps lend a pool thread to the helper. Which is faster depends on the step and on
-    the allocator's state, not only on how often the step reduces. bf16 LoRA (1000 tensors) on 2 cores, ms per
-    step in turn vs lent: Persona (elementwise) 484 vs 303; REMASTER 1030 vs 1150, where each of its dot
-    products wakes the lent thread on the helper's core and libgomp's workers then spin, ~90 us a time; SCORN
-    1680 vs 1100 under glibc's defaults but 1270 vs 1430 with freed memory recycled (its many small
-    temporaries). So the first steps that can lend try both ways and keep the faster (median). Each way runs
-    two steps in a row and only the second is timed: a step inherits the allocator's state from the one
-    before. The bits are the same either way."""
+class HelperChoice:
+    """Whether an optimizer's steps draw their bits on the helper thread. Which is faster depends on the step, the
+    machine and even the allocator's state. bf16 LoRA (1000 tensors) on 2 cores, where the pool lends the helper
+    a thread, ms per step in turn vs helped: Persona (elementwise) 484 vs 303; REMASTER 1030 vs 1150, where each
+    of its dot products wakes the lent thread on the helper's core and libgomp's workers then spin, ~90 us a
+    time; SCORN 1680 vs 1100 under glibc's defaults but 1270 vs 1430 with freed memory recycled (its many small
+    temporaries). A CPU that looks idle may not be (a container's CPU quota). So the first steps that could use
+    the helper try both ways and keep the faster (median). Each way runs two steps in a row and only the second
+    is timed: a step inherits the allocator's state from the one before. The bits are the same either way."""
 
     TRIALS = 3  # timed steps each way
     RUN = 2  # steps in a row each way
 
     def __init__(self, choice: bool | None = None) -> None:
         self.choice = choice
-        self._times: tuple[list[float], list[float]] = ([], [])  # in turn, lent
-        self._tried = -1  # steps that could lend, less the first (it builds the state)
+        self._times: tuple[list[float], list[float]] = ([], [])  # in turn, helped
+        self._tried = -1  # steps that could use the helper, less the first (it builds the state)
 
     @property
     def deciding(self) -> bool:
-        """Still trying both ways (steps that can lend have run, not yet enough of them)."""
+        """Still trying both ways (steps that could use the helper have run, not yet enough of them)."""
         return self.choice is None and self._tried >= 0
 
-    def lend(self) -> bool:
+    def use(self) -> bool:
         if self.choice is not None:
             return self.choice
         return max(self._tried, 0) // self.RUN % 2 == 0
 
     def record(self, pool: Pool, seconds: float) -> None:
-        if self.choice is not None or not pool.lendable:
+        if self.choice is not None or not pool.possible:
             return
         if self._tried >= 0 and self._tried % self.RUN == self.RUN - 1:
-            self._times[pool.lent].append(seconds)
+            self._times[pool.helped].append(seconds)
         self._tried += 1
         if min(len(t) for t in self._times) >= self.TRIALS:
             self.choice = statistics.median(self._times[1]) < statistics.median(self._times[0])
 
     @contextmanager
     def step(self, rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = ()) -> Iterator[Pool]:
-        """`bits_ahead` for one optimizer step, lent or not as decided, and timed while deciding."""
+        """`bits_ahead` for one optimizer step, helped or not as decided, and timed while deciding."""
         start = time.perf_counter()
-        with bits_ahead(rounded, stepped, lend=self.lend()) as pool:
+        with bits_ahead(rounded, stepped, helper=self.use()) as pool:
             yield pool
         self.record(pool, time.perf_counter() - start)
 
 
-def lending(optimizer: object) -> Lending:
-    """The optimizer's own `Lending` (made on its first step)."""
-    found = optimizer.__dict__.get("_lending")
+def helper_choice(optimizer: object) -> HelperChoice:
+    """The optimizer's own `HelperChoice` (made on its first step)."""
+    found = optimizer.__dict__.get("_helper")
     if found is None:
-        found = optimizer.__dict__["_lending"] = Lending()
+        found = optimizer.__dict__["_helper"] = HelperChoice()
     return found
 
 

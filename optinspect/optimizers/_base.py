@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ._ahead import lending
+from ._ahead import helper_choice
 from ._rounding import copy_stochastic_
 
 
@@ -108,7 +108,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         loss = closure_loss(closure)
         stepped = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
         rounded = [p for p, group in stepped if self._rounded(p, group)]
-        with lending(self).step(rounded, [p for p, _ in stepped]):
+        with helper_choice(self).step(rounded, [p for p, _ in stepped]):
             for group in self.param_groups:
                 self._begin_group(group)
                 params = [p for p in group["params"] if p.grad is not None]

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ._ahead import all_threads, lending
+from ._ahead import all_threads, helper_choice
 from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, tensor_batches, windows
 from ._rounding import is_low_precision
@@ -59,7 +59,7 @@ class Prodigy(torch.optim.Optimizer):
         # only the upcast path rounds stochastically; the default computes in the weights' own dtype
         rounded = [p for group in self.param_groups for p in group["params"] if p.grad is not None] \
             if self.upcast else []
-        with lending(self).step(rounded, rounded):
+        with helper_choice(self).step(rounded, rounded):
             self._step()
         return loss
 

@@ -81,9 +81,12 @@ def test_no_thread_for_fp32_work_or_when_switched_off(monkeypatch, bits_ahead_on
         pass
     assert bits_ahead_on == []
     monkeypatch.delenv("OPTINSPECT_BITS_AHEAD")
+    with _ahead.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)], helper=False) as pool:
+        pass  # a step that drew faster in turn
+    assert bits_ahead_on == [] and pool.possible and not pool.helped
     with _ahead.bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]) as pool:
         assert torch.get_num_threads() == pool.threads  # an idle CPU: the pool keeps its threads
-    assert len(bits_ahead_on) == 1 and not pool.lent
+    assert len(bits_ahead_on) == 1 and pool.helped and not pool.lent
 
 
 def test_without_an_idle_cpu_the_pool_lends_a_thread_and_reductions_take_it_back(thread_lent):
@@ -91,7 +94,7 @@ def test_without_an_idle_cpu_the_pool_lends_a_thread_and_reductions_take_it_back
 
     threads = torch.get_num_threads()
     with bits_ahead([torch.empty(4000, dtype=torch.bfloat16)]) as pool:
-        assert pool.lendable and pool.lent and torch.get_num_threads() == threads - 1
+        assert pool.possible and pool.lent and torch.get_num_threads() == threads - 1
         with all_threads:
             assert torch.get_num_threads() == threads
             with all_threads:
@@ -103,19 +106,19 @@ def test_without_an_idle_cpu_the_pool_lends_a_thread_and_reductions_take_it_back
         assert torch.get_num_threads() == threads
 
 
-@pytest.mark.parametrize("case", ["one thread", "not lent", "splits apart"])
+@pytest.mark.parametrize("case", ["one thread", "no helper", "splits apart"])
 def test_no_thread_lent_where_it_cannot_be(case, thread_lent):
-    """One intra-op thread has none to lend; `lend=False` (a step that reduces often) keeps it; and a tensor whose
+    """One intra-op thread has none to lend; `helper=False` (a step faster in turn) keeps it; and a tensor whose
     split among threads is not whole 64-element vectors would be computed differently one thread short."""
     from optinspect.optimizers._ahead import bits_ahead
 
     if case == "one thread":
         torch.set_num_threads(1)
     sizes = [4000, 65664 if case != "splits apart" else 65576]
-    with bits_ahead([torch.empty(n, dtype=torch.bfloat16) for n in sizes], lend=case != "not lent") as pool:
+    with bits_ahead([torch.empty(n, dtype=torch.bfloat16) for n in sizes], helper=case != "no helper") as pool:
         pass
-    assert not pool.lent and thread_lent == []
-    assert pool.lendable == (case == "not lent")
+    assert not pool.lent and not pool.helped and thread_lent == []
+    assert pool.possible == (case == "no helper")
 
 
 def test_elementwise_ops_split_apart_round_apart():
@@ -179,37 +182,37 @@ def test_a_reduction_in_a_lent_step_gives_the_full_pools_bits(op, thread_lent):
         assert not invariant
 
 
-def _pool(lendable: bool, lent: bool):
+def _pool(possible: bool, helped: bool):
     from optinspect.optimizers._ahead import Pool
 
     pool = Pool(2)
-    pool.lendable, pool.lent = lendable, lent
+    pool.possible, pool.helped = possible, helped
     return pool
 
 
-@pytest.mark.parametrize("lent_faster", [True, False])
-def test_lending_is_tried_both_ways_and_the_faster_kept(lent_faster):
-    from optinspect.optimizers._ahead import Lending
+@pytest.mark.parametrize("helper_faster", [True, False])
+def test_the_helper_is_tried_both_ways_and_the_faster_kept(helper_faster):
+    from optinspect.optimizers._ahead import HelperChoice
 
-    choice = Lending()
+    choice = HelperChoice()
     choice.record(_pool(False, False), 0.0)
-    assert not choice.deciding  # nothing could lend yet
+    assert not choice.deciding  # nothing could use the helper yet
     asked, timed = [], []
     for k in range(13):
-        lend = choice.lend()
-        asked.append(lend)
+        use = choice.use()
+        asked.append(use)
         before = sum(map(len, choice._times))
         # only the second step of each run counts: the first inherits the other way's allocator state
-        choice.record(_pool(True, lend), (1.0 if lend == lent_faster else 2.0) + (5.0 if k % 2 else 0.0))
+        choice.record(_pool(True, use), (1.0 if use == helper_faster else 2.0) + (5.0 if k % 2 else 0.0))
         timed.append(sum(map(len, choice._times)) > before)
-        choice.record(_pool(False, False), 0.0)  # a step that could not lend tells nothing
+        choice.record(_pool(False, False), 0.0)  # a step that could not use it tells nothing
     # the first step builds the state and is not timed; then two steps each way, the second timed
     assert asked == [True] + [True, True, False, False] * 3
     assert timed == [False] + [False, True] * 6
     assert not choice.deciding
-    assert choice.choice is lent_faster and choice.lend() is lent_faster
-    choice.record(_pool(True, not lent_faster), 0.0)  # decided: later steps change nothing
-    assert choice.choice is lent_faster
+    assert choice.choice is helper_faster and choice.use() is helper_faster
+    choice.record(_pool(True, not helper_faster), 0.0)  # decided: later steps change nothing
+    assert choice.choice is helper_faster
 
 
 def test_the_pool_gets_its_thread_back_when_the_step_fails(thread_lent):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import optinspect
-from optinspect.optimizers._ahead import Lending
+from optinspect.optimizers._ahead import HelperChoice
 from optinspect.optimizers._common import orthograd_
 from optinspect.optimizers.adafactor import EnhancedAdafactor
 from optinspect.optimizers.adamw_8bit import AdamW8bitKahan
@@ -105,6 +105,7 @@ def test_bits_drawn_ahead_change_no_bit(name, dtype, request):
     for ahead in (False, True):
         if ahead:
             streams = request.getfixturevalue("bits_ahead_on")
+            request.getfixturevalue("monkeypatch").setattr(HelperChoice, "use", lambda self: True)  # every step
         params = model(dtype)
         opt = optinspect.build_optimizer(params, table, options=options)
         torch.manual_seed(11)
@@ -129,7 +130,7 @@ LENT_FP32 = [(192, 256), (256, 192), (32768 + 128,)]
 @pytest.mark.parametrize("extra", [{}, {"orthograd": True, "cautious_min": 0.5}], ids=["table", "reducing"])
 def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request):
     """With no idle CPU the intra-op pool lends a thread to the helper: elementwise arithmetic runs one thread
-    short, reductions at the full count. Forced on every step (a step that reduces stops lending after it): the
+    short, reductions at the full count. Forced on every step (an optimizer keeps the faster way): the
     same weights, state and global generator as drawing in turn at the full count."""
     options = {"upcast": True} if name == "Prodigy" else None
     table = {**TABLES[name], **(extra if name in ("persona", "remaster", "scorn") else {})}
@@ -149,7 +150,7 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
         for t in range(1, 4):
             for p in params:  # one gradient with an RMS over 1, which SCORN and REMASTER clip by their mean
                 p.grad = grad(p, t) * (30 if p.shape == (192, 256) else 1)
-            opt._lending = Lending(choice=True)
+            opt._helper = HelperChoice(choice=True)
             opt.step()
             assert torch.get_num_threads() == threads
         state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
@@ -164,24 +165,26 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
+@pytest.mark.parametrize("fixture", ["thread_lent", "bits_ahead_on"])
 @pytest.mark.parametrize("name", sorted(TABLES))
-def test_an_optimizer_tries_lending_both_ways_then_keeps_one(name, thread_lent):
-    """Without an idle CPU the first steps alternate between lending a thread and drawing in turn (timed), then
-    one way is kept; AdamW8bitKahan draws nothing, so it never lends."""
+def test_an_optimizer_tries_the_helper_both_ways_then_keeps_one(name, fixture, request):
+    """With or without an idle CPU the first steps alternate between the helper and drawing in turn (timed),
+    then one way is kept; AdamW8bitKahan draws nothing, so it never uses the helper."""
+    streams = request.getfixturevalue(fixture)
     params = [torch.nn.Parameter(torch.randn(s).to(torch.bfloat16)) for s in LENT_SHAPES]
     opt = optinspect.build_optimizer(params, TABLES[name], options={"upcast": True} if name == "Prodigy" else None)
     started = []
     for t in range(1, 17):
         for p in params:
             p.grad = grad(p, t)
-        before = len(thread_lent)
+        before = len(streams)
         opt.step()
-        started.append(len(thread_lent) > before)
+        started.append(len(streams) > before)
     if name == "AdamW8bitKahan":
         assert not any(started)
         return
     assert started[:13] == [True] + [True, True, False, False] * 3
-    assert opt._lending.choice is not None and started[13:] == [opt._lending.choice] * 3
+    assert opt._helper.choice is not None and started[13:] == [opt._helper.choice] * 3
 
 
 PERSONA_MULTI = [{}, {"amp_factor": 2.5, "weight_decay": 0.1, "weight_decay_rate": 0.9},

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import optinspect
+from optinspect.optimizers._ahead import HelperChoice
 
 from .record_bf16 import CASES, OUT, SHAPES, flat, run, start
 
@@ -28,6 +29,8 @@ def recorded():
 def test_bf16_steps_equal_the_trainers_own_class(name, ahead, recorded, request):
     """Also with the random bits drawn ahead on a helper thread (chunks smaller than a tensor): the same bits."""
     streams = request.getfixturevalue("bits_ahead_on") if ahead else None
+    if ahead:  # on every step, not only those an optimizer's first steps try it on
+        request.getfixturevalue("monkeypatch").setattr(HelperChoice, "use", lambda self: True)
     key, kw = CASES[name]
     params = start()
     ours = flat(name, params, run(lambda ps: optinspect.build_optimizer(ps, {"type": key, **kw}), params))
