@@ -48,6 +48,22 @@ def train(opt, params, steps, start=1):
         opt.step()
 
 
+def outcome(opt, params, groups: bool = False) -> tuple:
+    """What a run leaves: the weights, every state tensor (and the groups' numbers), the global generator."""
+    state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    if groups:
+        state += [torch.as_tensor(v) for group in opt.param_groups for v in group.values()
+                  if isinstance(v, (float, torch.Tensor))]
+    return [p.detach().clone() for p in params], state, torch.get_rng_state()
+
+
+def assert_same(a: tuple, b: tuple) -> None:
+    (p0, s0, r0), (p1, s1, r1) = a, b
+    assert all(torch.equal(x, y) for x, y in zip(p0, p1, strict=True))
+    assert len(s0) == len(s1) and all(torch.equal(x, y) for x, y in zip(s0, s1, strict=True))
+    assert torch.equal(r0, r1)
+
+
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_bf16_updates_in_fp32_with_stochastic_rounding(name):
     ref = model()
@@ -110,12 +126,8 @@ def test_bits_drawn_ahead_change_no_bit(name, dtype, request):
         opt = optinspect.build_optimizer(params, table, options=options)
         torch.manual_seed(11)
         train(opt, params, 4)
-        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
-    (p0, s0, r0), (p1, s1, r1) = runs
-    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
-    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
-    assert torch.equal(r0, r1)
+        runs.append(outcome(opt, params))
+    assert_same(*runs)
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
@@ -153,15 +165,9 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
             opt._helper = HelperChoice(choice=True)
             opt.step()
             assert torch.get_num_threads() == threads
-        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        state += [torch.as_tensor(v) for group in opt.param_groups for v in group.values()  # Prodigy's d sums
-                  if isinstance(v, (float, torch.Tensor))]
-        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
-    (p0, s0, r0), (p1, s1, r1) = runs
+        runs.append(outcome(opt, params, groups=True))  # Prodigy's d sums
     assert torch.get_num_threads() >= 2  # the in-turn run reduced on two threads too
-    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
-    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
-    assert torch.equal(r0, r1)
+    assert_same(*runs)
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
@@ -209,12 +215,8 @@ def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
         opt = PersonaOptimizer(params, lr=1e-3, **kw)
         torch.manual_seed(5)
         train(opt, params, 7)
-        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        runs.append(([p.detach().clone() for p in params], state, torch.get_rng_state()))
-    (p0, s0, r0), (p1, s1, r1) = runs
-    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
-    assert len(s0) == len(s1) and all(torch.equal(a, b) for a, b in zip(s0, s1, strict=True))
-    assert torch.equal(r0, r1)
+        runs.append(outcome(opt, params))
+    assert_same(*runs)
     plain = "cautious_min" in kw or "focus_boost" in kw
     assert bool(batched) != plain and all(n > 1 for n in batched)
 
