@@ -96,7 +96,7 @@ class EnhancedAdafactor(PerParameterOptimizer):
         return param_scale * rel_step_sz
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        self.step_parameter(p, group)
+        self._update(p, group)  # step() already runs without autograd: no context per parameter
 
     def _rounded(self, p: torch.Tensor, group: dict) -> bool:
         return p.dtype == torch.bfloat16  # fp16 weights are rounded to nearest, as the original does
@@ -120,6 +120,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
     @torch.no_grad()
     def step_parameter(self, p: torch.Tensor, group: dict) -> None:
         """One parameter's update (also the gradient-release entry point, as in the trainer)."""
+        self._update(p, group)
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
         grad = p.grad
         if grad.dtype in (torch.float16, torch.bfloat16):
             grad = grad.float()
@@ -132,8 +135,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
             self._init_state(p, group)
         else:
             for k in _MOMENTS:
-                if k in state:
-                    state[k] = state[k].to(grad)
+                moment = state.get(k)
+                if moment is not None and (moment.dtype != grad.dtype or moment.device != grad.device):
+                    state[k] = moment.to(grad)
 
         p32 = working(p, p.dtype in (torch.float16, torch.bfloat16))
         state["step"] += 1
