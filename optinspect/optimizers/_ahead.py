@@ -217,7 +217,8 @@ def reduction(op: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> to
     count where op is thread-invariant for tensors like t, else at the full count (`all_threads`). Some
     reductions never split their work: torch computes an L2 norm of a contiguous tensor, or a mean along one
     dimension of a matrix, one output per thread. Which ones is torch's business, so it is tried once per op,
-    shape, dtype and count on random tensors; a reduction that splits its work rounds differently on most."""
+    shape, dtype and count on random tensors; a reduction that splits its work rounds differently on most.
+    `op` is a module-level function: the answers are kept per function object."""
     pool = getattr(_local, "pool", None)
     if pool is None or not pool.lent or t.device.type != "cpu":
         return op(t)
