@@ -146,6 +146,8 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
     same weights, state and global generator as drawing in turn at the full count."""
     options = {"upcast": True} if name == "Prodigy" else None
     table = {**TABLES[name], **(extra if name in ("persona", "remaster", "scorn") else {})}
+    if name == "persona":
+        table["fp16_rounding"] = True  # fp16's exact rounding draws floats: the step stops lending mid-way
     if name == "Prodigy":
         table["d0"] = 1e-6  # d then follows d_hat, a quotient of two sums
     g = torch.Generator().manual_seed(3)
