@@ -149,7 +149,7 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     return statistics.median(tr), statistics.median(to)
 
 
-def lent(opt) -> str:
+def drawn(opt) -> str:
     """How this instance of ours drew its stochastic-rounding bits, once it had decided (see HelperChoice)."""
     choice = getattr(getattr(opt, "_helper", None), "choice", None)
     return "" if choice is None else ", bits drawn ahead on the helper" if choice else ", bits drawn in turn"
@@ -220,9 +220,9 @@ def main() -> None:
                 del rs, qs
             what = "ours/original" if label == name else "ours/lean whole-tensor bound"
             same = equal_after(lambda ps, t=table: optinspect.build_optimizer(ps, t), factory, args.small)
-            notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}{lent(ours)}")
+            notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}{drawn(ours)}")
             del ours
-        same_run = "; ".join(notes) or f"-{lent(opt)}"
+        same_run = "; ".join(notes) or f"-{drawn(opt)}"
         print(f"{name:16s} {t * 1e3:9.1f} {t_ref * 1e3:9.1f} {ratio:8.2f} {to_fused:8.2f} {state_bytes(opt) / n:8.2f}  "
               f"{same_run}", flush=True)
         del opt, ps

@@ -106,14 +106,13 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        stepped = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        rounded = [p for p, group in stepped if self._rounded(p, group)]
-        with helper_choice(self).step(rounded, [p for p, _ in stepped]):
-            for group in self.param_groups:
+        groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        stepped = [p for _, params in groups for p in params]
+        if any(p.grad.is_sparse for p in stepped):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        rounded = [p for group, params in groups for p in params if self._rounded(p, group)]
+        with helper_choice(self).step(rounded, stepped):
+            for group, params in groups:
                 self._begin_group(group)
-                params = [p for p in group["params"] if p.grad is not None]
-                for p in params:
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 self._step_group(group, params)
         return loss

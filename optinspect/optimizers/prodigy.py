@@ -56,10 +56,11 @@ class Prodigy(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
+        stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p in stepped):
+            raise RuntimeError("Prodigy does not support sparse gradients")
         # only the upcast path rounds stochastically; the default computes in the weights' own dtype
-        rounded = [p for group in self.param_groups for p in group["params"] if p.grad is not None] \
-            if self.upcast else []
-        with helper_choice(self).step(rounded, rounded):
+        with helper_choice(self).step(stepped if self.upcast else [], stepped):
             self._step()
         return loss
 
@@ -86,8 +87,6 @@ class Prodigy(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Prodigy does not support sparse gradients")
                 if len(self.state[p]) == 0:
                     self._init_state(p)
             group["step"] += 1

@@ -79,9 +79,10 @@ def read_header(path: str, max_tensors: int | None = None) -> Header:
         if n > MAX_HEADER or 8 + n > size:
             raise HeaderError(f"{path}: header claims {n} bytes but the file has {size}")
         raw = fh.read(n)
-    count = raw.count(b'"data_offsets"') if max_tensors is not None else 0  # counted before any object is made
-    if max_tensors is not None and count > max_tensors:
-        raise HeaderError(too_many_tensors(path, f"{count:,}", max_tensors))
+    if max_tensors is not None:  # counted before any object is made
+        count = raw.count(b'"data_offsets"')
+        if count > max_tensors:
+            raise HeaderError(too_many_tensors(path, f"{count:,}", max_tensors))
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

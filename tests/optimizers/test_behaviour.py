@@ -223,6 +223,19 @@ def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
     assert bool(batched) != plain and all(n > 1 for n in batched)
 
 
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_a_sparse_gradient_is_refused_before_anything_moves(name):
+    params = model()
+    opt = optinspect.build_optimizer(params, TABLES[name])
+    before = [p.detach().clone() for p in params]
+    for p in params[:-1]:
+        p.grad = grad(p, 1)
+    params[-1].grad = grad(params[-1], 1).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)) and not opt.state
+
+
 @pytest.mark.parametrize("name,kw", [(n, kw) for n, cases in ACCEPTED.items() for kw in cases])
 def test_constructors_accept_what_the_originals_accept(name, kw):
     from optinspect.build import class_for
