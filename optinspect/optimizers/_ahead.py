@@ -15,7 +15,7 @@ from functools import cache
 import torch
 
 __all__ = ["HIGH", "HelperChoice", "Pool", "all_threads", "bits_ahead", "helper_choice", "reduction", "settle",
-           "splits_alike", "stream"]
+           "splits_alike", "splits_alike_at", "stream"]
 
 HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
 
@@ -150,7 +150,7 @@ def _cores() -> int:
 GRAIN = 32768  # torch's CPU elementwise kernels split a tensor among threads only from this many elements
 
 
-def _whole_vectors(n: int, threads: int) -> bool:
+def splits_alike_at(n: int, threads: int) -> bool:
     """Whether an elementwise op on n elements computes each one the same way at any thread count up to
     `threads`. Each thread's chunk runs a vectorised loop and finishes its last few elements with scalar code,
     which may round differently (atan2, fused multiply-adds): chunks of whole 64-element vectors (every
@@ -163,7 +163,7 @@ def splits_alike(n: int) -> bool:
     """Whether elementwise arithmetic on n elements gives the same bits on the lent pool as on the full one (a
     step checks its parameters' sizes before lending; this is for other tensors, e.g. Adafactor's row vectors)."""
     pool = getattr(_local, "pool", None)
-    return pool is None or not pool.lent or _whole_vectors(n, pool.threads)
+    return pool is None or not pool.lent or splits_alike_at(n, pool.threads)
 
 
 class Pool:
@@ -185,7 +185,7 @@ class _AllThreads:
     """`with all_threads:` runs reductions on the step's whole intra-op pool while one of its threads is lent to
     the helper. CPU sums, means and dot products split their work by thread count and round accordingly (norms
     and matrix products may too, in other builds), so they must run at the count the original runs at;
-    elementwise arithmetic gives the same bits at any count (see _whole_vectors). Nothing happens outside a step
+    elementwise arithmetic gives the same bits at any count (see splits_alike_at). Nothing happens outside a step
     that lent a thread."""
 
     def __enter__(self) -> None:
@@ -273,7 +273,7 @@ def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] 
         return
     idle = _cores() > threads
     status.possible = idle or threads >= 2 and all(
-        _whole_vectors(t.numel(), threads) for t in (*rounded, *stepped) if t.device.type == "cpu")
+        splits_alike_at(t.numel(), threads) for t in (*rounded, *stepped) if t.device.type == "cpu")
     if not (helper and status.possible):
         yield status
         return

@@ -12,14 +12,16 @@ Kept on purpose: coupled weight decay (`weight_decouple=False`) has no effect, a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from ._ahead import all_threads, helper_choice
+from ._ahead import all_threads, helper_choice, splits_alike_at
 from ._base import check_range, closure_loss, working, write_back_
 from ._common import scratch, tensor_batches, windows
 from ._rounding import is_low_precision
+from ._spread import dot_is_serial, spread
 
 __all__ = ["Prodigy"]
 
@@ -83,6 +85,8 @@ class Prodigy(torch.optim.Optimizer):
         d_de_nom = torch.tensor([0.0], device=device)
 
         work: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+        tasks: list = []  # per parameter: its dot product, or the call that computes it (and its moments)
+        aside: set[int] = set()  # parameters whose elementwise passes run beside others' (see below)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -90,7 +94,10 @@ class Prodigy(torch.optim.Optimizer):
                 if len(self.state[p]) == 0:
                     self._init_state(p)
             group["step"] += 1
-            items = []  # (p, g, p32, {s, exp_avg, exp_avg_sq}) in parameter order
+            s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
+            alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
+            betas = (beta1, beta2, beta3)
+            items = []  # (p, g, p32, {s, exp_avg, exp_avg_sq}) in parameter order, computed here at the full count
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -101,26 +108,38 @@ class Prodigy(torch.optim.Optimizer):
                 low = self.upcast and is_low_precision(p)
                 g, p32 = working(grad, low), working(p, low)
                 s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
-                moved = (p0 - p32).flatten()
-                with all_threads:
-                    dot = torch.dot(g.flatten(), moved)
-                d_numerator.add_(dot, alpha=(d / d0) * d_lr)
-                items.append((p, g, p32, {"s": s, "exp_avg": m, "exp_avg_sq": v}))
-            s_alpha = (d / d0) * (d if group["safeguard_warmup"] else d_lr)
-            alphas = (d * (1.0 - beta1), d * d * (1.0 - beta2), s_alpha)
+                tmp = {"s": s, "exp_avg": m, "exp_avg_sq": v}
+                serial = g.device.type == "cpu" and dot_is_serial(g.numel(), g.dtype)
+                if serial and splits_alike_at(g.numel(), torch.get_num_threads()):
+                    tasks.append(functools.partial(_moments_and_dot, g, p0, p32, tmp, betas, alphas))
+                    aside.add(id(p))
+                else:
+                    items.append((p, g, p32, tmp))
+                    if serial:
+                        tasks.append(functools.partial(_moved_dot, g, p0, p32))
+                    else:
+                        with all_threads:
+                            tasks.append(_moved_dot(g, p0, p32))
+                work.append((p, p32, tmp))
             for batch in tensor_batches([it[1] for it in items]):
                 chain = [[items[i][1] for i in batch]] + [[items[i][3][k] for i in batch]
                                                           for k in ("exp_avg", "exp_avg_sq", "s")]
                 if len(batch) > 1:
-                    self._moments_multi(*chain, (beta1, beta2, beta3), alphas)
+                    self._moments_multi(*chain, betas, alphas)
                     continue
                 for _, window in windows([t[0] for t in chain]):
-                    self._moments(*window, (beta1, beta2, beta3), alphas)
-            for p, _, p32, tmp in items:  # summed in parameter order, as the original does
-                size = tmp["s"].abs()
-                with all_threads:
-                    d_de_nom.add_(size.sum())
-                work.append((p, p32, tmp))
+                    self._moments(*window, betas, alphas)
+
+        # A bf16 or fp16 dot product runs on one thread whatever the pool: the pool's threads take one each (and
+        # the moments beside it, elementwise). Nothing here reads what another parameter's call writes.
+        pending = [i for i, task in enumerate(tasks) if callable(task)]
+        for i, dot in zip(pending, spread([tasks[i] for i in pending]), strict=True):
+            tasks[i] = dot
+        for dot, (_, _, tmp) in zip(tasks, work, strict=True):  # in parameter order, as the original does
+            d_numerator.add_(dot, alpha=(d / d0) * d_lr)
+            size = tmp["s"].abs()
+            with all_threads:
+                d_de_nom.add_(size.sum())
 
         if d_de_nom == 0:
             for p, _, tmp in work:
@@ -149,14 +168,17 @@ class Prodigy(torch.optim.Optimizer):
                 elif wd > 0.0:
                     for p, _, _ in items:
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
-            for batch in tensor_batches([it[1] for it in items]):
-                chain = [[items[i][1] for i in batch], [items[i][2]["exp_avg"] for i in batch],
-                         [items[i][2]["exp_avg_sq"] for i in batch]]
+            spread([functools.partial(_apply_whole, p32, tmp, decay, d, d_lr, group["eps"])
+                    for p, p32, tmp in items if id(p) in aside])
+            here = [it for it in items if id(it[0]) not in aside]
+            for batch in tensor_batches([it[1] for it in here]):
+                chain = [[here[i][1] for i in batch], [here[i][2]["exp_avg"] for i in batch],
+                         [here[i][2]["exp_avg_sq"] for i in batch]]
                 if len(batch) > 1 and group["eps"] is not None:
                     self._apply_multi(*chain, decay, d, d_lr, group["eps"])
                     continue
                 for i in batch:
-                    p32, tmp = items[i][1], items[i][2]
+                    p32, tmp = here[i][1], here[i][2]
                     for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
                         self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
             for p, p32, tmp in items:  # stochastic rounding draws in parameter order: weights, then state
@@ -215,3 +237,24 @@ class Prodigy(torch.optim.Optimizer):
     def _write_state(self, p: torch.Tensor, tmp: dict) -> None:
         state = self.state[p]
         write_back_((state[k], v) for k, v in tmp.items())
+
+
+def _moments_and_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor, tmp: dict,
+                     betas: tuple[float, float, float], alphas: tuple[float, float, float]) -> torch.Tensor:
+    """One parameter's share of the first pass, for `spread`."""
+    for _, window in windows([g, tmp["exp_avg"], tmp["exp_avg_sq"], tmp["s"]]):
+        Prodigy._moments(*window, betas, alphas)
+    return _moved_dot(g, p0, p)
+
+
+def _apply_whole(p: torch.Tensor, tmp: dict, decay: float | None, d: float, d_lr: float, eps: float | None
+                 ) -> None:
+    """One parameter's share of the last pass, for `spread` (fresh temporaries: the helpers' threads are new each
+    step, their scratch buffers would be too)."""
+    for _, window in windows([p, tmp["exp_avg"], tmp["exp_avg_sq"]]):
+        Prodigy._apply(*window, None, decay, d, d_lr, eps)
+
+
+def _moved_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The gradient's dot product with how far the weights moved from where they started."""
+    return torch.dot(g.flatten(), (p0 - p).flatten())

@@ -124,7 +124,7 @@ def test_no_thread_lent_where_it_cannot_be(case, thread_lent):
 def test_elementwise_ops_split_apart_round_apart():
     """Why the sizes matter: atan2's vector and scalar code differ in the last bit, and a thread's chunk ends in
     scalar code where it is not whole vectors (65576 elements on two threads: chunks of 32788)."""
-    from optinspect.optimizers._ahead import _whole_vectors
+    from optinspect.optimizers._ahead import splits_alike_at
 
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(0)
@@ -136,7 +136,7 @@ def test_elementwise_ops_split_apart_round_apart():
                 torch.set_num_threads(t)
                 results.append(torch.atan2(x, y))
             same = torch.equal(*results)
-            assert _whole_vectors(n, 2) == (n == 49152)
+            assert splits_alike_at(n, 2) == (n == 49152)
             if n == 49152:
                 assert same
     finally:

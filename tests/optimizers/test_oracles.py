@@ -169,6 +169,55 @@ def test_prodigy_in_bf16_is_pytorch_optimizers_bit_for_bit(kw, dtype):
         assert d == want or (math.isnan(d) and math.isnan(want)), t
 
 
+LORA_MIX = [(3072, 16), (16, 3072), (65576,), (24, 16), (3072, 16)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kw", [dict(weight_decay=0.05), dict(eps=None, weight_decay=0.1, fixed_decay=True)],
+                         ids=["decay", "atan2"])
+def test_prodigy_spreads_its_dot_products_and_stays_bit_for_bit(kw, dtype, monkeypatch):
+    """At LoRA sizes a bf16/fp16 dot product is one serial chain, so with two threads the pool's threads each take
+    one (with that parameter's elementwise passes where its size splits alike at both counts: 65576 elements does
+    not, and is computed at the full count). The last tensor stays fp32, whose dot product splits among threads
+    and must not be spread. Weights, state and d equal pytorch_optimizer's, step after step."""
+    po = pytest.importorskip("pytorch_optimizer")
+    from optinspect.optimizers import _spread, prodigy
+
+    spread_sizes = []
+
+    def spy(tasks):
+        spread_sizes.append(len(tasks))
+        return _spread.spread(tasks)
+
+    monkeypatch.setattr(prodigy, "spread", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pa, pb = make_params(shapes=LORA_MIX, dtype=dtype), make_params(shapes=LORA_MIX, dtype=dtype)
+        for params in (pa, pb):
+            params[-1].data = params[-1].data.float()
+        ours, theirs = Prodigy(pa, **kw), po.Prodigy(pb, **kw)
+        for t in range(1, 7):
+            for p, q, g in zip(pa, pb, grads(pa, t, 0.05), strict=True):
+                p.grad, q.grad = g.clone(), g.clone()
+            ours.step()
+            theirs.step()
+            for p, q in zip(pa, pb, strict=True):
+                torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True, msg=f"step {t}")
+            for p, q in zip(pa, pb, strict=True):
+                for key in ("s", "exp_avg", "exp_avg_sq"):
+                    torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=0, atol=0,
+                                               equal_nan=True)
+            assert ours.param_groups[0]["d"] == theirs.param_groups[0]["d"]
+        assert pa[-1].dtype == torch.float32
+        assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or dtype == torch.float16  # fp16's stays
+        # per step: the four low-precision dot products (three with their moments), then three parameters' last pass
+        assert spread_sizes == [4, 3] * 6
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_prodigy_upcast_computes_in_fp32_and_rounds_stochastically():
     """`upcast=True` (ours alone): each step is the fp32 step from the stored bf16 values, stored with stochastic
     rounding: every weight lands on one of the two bf16 neighbours of the fp32 result (bf16 arithmetic, the
