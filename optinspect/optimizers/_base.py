@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -87,6 +88,10 @@ class PerParameterOptimizer(torch.optim.Optimizer):
     def _begin_group(self, group: dict) -> None:
         pass
 
+    def _ahead_of_step(self, groups: list[tuple[dict, list[torch.Tensor]]]) -> AbstractContextManager:
+        """Work done before the step proper, for the whole step (orthograd's dot products)."""
+        return nullcontext()
+
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         raise NotImplementedError
 
@@ -111,7 +116,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         if any(p.grad.is_sparse for p in stepped):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         rounded = [p for group, params in groups for p in params if self._rounded(p, group)]
-        with helper_choice(self).step(rounded, stepped):
+        with self._ahead_of_step(groups), helper_choice(self).step(rounded, stepped):
             for group, params in groups:
                 self._begin_group(group)
                 self._step_group(group, params)

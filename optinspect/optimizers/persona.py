@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 
 from ._base import PerParameterOptimizer, check_betas, check_range, working, write_back_
-from ._common import A2, agreement_mask, orthograd_persona_, reset_period, scratch, tensor_batches, windows
+from ._common import (
+    A2,
+    agreement_mask,
+    orthograd_dots_ahead,
+    orthograd_persona_,
+    reset_period,
+    scratch,
+    tensor_batches,
+    windows,
+)
 from ._rounding import is_low_precision
 
 __all__ = ["PersonaOptimizer"]
@@ -18,6 +27,8 @@ __all__ = ["PersonaOptimizer"]
 
 class PersonaOptimizer(PerParameterOptimizer):
     """Adam-like atan2 update with amplified momentum and optional gradient-variance focus."""
+
+    _ahead_of_step = orthograd_dots_ahead
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.999),
                  weight_decay: float = 0.0, weight_decay_rate: float = 1.0, amp_factor: float = 1.0,

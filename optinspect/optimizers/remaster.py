@@ -12,13 +12,24 @@ import torch
 
 from ._ahead import reduction
 from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
-from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, norm2, rms_clip_
+from ._common import (
+    A2,
+    adopt_scalars,
+    advance_counters,
+    agreement_mask,
+    begin_ema_step,
+    norm2,
+    orthograd_dots_ahead,
+    rms_clip_,
+)
 
 __all__ = ["REMASTER"]
 
 
 class REMASTER(PerParameterOptimizer):
     """REMASTER: norm-renormalised gradient, adaptive EMA mask, ADOPT-style atan2 update."""
+
+    _ahead_of_step = orthograd_dots_ahead
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999),
                  weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,

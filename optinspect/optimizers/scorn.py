@@ -14,7 +14,15 @@ import torch
 
 from ._ahead import reduction
 from ._base import PerParameterOptimizer, check_betas, working, write_back_
-from ._common import A2, adopt_scalars, advance_counters, agreement_mask, begin_ema_step, rms_clip_
+from ._common import (
+    A2,
+    adopt_scalars,
+    advance_counters,
+    agreement_mask,
+    begin_ema_step,
+    orthograd_dots_ahead,
+    rms_clip_,
+)
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
 
@@ -54,6 +62,8 @@ class SCORN(PerParameterOptimizer):
 
     Args mirror the trainer's class; see `optinspect schema scorn` for ranges and defaults.
     """
+
+    _ahead_of_step = orthograd_dots_ahead
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999), focus_ratio: float = 0.0,
                  weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,

@@ -173,6 +173,51 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["scorn", "remaster", "persona"])
+def test_orthograd_dot_products_taken_ahead_change_no_bit(name, dtype, monkeypatch):
+    """orthograd's bf16/fp16 dot products are serial chains in torch at these sizes: taken before the step on the
+    pool's threads side by side, they are the ones computed in turn at the full count (as before, checked by
+    switching the table off). The fp32 tensors' dot products split among threads and stay in turn."""
+    from contextlib import nullcontext
+
+    from optinspect.optimizers import _common
+
+    table = {**TABLES[name], "orthograd": True}
+    g = torch.Generator().manual_seed(5)
+    start = [(torch.randn(s, generator=g) * 0.1).to(dtype) for s in LENT_SHAPES]
+    start += [torch.randn(s, generator=g) * 0.1 for s in LENT_FP32]
+    taken = []
+
+    def spy(tasks):
+        taken.append(len(tasks))
+        return _common.spread.__wrapped__(tasks)
+
+    spy.__wrapped__ = _common.spread
+    monkeypatch.setattr(_common, "spread", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for ahead in (False, True):
+            klass = type(optinspect.build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], table))
+            with monkeypatch.context() as m:
+                if not ahead:
+                    m.setattr(klass, "_ahead_of_step", lambda self, groups: nullcontext())
+                params = [torch.nn.Parameter(t.clone()) for t in start]
+                opt = optinspect.build_optimizer(params, table)
+                torch.manual_seed(11)
+                train(opt, params, 3)
+            runs.append(outcome(opt, params))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(*runs)
+    low = sum(len(s) >= 2 for s in LENT_SHAPES)
+    assert taken == [low] * 3 and low >= 2
+    assert _common._DOTS.table == {}
+
+
 @pytest.mark.parametrize("fixture", ["thread_lent", "bits_ahead_on"])
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_an_optimizer_tries_the_helper_both_ways_then_keeps_one(name, fixture, request):
