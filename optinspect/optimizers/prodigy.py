@@ -86,7 +86,6 @@ class Prodigy(torch.optim.Optimizer):
 
         work: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
         tasks: list = []  # per parameter: its dot product, or the call that computes it (and its moments)
-        aside: set[int] = set()  # parameters whose elementwise passes run beside others' (see below)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -112,7 +111,6 @@ class Prodigy(torch.optim.Optimizer):
                 serial = g.device.type == "cpu" and dot_is_serial(g.numel(), g.dtype)
                 if serial and splits_alike_at(g.numel(), torch.get_num_threads()):
                     tasks.append(functools.partial(_moments_and_dot, g, p0, p32, tmp, betas, alphas))
-                    aside.add(id(p))
                 else:
                     items.append((p, g, p32, tmp))
                     if serial:
@@ -168,17 +166,15 @@ class Prodigy(torch.optim.Optimizer):
                 elif wd > 0.0:
                     for p, _, _ in items:
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
-            spread([functools.partial(_apply_whole, p32, tmp, decay, d, d_lr, group["eps"])
-                    for p, p32, tmp in items if id(p) in aside])
-            here = [it for it in items if id(it[0]) not in aside]
-            for batch in tensor_batches([it[1] for it in here]):
-                chain = [[here[i][1] for i in batch], [here[i][2]["exp_avg"] for i in batch],
-                         [here[i][2]["exp_avg_sq"] for i in batch]]
+            # (the last pass stays at the full count: side by side it measured no faster, being memory-bound)
+            for batch in tensor_batches([it[1] for it in items]):
+                chain = [[items[i][1] for i in batch], [items[i][2]["exp_avg"] for i in batch],
+                         [items[i][2]["exp_avg_sq"] for i in batch]]
                 if len(batch) > 1 and group["eps"] is not None:
                     self._apply_multi(*chain, decay, d, d_lr, group["eps"])
                     continue
                 for i in batch:
-                    p32, tmp = here[i][1], here[i][2]
+                    p32, tmp = items[i][1], items[i][2]
                     for _, window in windows([p32, tmp["exp_avg"], tmp["exp_avg_sq"]]):
                         self._apply(*window, scratch(0, window[0]), decay, d, d_lr, group["eps"])
             for p, p32, tmp in items:  # stochastic rounding draws in parameter order: weights, then state
@@ -245,14 +241,6 @@ def _moments_and_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor, tmp: di
     for _, window in windows([g, tmp["exp_avg"], tmp["exp_avg_sq"], tmp["s"]]):
         Prodigy._moments(*window, betas, alphas)
     return _moved_dot(g, p0, p)
-
-
-def _apply_whole(p: torch.Tensor, tmp: dict, decay: float | None, d: float, d_lr: float, eps: float | None
-                 ) -> None:
-    """One parameter's share of the last pass, for `spread` (fresh temporaries: the helpers' threads are new each
-    step, their scratch buffers would be too)."""
-    for _, window in windows([p, tmp["exp_avg"], tmp["exp_avg_sq"]]):
-        Prodigy._apply(*window, None, decay, d, d_lr, eps)
 
 
 def _moved_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
