@@ -15,7 +15,8 @@ from functools import cache
 import torch
 
 __all__ = ["HIGH", "HelperChoice", "Pool", "all_threads", "bits_ahead", "helper_choice", "reduction", "settle",
-           "splits_alike", "splits_alike_at", "stream"]
+           "random_inputs", "same_bits_at", "splits_alike", "splits_alike_at",
+           "stream"]
 
 HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
 
@@ -235,18 +236,32 @@ def reduction(op: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> to
 def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, pool: Pool) -> bool:
     if like.numel() > PROBE_MAX:
         return False
+    return same_bits_at(op, random_inputs(like.shape, like.dtype, PROBES), pool.threads, pool.size)
+
+
+def random_inputs(shape: tuple[int, ...], dtype: torch.dtype, count: int) -> Iterator[torch.Tensor]:
+    """`count` standard-normal tensors in `dtype`, from a private generator (the global one is never touched),
+    made one at a time: a probe that fails early makes no more."""
     g = torch.Generator().manual_seed(0)
+    for _ in range(count):
+        yield torch.randn(shape, generator=g).to(dtype)
+
+
+def same_bits_at(op: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor], full: int,
+                 fewer: int) -> bool:
+    """Whether op gives the same bits with `fewer` intra-op threads as with `full`, on every input (a clone each
+    time: op may work in place, as SCORN's normalisation of a vector does). The caller's count is restored."""
+    before = torch.get_num_threads()
     try:
-        for _ in range(PROBES):
-            x = torch.randn(like.shape, generator=g).to(like.dtype)
-            torch.set_num_threads(pool.threads)
-            full = op(x.clone())  # a clone each time: op may work in place (SCORN's normalisation of a vector)
-            torch.set_num_threads(pool.size)
-            if not torch.equal(full, op(x.clone())):
+        for x in inputs:
+            torch.set_num_threads(full)
+            result = op(x.clone())
+            torch.set_num_threads(fewer)
+            if not torch.equal(result, op(x.clone())):
                 return False
         return True
     finally:
-        torch.set_num_threads(pool.size if pool.depth == 0 else pool.threads)
+        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -31,8 +31,8 @@ def orthograd_dots_ahead(opt: torch.optim.Optimizer, groups: list[tuple[dict, li
     LoRA sizes, two per tensor: ~100 us each); the others as before, in turn. (An optimizer's `_ahead_of_step`:
     it runs before the step's helper draws random bits or the pool lends a thread.)"""
     todo = [p for group, params in groups if group.get("orthograd") for p in params
-            if p.ndim >= 2 and p.device.type == "cpu" and p.dtype == p.grad.dtype and p.is_contiguous()
-            and p.grad.is_contiguous() and dot_is_serial(p.numel(), p.dtype)]
+            if p.ndim >= 2 and p.dtype == p.grad.dtype and p.is_contiguous() and p.grad.is_contiguous()
+            and dot_is_serial(p)]
     _DOTS.table = dict(zip(map(id, todo), spread([lambda p=p: _weight_dots(p) for p in todo]), strict=True))
     try:
         yield

@@ -19,13 +19,13 @@ from typing import TypeVar
 
 import torch
 
-from ._ahead import stream
+from ._ahead import random_inputs, same_bits_at, stream
 
 __all__ = ["dot_is_serial", "spread"]
 
 T = TypeVar("T")
-PROBES = 4  # one is almost surely enough (see _mirrored_dot); a few more cost little
-PROBE_MAX = 1 << 24  # elements: a larger dot is left at the full count untried (its own time dwarfs the gain)
+DOT_PROBES = 4  # one is almost surely enough (see _mirrored_dot); a few more cost little
+DOT_PROBE_MAX = 1 << 24  # elements: a larger dot is left at the full count untried (its own time dwarfs the gain)
 _serial: dict = {}
 
 
@@ -38,32 +38,18 @@ def _mirrored_dot(t: torch.Tensor) -> torch.Tensor:
     return torch.dot(torch.cat([a, a, rest]), torch.cat([b, -b, torch.zeros_like(rest)]))
 
 
-def dot_is_serial(n: int, dtype: torch.dtype) -> bool:
-    """Whether torch.dot of two n-element CPU vectors of this dtype gives the same bits at a pool of one thread
-    as at the current pool (and so may run beside others, one per thread)."""
+def dot_is_serial(t: torch.Tensor) -> bool:
+    """Whether torch.dot of t with a vector like it gives the same bits at a pool of one thread as at the current
+    pool (and so may run beside others, one per thread): CPU tensors only."""
     threads = torch.get_num_threads()
-    if threads < 2 or n > PROBE_MAX:
+    n = t.numel()
+    if threads < 2 or n > DOT_PROBE_MAX or t.device.type != "cpu":
         return False
-    key = (n, dtype, threads)
+    key = (n, t.dtype, threads)
     found = _serial.get(key)
     if found is None:
-        found = _serial[key] = _same_at_one(n, dtype, threads)
+        found = _serial[key] = same_bits_at(_mirrored_dot, random_inputs((n,), t.dtype, DOT_PROBES), threads, 1)
     return found
-
-
-def _same_at_one(n: int, dtype: torch.dtype, threads: int) -> bool:
-    g = torch.Generator().manual_seed(0)
-    try:
-        for _ in range(PROBES):
-            t = torch.randn(n, generator=g).to(dtype)
-            torch.set_num_threads(threads)
-            full = _mirrored_dot(t)
-            torch.set_num_threads(1)
-            if not torch.equal(full, _mirrored_dot(t)):
-                return False
-        return True
-    finally:
-        torch.set_num_threads(threads)
 
 
 def spread(tasks: list[Callable[[], T]]) -> list[T]:

@@ -108,7 +108,7 @@ class Prodigy(torch.optim.Optimizer):
                 g, p32 = working(grad, low), working(p, low)
                 s, p0, m, v = (working(state[k], low) for k in ("s", "p0", "exp_avg", "exp_avg_sq"))
                 tmp = {"s": s, "exp_avg": m, "exp_avg_sq": v}
-                serial = g.device.type == "cpu" and dot_is_serial(g.numel(), g.dtype)
+                serial = dot_is_serial(g)
                 if serial and splits_alike_at(g.numel(), torch.get_num_threads()):
                     tasks.append(functools.partial(_moments_and_dot, g, p0, p32, tmp, betas, alphas))
                 else:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from optinspect.optimizers import _ahead
+from optinspect.optimizers import _ahead, _spread
 
 
 def _spy_streams(monkeypatch, cores) -> list:
@@ -37,3 +37,17 @@ def thread_lent(monkeypatch):
         yield _spy_streams(monkeypatch, lambda: torch.get_num_threads())
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_threads():
+    """torch's intra-op pool at two threads (CPU reductions then split their work), and `_spread`'s answers
+    about which dot products are serial tried afresh."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    _spread._serial.clear()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _spread._serial.clear()

@@ -174,14 +174,14 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["scorn", "remaster", "persona"])
-def test_orthograd_dot_products_taken_ahead_change_no_bit(name, dtype, monkeypatch):
+@pytest.mark.parametrize("name,klass", [("scorn", SCORN), ("remaster", REMASTER), ("persona", PersonaOptimizer)])
+def test_orthograd_dot_products_taken_ahead_change_no_bit(name, klass, dtype, monkeypatch, two_threads):
     """orthograd's bf16/fp16 dot products are serial chains in torch at these sizes: taken before the step on the
     pool's threads side by side, they are the ones computed in turn at the full count (as before, checked by
     switching the table off). The fp32 tensors' dot products split among threads and stay in turn."""
     from contextlib import nullcontext
 
-    from optinspect.optimizers import _common
+    from optinspect.optimizers import _common, _spread
 
     table = {**TABLES[name], "orthograd": True}
     g = torch.Generator().manual_seed(5)
@@ -191,27 +191,21 @@ def test_orthograd_dot_products_taken_ahead_change_no_bit(name, dtype, monkeypat
 
     def spy(tasks):
         taken.append(len(tasks))
-        return _common.spread.__wrapped__(tasks)
+        return _spread.spread(tasks)
 
-    spy.__wrapped__ = _common.spread
     monkeypatch.setattr(_common, "spread", spy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        runs = []
-        for ahead in (False, True):
-            klass = type(optinspect.build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], table))
-            with monkeypatch.context() as m:
-                if not ahead:
-                    m.setattr(klass, "_ahead_of_step", lambda self, groups: nullcontext())
-                params = [torch.nn.Parameter(t.clone()) for t in start]
-                opt = optinspect.build_optimizer(params, table)
-                torch.manual_seed(11)
-                train(opt, params, 3)
-            runs.append(outcome(opt, params))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    runs = []
+    for ahead in (False, True):
+        with monkeypatch.context() as m:
+            if not ahead:
+                m.setattr(klass, "_ahead_of_step", lambda self, groups: nullcontext())
+            params = [torch.nn.Parameter(t.clone()) for t in start]
+            opt = optinspect.build_optimizer(params, table)
+            assert type(opt) is klass
+            torch.manual_seed(11)
+            train(opt, params, 3)
+        runs.append(outcome(opt, params))
+    assert torch.get_num_threads() == 2
     assert_same(*runs)
     low = sum(len(s) >= 2 for s in LENT_SHAPES)
     assert taken == [low] * 3 and low >= 2

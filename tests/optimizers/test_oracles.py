@@ -178,7 +178,7 @@ LORA_MIX = [(3072, 16), (16, 3072), (65576,), (24, 16), (3072, 16)]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kw", [dict(weight_decay=0.05), dict(eps=None, weight_decay=0.1, fixed_decay=True)],
                          ids=["decay", "atan2"])
-def test_prodigy_spreads_its_dot_products_and_stays_bit_for_bit(kw, dtype, monkeypatch):
+def test_prodigy_spreads_its_dot_products_and_stays_bit_for_bit(kw, dtype, monkeypatch, two_threads):
     """At LoRA sizes a bf16/fp16 dot product is one serial chain, so with two threads the pool's threads each take
     one (with that parameter's moment updates where its size splits alike at both counts: 65576 elements does
     not, and is computed at the full count). The last tensor stays fp32, whose dot product splits among threads
@@ -186,28 +186,23 @@ def test_prodigy_spreads_its_dot_products_and_stays_bit_for_bit(kw, dtype, monke
     po = pytest.importorskip("pytorch_optimizer")
     from optinspect.optimizers import _spread, prodigy
 
-    spread_sizes = []
+    spread_calls = []
 
     def spy(tasks):
-        spread_sizes.append(len(tasks))
+        spread_calls.append([t.func.__name__ for t in tasks])
         return _spread.spread(tasks)
 
     monkeypatch.setattr(prodigy, "spread", spy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        pa, pb = make_params(shapes=LORA_MIX, dtype=dtype), make_params(shapes=LORA_MIX, dtype=dtype)
-        for params in (pa, pb):
-            params[-1].data = params[-1].data.float()
-        ours = Prodigy(pa, **kw)
-        prodigy_lockstep(ours, po.Prodigy(pb, **kw), pa, pb, steps=6)
-        assert pa[-1].dtype == torch.float32
-        assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or dtype == torch.float16  # fp16's stays
-        # per step: the four low-precision dot products, three with their moments
-        assert spread_sizes == [4] * 6
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    pa, pb = make_params(shapes=LORA_MIX, dtype=dtype), make_params(shapes=LORA_MIX, dtype=dtype)
+    for params in (pa, pb):
+        params[-1].data = params[-1].data.float()
+    ours = Prodigy(pa, **kw)
+    prodigy_lockstep(ours, po.Prodigy(pb, **kw), pa, pb, steps=6)
+    assert pa[-1].dtype == torch.float32
+    assert ours.param_groups[0]["d"] > ours.param_groups[0]["d0"] or dtype == torch.float16  # fp16's stays
+    # per step: the four low-precision dot products, the 65576-element one without its moments
+    assert spread_calls == [["_moments_and_dot", "_moments_and_dot", "_moved_dot", "_moments_and_dot"]] * 6
+    assert torch.get_num_threads() == 2
 
 
 def test_prodigy_upcast_computes_in_fp32_and_rounds_stochastically():

@@ -6,20 +6,7 @@ import threading
 import pytest
 import torch
 
-from optinspect.optimizers import _spread
 from optinspect.optimizers._spread import _mirrored_dot, dot_is_serial, spread
-
-
-@pytest.fixture
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    _spread._serial.clear()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        _spread._serial.clear()
 
 
 def test_the_probe_shows_any_other_grouping():
@@ -46,9 +33,9 @@ def test_the_probe_shows_any_other_grouping():
 def test_which_dots_are_serial_is_torchs_answer(two_threads):
     """torch computes a bf16 or fp16 dot of a LoRA matrix's size in one chain; an fp32 one splits among threads
     (and so must stay at the pool's count). Checked here on the dot products themselves."""
-    assert dot_is_serial(49152, torch.bfloat16)
-    assert dot_is_serial(49152, torch.float16)
-    assert not dot_is_serial(49152, torch.float32)
+    assert dot_is_serial(torch.zeros(3072, 16, dtype=torch.bfloat16))
+    assert dot_is_serial(torch.zeros(49152, dtype=torch.float16))
+    assert not dot_is_serial(torch.zeros(49152))
     g = torch.Generator().manual_seed(0)
     t = torch.randn(49152, generator=g)
     torch.set_num_threads(1)
@@ -62,7 +49,7 @@ def test_one_thread_never_spreads():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert not dot_is_serial(49152, torch.bfloat16)
+        assert not dot_is_serial(torch.zeros(49152, dtype=torch.bfloat16))
         seen = []
         spread([lambda: seen.append(threading.current_thread()), lambda: seen.append(threading.current_thread())])
         assert seen == [threading.current_thread()] * 2
