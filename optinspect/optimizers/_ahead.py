@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import TypeVar
 
 import torch
 
-__all__ = ["HIGH", "HelperChoice", "Pool", "all_threads", "bits_ahead", "helper_choice", "reduction", "settle",
-           "random_inputs", "same_bits_at", "splits_alike", "splits_alike_at",
-           "stream"]
+T = TypeVar("T")
+
+__all__ = ["HIGH", "HelperChoice", "Pool", "TimedChoice", "all_threads", "at_full_count", "bits_ahead", "helper_choice",
+           "mean", "random_inputs", "reduction", "same_bits_at", "settle", "splits_alike", "splits_alike_at", "stream",
+           "task"]
 
 HIGH = 1 << 16  # 16 random bits per element, as the originals draw them
 
@@ -161,10 +164,43 @@ def splits_alike_at(n: int, threads: int) -> bool:
 
 
 def splits_alike(n: int) -> bool:
-    """Whether elementwise arithmetic on n elements gives the same bits on the lent pool as on the full one (a
-    step checks its parameters' sizes before lending; this is for other tensors, e.g. Adafactor's row vectors)."""
+    """Whether elementwise arithmetic on n elements gives the same bits at the count in effect (a lent pool, a
+    task run side by side at one thread) as at the step's full count (a step checks its parameters' sizes first;
+    this is for other tensors, e.g. Adafactor's row vectors)."""
+    running = task()
+    if running is not None:
+        return splits_alike_at(n, running.threads)
     pool = getattr(_local, "pool", None)
     return pool is None or not pool.lent or splits_alike_at(n, pool.threads)
+
+
+def task() -> FullCount | None:
+    """The side-by-side task this thread is running (see `_spread.side_by_side`), or None."""
+    return getattr(_local, "task", None)
+
+
+def enter_task(running: FullCount | None) -> None:
+    _local.task = running
+
+
+class FullCount:
+    """What a task run side by side at a pool of one thread needs from the step that runs it: the step's full
+    count, and a way to run work at that count (on the step's own thread, which keeps its pool)."""
+
+    threads: int
+
+    def call(self, fn: Callable[[], T]) -> T:
+        raise NotImplementedError
+
+
+def at_full_count(fn: Callable[[], T]) -> T:
+    """fn() at the step's full intra-op count: where its reductions split their work by thread count, as the
+    original runs them. Inside a side-by-side task it runs on the step's own thread meanwhile."""
+    running = task()
+    if running is not None:
+        return running.call(fn)
+    with all_threads:
+        return fn()
 
 
 class Pool:
@@ -190,6 +226,8 @@ class _AllThreads:
     that lent a thread."""
 
     def __enter__(self) -> None:
+        if task() is not None:  # its thread's count is one and must stay so: the work goes to the step's thread
+            raise RuntimeError("all_threads inside a side-by-side task: use at_full_count")
         pool = getattr(_local, "pool", None)
         if pool is not None and pool.lent:
             if pool.depth == 0:
@@ -220,23 +258,80 @@ def reduction(op: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor) -> to
     dimension of a matrix, one output per thread. Which ones is torch's business, so it is tried once per op,
     shape, dtype and count on random tensors; a reduction that splits its work rounds differently on most.
     `op` is a module-level function: the answers are kept per function object."""
+    running = task()
+    if running is not None:  # a pool of one, beside other tasks: the probe and any split op run on the step's thread
+        if t.device.type != "cpu":
+            return op(t)
+        key = (op, t.shape, t.dtype, running.threads, 1)
+        same = _invariant.get(key) if t.is_contiguous() else False
+        if same is None:
+            same = _invariant[key] = running.call(lambda: _thread_invariant(op, t, running.threads, 1))
+        return op(t) if same else running.call(lambda: op(t))
     pool = getattr(_local, "pool", None)
     if pool is None or not pool.lent or t.device.type != "cpu":
         return op(t)
-    key = (op, t.shape, t.dtype, pool.threads)
+    key = (op, t.shape, t.dtype, pool.threads, pool.size)
     same = _invariant.get(key) if t.is_contiguous() else False
     if same is None:
-        same = _invariant[key] = _thread_invariant(op, t, pool)
+        same = _invariant[key] = _thread_invariant(op, t, pool.threads, pool.size)
     if same:
         return op(t)
     with all_threads:
         return op(t)
 
 
-def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, pool: Pool) -> bool:
+def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, full: int, fewer: int) -> bool:
     if like.numel() > PROBE_MAX:
         return False
-    return same_bits_at(op, random_inputs(like.shape, like.dtype, PROBES), pool.threads, pool.size)
+    return same_bits_at(op, random_inputs(like.shape, like.dtype, PROBES), full, fewer)
+
+
+def _chunked_mean(t: torch.Tensor, threads: int) -> torch.Tensor:
+    """t.mean() as torch computes it at `threads` intra-op threads, at any count: the elements split into that
+    many equal chunks (no fewer than GRAIN each), each summed on its own, the partial sums added in order onto
+    zero, and the total divided by n."""
+    flat = t.reshape(-1)
+    n = flat.numel()
+    parts = max(1, min(threads, -(-n // GRAIN)))
+    chunk = -(-n // parts)
+    total = torch.zeros((), dtype=t.dtype, device=t.device)
+    for start in range(0, n, chunk):
+        total = total + flat[start:start + chunk].sum()
+    return total / n
+
+
+_chunked_same: dict = {}
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """t.mean() with the bits of the step's full count. CPU fp32 means split among threads (from GRAIN
+    elements), so a side-by-side task at a pool of one computes the full pool's chunks itself (tried once per
+    size and count against torch's own mean, on inputs of widely spread magnitudes that show any other order);
+    other dtypes, and sizes where that fails, go to the step's thread."""
+    running = task()
+    if running is None or t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+        return at_full_count(t.mean)
+    key = (t.numel(), running.threads)
+    same = _chunked_same.get(key)
+    if same is None:
+        same = _chunked_same[key] = running.call(lambda: _chunks_match(t.numel(), running.threads))
+    return _chunked_mean(t, running.threads) if same else running.call(t.mean)
+
+
+def _chunks_match(n: int, threads: int) -> bool:
+    g = torch.Generator().manual_seed(0)
+    before = torch.get_num_threads()
+    try:
+        for _ in range(PROBES // 4):
+            x = torch.randn(n, generator=g) * torch.randn(n, generator=g).mul_(4).exp_()
+            torch.set_num_threads(threads)
+            full = x.mean()
+            torch.set_num_threads(1)
+            if not torch.equal(full, _chunked_mean(x, threads)):
+                return False
+        return True
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_inputs(shape: tuple[int, ...], dtype: torch.dtype, count: int) -> Iterator[torch.Tensor]:
@@ -304,27 +399,24 @@ def bits_ahead(rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] 
         _end(ahead)
 
 
-class HelperChoice:
-    """Whether an optimizer's steps draw their bits on the helper thread. Which is faster depends on the step, the
-    machine and even the allocator's state. bf16 LoRA (1000 tensors) on 2 cores, where the pool lends the helper
-    a thread, ms per step in turn vs helped: Persona (elementwise) 484 vs 303; REMASTER 1030 vs 1150, where each
-    of its dot products wakes the lent thread on the helper's core and libgomp's workers then spin, ~90 us a
-    time; SCORN 1680 vs 1100 under glibc's defaults but 1270 vs 1430 with freed memory recycled (its many small
-    temporaries). A CPU that looks idle may not be (a container's CPU quota). So the first steps that could use
-    the helper try both ways and keep the faster (median). Each way runs two steps in a row and only the second
-    is timed: a step inherits the allocator's state from the one before. The bits are the same either way."""
+class TimedChoice:
+    """Which of two ways to run an optimizer's steps is faster, found by running both: the first steps that could
+    go either way alternate, each way two steps in a row with only the second timed (a step inherits the
+    allocator's state from the one before), three timed steps each; then the way with the lower median is kept
+    (in turn on a tie). The results are the same either way; only the time differs, with the step, the machine
+    and even the allocator's state."""
 
     TRIALS = 3  # timed steps each way
     RUN = 2  # steps in a row each way
 
     def __init__(self, choice: bool | None = None) -> None:
         self.choice = choice
-        self._times: tuple[list[float], list[float]] = ([], [])  # in turn, helped
-        self._tried = -1  # steps that could use the helper, less the first (it builds the state)
+        self._times: tuple[list[float], list[float]] = ([], [])  # the first way, the second
+        self._tried = -1  # steps that could go either way, less the first (it builds the state)
 
     @property
     def deciding(self) -> bool:
-        """Still trying both ways (steps that could use the helper have run, not yet enough of them)."""
+        """Still trying both ways (steps that could go either way have run, not yet enough of them)."""
         return self.choice is None and self._tried >= 0
 
     def use(self) -> bool:
@@ -332,14 +424,28 @@ class HelperChoice:
             return self.choice
         return max(self._tried, 0) // self.RUN % 2 == 0
 
-    def record(self, pool: Pool, seconds: float) -> None:
-        if self.choice is not None or not pool.possible:
+    def timed(self, way: bool, seconds: float) -> None:
+        """A step that could have gone either way went `way` and took `seconds`."""
+        if self.choice is not None:
             return
         if self._tried >= 0 and self._tried % self.RUN == self.RUN - 1:
-            self._times[pool.helped].append(seconds)
+            self._times[way].append(seconds)
         self._tried += 1
         if min(len(t) for t in self._times) >= self.TRIALS:
             self.choice = statistics.median(self._times[1]) < statistics.median(self._times[0])
+
+
+class HelperChoice(TimedChoice):
+    """Whether an optimizer's steps draw their bits on the helper thread. bf16 LoRA (1000 tensors) on 2 cores,
+    where the pool lends the helper a thread, ms per step in turn vs helped: Persona (elementwise) 484 vs 303;
+    REMASTER 1030 vs 1150, where each of its dot products wakes the lent thread on the helper's core and libgomp's
+    workers then spin, ~90 us a time; SCORN 1680 vs 1100 under glibc's defaults but 1270 vs 1430 with freed
+    memory recycled (its many small temporaries). A CPU that looks idle may not be (a container's CPU quota). So
+    it is tried (`TimedChoice`); the bits are the same either way."""
+
+    def record(self, pool: Pool, seconds: float) -> None:
+        if pool.possible:
+            self.timed(pool.helped, seconds)
 
     @contextmanager
     def step(self, rounded: Iterable[torch.Tensor], stepped: Iterable[torch.Tensor] = ()) -> Iterator[Pool]:

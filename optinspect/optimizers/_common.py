@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ._ahead import all_threads, reduction
+from ._ahead import at_full_count, mean, reduction
 from ._base import working
 from ._rounding import is_low_precision
 from ._spread import dot_is_serial, spread
@@ -21,7 +21,9 @@ def norm2(t: torch.Tensor) -> torch.Tensor:
     return t.norm(2)
 
 
-_DOTS = threading.local()
+# id(parameter) -> its (w.g, w.w), made ahead for the step that is running. Shared by threads: a step run side by
+# side takes them on the pool's threads (each parameter's once; a parameter is stepped by one optimizer at a time).
+_DOTS: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 @contextmanager
@@ -33,11 +35,13 @@ def orthograd_dots_ahead(opt: torch.optim.Optimizer, groups: list[tuple[dict, li
     todo = [p for group, params in groups if group.get("orthograd") for p in params
             if p.ndim >= 2 and p.dtype == p.grad.dtype and p.is_contiguous() and p.grad.is_contiguous()
             and dot_is_serial(p)]
-    _DOTS.table = dict(zip(map(id, todo), spread([lambda p=p: _weight_dots(p) for p in todo]), strict=True))
+    keys = list(map(id, todo))
+    _DOTS.update(zip(keys, spread([lambda p=p: _weight_dots(p) for p in todo]), strict=True))
     try:
         yield
     finally:
-        _DOTS.table = {}
+        for key in keys:
+            _DOTS.pop(key, None)
 
 
 def _weight_dots(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,11 +52,10 @@ def _weight_dots(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def weight_dots(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(w.g, w.w) of a parameter about to be projected: from the table made ahead, else computed now at the
     step's full count (dot products split their work by thread count)."""
-    found = getattr(_DOTS, "table", {}).pop(id(p), None)
+    found = _DOTS.pop(id(p), None)
     if found is not None:
         return found
-    with all_threads:
-        return _weight_dots(p)
+    return at_full_count(lambda: _weight_dots(p))
 
 
 def orthograd_(p: torch.Tensor, floor: float) -> None:
@@ -95,17 +98,13 @@ def agreement_mask(a: torch.Tensor, b: torch.Tensor, minimum: float, floor: floa
     prod = a * b
     mask = (prod >= 0 if inclusive else prod > 0).to(a.dtype)
     mask.clamp_(min=minimum)
-    with all_threads:
-        mean = mask.mean()
-    mask.div_(mean.clamp(min=floor))
+    mask.div_(mean(mask).clamp(min=floor))
     return mask
 
 
 def rms_clip_(g: torch.Tensor) -> torch.Tensor:
     """Divide by the gradient's RMS when it exceeds 1 (SCORN/REMASTER)."""
-    with all_threads:
-        ms = g.pow(2).mean()
-    return g.div_(ms.sqrt().clamp(min=1))
+    return g.div_(mean(g.pow(2)).sqrt().clamp(min=1))
 
 
 def begin_ema_step(opt, p: torch.Tensor, group: dict, orthograd_floor: float) -> tuple:

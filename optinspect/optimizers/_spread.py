@@ -13,15 +13,17 @@ result is nothing but rounding error, so that any other order of additions shows
 from __future__ import annotations
 
 import itertools
+import os
+import queue
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 
-from ._ahead import random_inputs, same_bits_at, stream
+from ._ahead import FullCount, enter_task, random_inputs, same_bits_at, stream, task
 
-__all__ = ["dot_is_serial", "spread"]
+__all__ = ["defer", "dot_is_serial", "in_turn", "side_by_side", "spread"]
 
 T = TypeVar("T")
 DOT_PROBES = 4  # one is almost surely enough (see _mirrored_dot); a few more cost little
@@ -54,37 +56,213 @@ def dot_is_serial(t: torch.Tensor) -> bool:
 
 def spread(tasks: list[Callable[[], T]]) -> list[T]:
     """Run the tasks over the pool's threads, each thread at a pool of one (a task may only do what gives the same
-    bits there: serial reductions, elementwise arithmetic); their results in the tasks' order. The calling thread
-    takes part. Inline where there is one thread, one task, or a helper already drawing random bits."""
+    bits there: serial reductions, elementwise arithmetic); their results in the tasks' order. Inline where there
+    is one thread, one task, or a helper already drawing random bits (it needs a core of its own)."""
     threads = torch.get_num_threads()
     if threads < 2 or len(tasks) < 2 or stream() is not None:
         return [task() for task in tasks]
-    results: list = [None] * len(tasks)
-    failed: list[BaseException] = []
-    order = itertools.count()  # next() on it is atomic: each task is taken once
-    grad = torch.is_grad_enabled()  # grad mode is per thread: the helpers take the caller's (an optimizer's no_grad)
+    return side_by_side(tasks)
 
-    def work() -> None:
+
+def side_by_side(tasks: list[Callable[[], T]]) -> list[T]:
+    """Run whole tasks (an optimizer's per-parameter steps) on the pool's threads, each at a pool of one, with
+    the results of running them in turn at the caller's count:
+
+    * work that splits by thread count goes through `_ahead.at_full_count`/`mean`/`reduction`, which run it on
+      the calling thread (it keeps its pool and serves those calls meanwhile) or compute the full pool's chunks;
+    * random numbers are drawn in the tasks' order: a task's first draw waits until every earlier task is done
+      (`in_turn`), so the generator hands out the values it would in turn;
+    * work a task defers (`defer`: its stochastic rounding, once the numbers are drawn) runs after its turn.
+
+    The caller's thread count is unchanged throughout; the results come in the tasks' order, and the first
+    error a task raised is raised here (tasks not yet started are then skipped)."""
+    threads = torch.get_num_threads()
+    if threads < 2 or len(tasks) < 2:
+        return [task() for task in tasks]
+    run = _Run(tasks, threads)
+    helpers = min(threads, len(tasks))
+    _WORKERS.start(run.work, helpers)
+    run.serve(helpers)
+    if run.failed:
+        raise run.failed[0]
+    return run.results
+
+
+class _Box:
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value = None
+        self.error: BaseException | None = None
+
+
+_FINISHED = object()
+
+
+class _Run:
+    """One `side_by_side` call: the tasks, the turn for drawing, and the queue of work for the calling thread."""
+
+    def __init__(self, tasks: list[Callable[[], T]], threads: int) -> None:
+        self.tasks = tasks
+        self.threads = threads
+        self.results: list = [None] * len(tasks)
+        self.failed: list[BaseException] = []
+        self.order = itertools.count()  # next() on it is atomic: each task is taken once, in order
+        self.grad = torch.is_grad_enabled()  # per thread: the workers take the caller's (an optimizer's no_grad)
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.turn = 0  # every task before this one is done
+        self.done: set[int] = set()
+        self.cond = threading.Condition()
+
+    def serve(self, helpers: int) -> None:
+        """On the calling thread: run what the tasks send until every helper is through. Interrupted meanwhile
+        (Ctrl-C), it stops the tasks not yet started and keeps serving the running ones until they end: a worker
+        left waiting would hang every later step. The interruption is raised afterwards (`failed`)."""
+        while helpers:
+            try:
+                item = self.requests.get()
+            except BaseException as e:  # noqa: BLE001 - raised by side_by_side once the workers are through
+                with self.cond:
+                    self.failed.append(e)
+                    self.cond.notify_all()
+                continue
+            if item is _FINISHED:
+                helpers -= 1
+                continue
+            fn, box = item
+            try:
+                box.value = fn()
+            except BaseException as e:  # noqa: BLE001 - raised in the task that asked
+                box.error = e
+            box.done.set()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        box = _Box()
+        self.requests.put((fn, box))
+        box.done.wait()
+        if box.error is not None:
+            raise box.error
+        return box.value
+
+    def work(self) -> None:
+        """On a worker: take tasks in order until none are left."""
         try:
-            with torch.set_grad_enabled(grad):
-                for i in order:
-                    if i >= len(tasks) or failed:
+            with torch.set_grad_enabled(self.grad):
+                for i in self.order:
+                    if i >= len(self.tasks) or self.failed:
                         return
-                    results[i] = tasks[i]()
-        except BaseException as e:  # noqa: BLE001 - raised by the calling thread
-            failed.append(e)
+                    self._one(i)
+        finally:
+            self.requests.put(_FINISHED)
 
-    torch.set_num_threads(1)  # helpers made now start with a pool of one (each thread keeps its own count)
-    helpers = [threading.Thread(target=work, name="optinspect-spread", daemon=True)
-               for _ in range(min(threads, len(tasks)) - 1)]
-    try:
-        for h in helpers:
-            h.start()
-        work()
-        for h in helpers:
-            h.join()
-    finally:
-        torch.set_num_threads(threads)
-    if failed:
-        raise failed[0]
-    return results
+    def _one(self, i: int) -> None:
+        running = _Task(self, i)
+        enter_task(running)
+        try:
+            self.results[i] = self.tasks[i]()
+        except BaseException as e:  # noqa: BLE001 - raised by the caller
+            self.failed.append(e)
+        finally:
+            enter_task(None)
+            self._finish(i)
+        if not self.failed:
+            for fn in running.deferred:
+                fn()
+
+    def wait_turn(self, i: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i or self.failed)
+        if self.failed:
+            raise RuntimeError("an earlier task failed")
+
+    def _finish(self, i: int) -> None:
+        with self.cond:
+            self.done.add(i)
+            while self.turn in self.done:
+                self.done.discard(self.turn)
+                self.turn += 1
+            self.cond.notify_all()
+
+
+class _Task(FullCount):
+    """What the running task's thread sees (`_ahead.task()`)."""
+
+    def __init__(self, run: _Run, index: int) -> None:
+        self.run = run
+        self.index = index
+        self.threads = run.threads
+        self.deferred: list[Callable[[], None]] = []
+        self.turned = False
+
+    def call(self, fn: Callable[[], T]) -> T:
+        return self.run.call(fn)
+
+    def in_turn(self) -> None:
+        """Wait until every earlier task is done (then this one may draw, as it would in turn)."""
+        if not self.turned:
+            self.run.wait_turn(self.index)
+            self.turned = True
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        self.deferred.append(fn)
+
+
+def in_turn() -> None:
+    """Before drawing random numbers: inside a side-by-side task, wait for its turn; elsewhere nothing."""
+    running = task()
+    if isinstance(running, _Task):
+        running.in_turn()
+
+
+def defer(fn: Callable[[], None]) -> bool:
+    """Inside a side-by-side task, run fn after the task (and its turn) ends and say so; elsewhere False."""
+    running = task()
+    if isinstance(running, _Task):
+        running.defer(fn)
+        return True
+    return False
+
+
+class _Workers:
+    """Threads kept for the process's life (daemons), each at an intra-op pool of one: a thread made per call would
+    start each time with an empty allocator arena and no scratch buffers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._count = 0
+        self._pid = os.getpid()
+
+    def start(self, job: Callable[[], None], k: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child has none of its parent's threads
+                self._jobs, self._count, self._pid = queue.SimpleQueue(), 0, os.getpid()
+            if self._count < k:
+                threads = torch.get_num_threads()
+                ready = [threading.Event() for _ in range(k - self._count)]
+                for event in ready:
+                    threading.Thread(target=self._loop, args=(self._jobs, event), name="optinspect-worker",
+                                     daemon=True).start()
+                for event in ready:
+                    event.wait()
+                # each new worker set the process-wide default (what a new thread starts with) to one: restored
+                torch.set_num_threads(threads)
+                self._count = k
+        for _ in range(k):
+            self._jobs.put(job)
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue, ready: threading.Event) -> None:
+        torch.get_num_threads()  # a thread's count is initialised on its first use: then set it to one
+        torch.set_num_threads(1)
+        ready.set()
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            except BaseException:  # noqa: BLE001, S110 - a job reports its own errors; the thread stays for the next
+                pass
+
+
+_WORKERS = _Workers()

@@ -13,6 +13,7 @@ def _spy_streams(monkeypatch, cores) -> list:
             super().__init__()
             started.append(self)
 
+    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")  # these steps are about the helper: none side by side
     monkeypatch.setattr(_ahead, "AHEAD_MIN", 0)
     monkeypatch.setattr(_ahead, "AHEAD_CHUNK", 500)
     monkeypatch.setattr(_ahead, "_cores", cores)

@@ -176,7 +176,7 @@ def test_a_reduction_in_a_lent_step_gives_the_full_pools_bits(op, thread_lent):
         got = [_ahead.reduction(op, x) for x in xs]
         assert torch.get_num_threads() == threads - 1
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-    invariant = _ahead._invariant[(op, xs[0].shape, xs[0].dtype, threads)]
+    invariant = _ahead._invariant[(op, xs[0].shape, xs[0].dtype, threads, threads - 1)]
     assert _counts[-len(xs):] == [threads - 1 if invariant else threads] * len(xs)
     if op is not _norm:  # these split their work between threads: the attempt must find it out
         assert not invariant

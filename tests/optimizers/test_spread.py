@@ -1,12 +1,15 @@
-"""Serial reductions spread over the pool's threads (`_spread`): the probe that decides which dot products are serial,
-and the runner, checked against torch itself."""
+"""Work spread over the pool's threads (`_spread`): the probe that decides which dot products are serial, the runner,
+and whole steps side by side (draws in turn, split reductions at the full count), checked against torch itself."""
 
+import random
 import threading
+import time
 
 import pytest
 import torch
 
-from optinspect.optimizers._spread import _mirrored_dot, dot_is_serial, spread
+from optinspect.optimizers import _ahead
+from optinspect.optimizers._spread import _mirrored_dot, defer, dot_is_serial, in_turn, side_by_side, spread
 
 
 def test_the_probe_shows_any_other_grouping():
@@ -90,3 +93,154 @@ def test_spread_keeps_the_callers_grad_mode_and_raises_a_tasks_error(two_threads
     with pytest.raises(ValueError, match="task failed"):
         spread([lambda: None] * 5 + [bad] + [lambda: None] * 5)
     assert torch.get_num_threads() == 2
+
+
+def test_side_by_side_draws_in_the_tasks_order(two_threads):
+    """Tasks that draw random numbers after work of random length: each draws, in its turn, the numbers it would
+    draw in turn, and the global generator ends where drawing them in turn leaves it."""
+    sizes = [random.Random(i).randrange(1, 5000) for i in range(40)]
+    torch.manual_seed(7)
+    want = [torch.randint(0, 1 << 16, (n,), dtype=torch.int32) for n in sizes]
+    after = torch.get_rng_state()
+    jitter = random.Random(1)
+    delays = [jitter.random() * 2e-3 for _ in sizes]
+
+    def task(i):
+        def run():
+            time.sleep(delays[i])  # finish out of order
+            in_turn()
+            first = torch.randint(0, 1 << 16, (sizes[i] // 2,), dtype=torch.int32)
+            time.sleep(delays[-1 - i])
+            in_turn()  # a second draw in the same task: still its turn
+            return torch.cat([first, torch.randint(0, 1 << 16, (sizes[i] - sizes[i] // 2,), dtype=torch.int32)])
+        return run
+
+    torch.manual_seed(7)
+    got = side_by_side([task(i) for i in range(len(sizes))])
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threads):
+    """Deferred work runs after its task, on the same thread; `at_full_count` runs on the caller's thread at its
+    count, and `all_threads` inside a task is refused. The workers are kept between calls."""
+    caller = threading.get_ident()
+    log, served, workers = [], [], []
+
+    def task(i):
+        def run():
+            workers.append(threading.get_ident())
+            assert defer(lambda: log.append(("deferred", i, threading.get_ident())))
+            log.append(("task", i, threading.get_ident()))
+            served.append(_ahead.at_full_count(lambda: (threading.get_ident(), torch.get_num_threads())))
+            with pytest.raises(RuntimeError, match="at_full_count"), _ahead.all_threads:
+                pass
+            return torch.get_num_threads()
+        return run
+
+    assert side_by_side([task(i) for i in range(6)]) == [1] * 6
+    for i in range(6):
+        (kind_a, _, ta), (kind_b, _, tb) = [e for e in log if e[1] == i]
+        assert (kind_a, kind_b) == ("task", "deferred") and ta == tb
+    assert set(served) == {(caller, 2)}
+    first = set(workers)
+    workers.clear()
+    side_by_side([task(i) for i in range(6)])
+    assert set(workers) == first and len(first) == 2 and caller not in first
+    assert not defer(lambda: None)  # outside a task: nothing deferred
+
+
+def test_side_by_side_raises_the_first_error_and_releases_the_turn(two_threads):
+    """A failing task: the tasks waiting for its turn are let go (no hang), the error is raised, the caller's
+    count is kept."""
+
+    def bad():
+        time.sleep(0.01)
+        raise ValueError("task failed")
+
+    def draws():
+        in_turn()
+        return torch.rand(3)
+
+    with pytest.raises(ValueError, match="task failed"):
+        side_by_side([lambda: None, bad, draws, draws, draws])
+    assert torch.get_num_threads() == 2
+    assert side_by_side([draws, draws])[0].shape == (3,)  # the workers are still there
+
+
+@pytest.mark.parametrize("n", [1000, 32768 + 64, 49152, 65537, 100000, 1 << 20])
+def test_a_mean_in_a_task_is_the_full_pools(n, two_threads):
+    """fp32 means split among threads: in a task at a pool of one, `mean` computes the full pool's chunks and
+    gives torch's own answer at two threads; bf16 ones go to the caller's thread."""
+    g = torch.Generator().manual_seed(n)
+    xs = [torch.randn(n, generator=g) * torch.randn(n, generator=g).mul(4).exp() for _ in range(6)]
+    xs.append(torch.randn(n, generator=g).to(torch.bfloat16))
+    want = [x.mean() for x in xs]
+    got = side_by_side([lambda x=x: _ahead.mean(x) for x in xs])
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert _ahead._chunked_same[(n, 2)]  # computed in the task, not sent to the caller
+    if n >= 49152:  # the point: one thread alone gives other bits
+        torch.set_num_threads(1)
+        alone = [x.mean() for x in xs[:6]]
+        torch.set_num_threads(2)
+        assert any(not torch.equal(a, b) for a, b in zip(alone, want, strict=True))
+
+
+def _sum(t):
+    return t.sum()
+
+
+def _l2(t):
+    return t.norm(2)
+
+
+@pytest.mark.parametrize("op", [_sum, _l2])
+def test_a_reduction_in_a_task_gives_the_full_pools_bits(op, two_threads):
+    """`reduction` inside a task: tried once at the full count and at one thread (on the caller's thread); an op
+    that splits (a sum over 49k elements) is computed there, one that does not in the task."""
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(49152, generator=g) * torch.randn(49152, generator=g).mul(4).exp() for _ in range(8)]
+    want = [op(x) for x in xs]
+    got = side_by_side([lambda x=x: _ahead.reduction(op, x) for x in xs])
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert _ahead._invariant[(op, xs[0].shape, xs[0].dtype, 2, 1)] is (op is _l2)
+
+
+def test_an_interrupted_step_lets_its_workers_finish(two_threads, monkeypatch):
+    """Ctrl-C while the caller serves the tasks: no task starts after it, the running ones are still served (none
+    is left waiting for ever), the interruption is raised, and the next call finds its workers free."""
+    import queue
+
+    from optinspect.optimizers import _spread
+
+    class Interrupted(queue.Queue):
+        raised = False
+
+        def get(self, *args, **kwargs):
+            if not Interrupted.raised:
+                Interrupted.raised = True
+                raise KeyboardInterrupt
+            return super().get(*args, **kwargs)
+
+    started = []
+
+    def task(i):
+        def run():
+            started.append(i)
+            time.sleep(0.01)
+            return _ahead.at_full_count(lambda: i)
+        return run
+
+    monkeypatch.setattr(_spread.queue, "SimpleQueue", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        side_by_side([task(i) for i in range(20)])
+    assert len(started) < 20
+    monkeypatch.undo()
+    after = []
+    threads = torch.get_num_threads()
+    # from another thread, so that a hang fails the test instead of stalling it (that thread keeps the count)
+    t = threading.Thread(target=lambda: (torch.set_num_threads(threads),
+                                         after.append(side_by_side([task(i) for i in range(4)]))), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert after == [[0, 1, 2, 3]]
