@@ -64,6 +64,7 @@ class SCORN(PerParameterOptimizer):
     """
 
     _ahead_of_step = orthograd_dots_ahead
+    steps_side_by_side = True
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999), focus_ratio: float = 0.0,
                  weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,

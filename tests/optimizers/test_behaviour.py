@@ -173,6 +173,86 @@ def test_a_thread_lent_to_the_helper_changes_no_bit(name, dtype, extra, request)
     assert bool(streams) == (name != "AdamW8bitKahan" and not (name == "adafactor" and dtype == torch.float16))
 
 
+SIDE_EXTRAS = [{}, {"orthograd": True, "cautious_min": 0.5}, {"reset_interval": 2, "fp16_rounding": True}]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("name", ["scorn", "remaster"])
+@pytest.mark.parametrize("extra", SIDE_EXTRAS, ids=["table", "reducing", "resets"])
+def test_steps_side_by_side_change_no_bit(name, dtype, extra, monkeypatch, two_threads):
+    """Parameters' steps run side by side on two threads, each at a pool of one: the same weights, state (in
+    the same order, so the same state_dict), groups and global generator as one after another at the full count.
+    Means over the fp32 working copies split among threads at these sizes; the draws are in the parameters' order
+    only because each waits for its turn."""
+    from optinspect.optimizers import _base
+    from optinspect.optimizers._ahead import TimedChoice
+
+    g = torch.Generator().manual_seed(9)
+    start = [(torch.randn(s, generator=g) * 0.1).to(dtype) for s in LENT_SHAPES]
+    start += [torch.randn(s, generator=g) * 0.1 for s in LENT_FP32]
+    calls = []
+    real = _base.side_by_side
+    monkeypatch.setattr(_base, "side_by_side", lambda steps: calls.append(len(steps)) or real(steps))
+    runs = []
+    for side in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = optinspect.build_optimizer(params, {**TABLES[name], **extra})
+        opt._side = TimedChoice(choice=side)
+        torch.manual_seed(11)
+        train(opt, params, 4)
+        runs.append((*outcome(opt, params, groups=True), opt.state_dict()))
+    assert_same(runs[0][:3], runs[1][:3])
+    (a, b) = (r[3] for r in runs)
+    assert list(a["state"]) == list(b["state"]) == list(range(len(start)))
+    assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y
+               for i in a["state"] for x, y in zip(a["state"][i].values(), b["state"][i].values(), strict=True))
+    assert calls == [len(start)] * 4
+
+
+@pytest.mark.parametrize("side_faster", [True, False])
+def test_steps_are_tried_side_by_side_and_in_turn_then_the_faster_kept(side_faster, monkeypatch, two_threads):
+    """The first steps alternate (two each way, the second timed), then the faster way is kept; a step that cannot
+    run side by side (one parameter too large) does not count."""
+    import time
+
+    from optinspect.optimizers import _base
+
+    real = _base.side_by_side
+    ways = []
+
+    def slow_side(steps):
+        ways.append(True)
+        if not side_faster:
+            time.sleep(0.05)
+        return real(steps)
+
+    monkeypatch.setattr(_base, "side_by_side", slow_side)
+    params = [torch.nn.Parameter(torch.randn(s).to(torch.bfloat16)) for s in LENT_SHAPES]
+    opt = optinspect.build_optimizer(params, TABLES["remaster"])
+    step_group = opt._step_group
+
+    def slow_turn(group, ps):
+        ways.append(False)
+        if side_faster:
+            time.sleep(0.05)
+        step_group(group, ps)
+
+    opt._step_group = slow_turn
+    for t in range(1, 17):
+        for p in params:
+            p.grad = grad(p, t)
+        opt.step()
+    assert ways == [True] + [True, True, False, False] * 3 + [side_faster] * 3
+    big = torch.nn.Parameter(torch.zeros(_base.SIDE_BY_SIDE_MAX + 64, dtype=torch.bfloat16))
+    opt = optinspect.build_optimizer([*params, big], TABLES["remaster"])
+    ways.clear()
+    for t in range(1, 4):
+        for p in [*params, big]:
+            p.grad = grad(p, t)
+        opt.step()
+    assert ways == [] and opt._side._tried == -1  # never side by side, nothing timed
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name,klass", [("scorn", SCORN), ("remaster", REMASTER), ("persona", PersonaOptimizer)])
 def test_orthograd_dot_products_taken_ahead_change_no_bit(name, klass, dtype, monkeypatch, two_threads):
@@ -209,7 +289,7 @@ def test_orthograd_dot_products_taken_ahead_change_no_bit(name, klass, dtype, mo
     assert_same(*runs)
     low = sum(len(s) >= 2 for s in LENT_SHAPES)
     assert taken == [low] * 3 and low >= 2
-    assert _common._DOTS.table == {}
+    assert _common._DOTS == {}
 
 
 @pytest.mark.parametrize("fixture", ["thread_lent", "bits_ahead_on"])
