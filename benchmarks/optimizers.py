@@ -134,8 +134,8 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     set_grads(params)
     ref.step()
     opt.step()  # warm-up: state allocation
-    for o in (ref, opt):  # ours tries its helper thread both ways on its first steps (HelperChoice): time the way kept
-        while getattr(o, "_helper", None) is not None and o._helper.deciding:
+    for o in (ref, opt):  # ours tries its ways both ways on its first steps (TimedChoice): time the ways kept
+        while deciding(o):
             o.step()
     tr, to = [], []
     for _ in range(steps):
@@ -149,8 +149,19 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
     return statistics.median(tr), statistics.median(to)
 
 
+def deciding(opt) -> bool:
+    """Whether ours is still trying its ways: side by side or not, then (if not) the helper or not."""
+    side, helper = getattr(opt, "_side", None), getattr(opt, "_helper", None)
+    if side is not None and side.deciding:
+        return True
+    return not (side is not None and side.choice) and helper is not None and helper.deciding
+
+
 def drawn(opt) -> str:
-    """How this instance of ours drew its stochastic-rounding bits, once it had decided (see HelperChoice)."""
+    """How this instance of ours ran its steps, once it had decided (see TimedChoice): parameters side by side, or
+    in turn with the stochastic-rounding bits drawn ahead on the helper or in turn."""
+    if getattr(getattr(opt, "_side", None), "choice", None):
+        return ", side by side"
     choice = getattr(getattr(opt, "_helper", None), "choice", None)
     return "" if choice is None else ", bits drawn ahead on the helper" if choice else ", bits drawn in turn"
 
