@@ -82,8 +82,8 @@ def write_back_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], *, fp16_exac
             defer(partial(copy_stochastic_, home, work, fp16_exact=fp16_exact, drawn=drawn))
 
 
-# Elements: larger tensors' steps run one after another, each op on the whole pool (it splits them itself). On
-# 2 cores, bf16 LoRA matrices (49k elements) run ~1.6x faster side by side; a 1M-element one gains nothing.
+# Elements: a step with a larger tensor runs its parameters one after another, each op on the whole pool, which
+# torch splits among its threads itself; side by side pays where ops are too small for that (LoRA matrices).
 SIDE_BY_SIDE_MAX = 1 << 18
 
 
@@ -142,9 +142,10 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         rounded = [p for group, params in groups for p in params if self._rounded(p, group)]
         side = self._runs_side_by_side(stepped)
         choice = self.__dict__.setdefault("_side", TimedChoice())
+        way = side and choice.use()
         start = time.perf_counter()
         with self._ahead_of_step(groups):
-            if side and choice.use():
+            if way:
                 for p in stepped:  # the state dict's order is the parameters' (a saved state lists them so)
                     self.state[p]  # noqa: B018 - a defaultdict: made here, filled by the step
                 steps = []
@@ -158,7 +159,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
                         self._begin_group(group)
                         self._step_group(group, params)
         if side:
-            choice.timed(choice.use(), time.perf_counter() - start)
+            choice.timed(way, time.perf_counter() - start)
         return loss
 
     def _runs_side_by_side(self, stepped: list[torch.Tensor]) -> bool:
