@@ -10,7 +10,9 @@ entry nearest to that grid point (a lookup table). Exact zeros therefore become 
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 
 import torch
 
@@ -18,6 +20,7 @@ BLOCK = 256
 _GRID = 32767.5
 _LUTS: dict[tuple, torch.Tensor] = {}
 _MAPS: dict[bool, torch.Tensor] = {}
+_LUT_OF: dict[int, tuple] = {}  # id(map tensor) -> (a weak reference to it, its version, its table)
 
 __all__ = ["BLOCK", "dynamic_map", "lookup", "quantize_blockwise", "dequantize_blockwise", "code_error_bound"]
 
@@ -48,7 +51,12 @@ def dynamic_map(signed: bool = True, device: torch.device | str | None = None) -
 
 
 def _lut(qmap: torch.Tensor) -> torch.Tensor:
-    """grid index -> code: the map entry nearest to k / 32767.5 - 1 (computed once per distinct map)."""
+    """grid index -> code: the map entry nearest to k / 32767.5 - 1 (computed once per distinct map). A map
+    tensor seen before, unchanged since (its version counter), skips reading its 256 values (twice per
+    parameter per step: ~6 us each, ~13 ms of a 1000-tensor LoRA step)."""
+    seen = _LUT_OF.get(id(qmap))
+    if seen is not None and seen[0]() is qmap and seen[1] == qmap._version:
+        return seen[2]
     key = (str(qmap.device), tuple(qmap.tolist()))
     lut = _LUTS.get(key)
     if lut is None:
@@ -61,7 +69,14 @@ def _lut(qmap: torch.Tensor) -> torch.Tensor:
         pick_lo = (grid - qs[lo]).abs() <= (qs[hi] - grid).abs()
         lut = order[torch.where(pick_lo, lo, hi)].to(torch.uint8)
         _LUTS[key] = lut
+    _LUT_OF[id(qmap)] = (weakref.ref(qmap, functools.partial(_forget, id(qmap))), qmap._version, lut)
     return lut
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    seen = _LUT_OF.get(key)
+    if seen is not None and seen[0] is ref:  # not a newer tensor's entry under a reused id
+        del _LUT_OF[key]
 
 
 def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
@@ -78,10 +93,10 @@ def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor, block: int = BLOCK,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (uint8, shape of x) and per-block absmax (fp32), as bitsandbytes' CPU quantizer writes them."""
     blocks, n = _blocks(x.float(), block)
-    amax = torch.nan_to_num(blocks.abs(), nan=0.0).amax(dim=1)
+    amax = blocks.abs().nan_to_num_(nan=0.0).amax(dim=1)
     y = blocks * (1.0 / amax).unsqueeze(1)  # by the reciprocal, as bitsandbytes: x / absmax differs in the last bit
-    k = torch.floor((y + 1) * _GRID + 0.5)
-    k = torch.nan_to_num(k, nan=0.0).clamp_(0, 65535)
+    # the grid index floor((y + 1) * 32767.5 + 0.5), in place on y (the same operations, no fresh temporaries)
+    k = y.add_(1).mul_(_GRID).add_(0.5).floor_().nan_to_num_(nan=0.0).clamp_(0, 65535)
     codes = lookup(_lut(qmap.to(x.device)), k)[:n].view(x.shape)
     if out is not None:
         out.copy_(codes)

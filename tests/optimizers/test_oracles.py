@@ -284,6 +284,20 @@ def test_quantization_maps_and_codes_match_bitsandbytes():
         assert torch.equal(dequantize_blockwise(codes, absmax, qmap), ref)
 
 
+def test_a_map_changed_in_place_quantizes_by_its_new_values():
+    """The lookup table is kept per map tensor while the tensor is unchanged: a map overwritten in place (a state
+    loaded into the same tensor) must quantize as bitsandbytes does with the new values, not the old table."""
+    F = _bnb().functional
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4096, generator=g).abs()
+    qmap = dynamic_map(True)
+    quantize_blockwise(x, qmap)  # the signed map's table, kept
+    qmap.copy_(dynamic_map(False))
+    codes, absmax = quantize_blockwise(x, qmap)
+    ref_codes, ref_state = F.quantize_blockwise(x, code=dynamic_map(False), blocksize=256)
+    assert torch.equal(codes, ref_codes) and torch.equal(absmax, ref_state.absmax)
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_quantized_codes_match_bitsandbytes_on_millions_of_moments(signed):
     """Values a hair from the midpoint between two codes decide by the last bit of x * (1 / absmax): over 4M
