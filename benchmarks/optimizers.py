@@ -150,11 +150,12 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
 
 
 def deciding(opt) -> bool:
-    """Whether ours is still trying its ways: side by side or not, then (if not) the helper or not."""
-    side, helper = getattr(opt, "_side", None), getattr(opt, "_helper", None)
-    if side is not None and side.deciding:
-        return True
-    return not (side is not None and side.choice) and helper is not None and helper.deciding
+    """Whether ours is still trying its ways (the helper or not, then steps side by side or not)."""
+    choosing = getattr(opt, "choosing", None)
+    if choosing is not None:
+        return choosing
+    helper = getattr(opt, "_helper", None)
+    return helper is not None and helper.deciding
 
 
 def drawn(opt) -> str:

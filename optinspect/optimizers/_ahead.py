@@ -443,7 +443,15 @@ class HelperChoice(TimedChoice):
     memory recycled (its many small temporaries). A CPU that looks idle may not be (a container's CPU quota). So
     it is tried (`TimedChoice`); the bits are the same either way."""
 
+    possible: bool | None = None  # whether the last step could have used the helper (None: no step yet)
+
+    @property
+    def settled(self) -> bool:
+        """Decided, or the steps cannot use the helper: other ways may be tried against the way kept."""
+        return self.choice is not None or self.possible is False
+
     def record(self, pool: Pool, seconds: float) -> None:
+        self.possible = pool.possible
         if pool.possible:
             self.timed(pool.helped, seconds)
 

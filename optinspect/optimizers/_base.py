@@ -140,7 +140,10 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         if any(p.grad.is_sparse for p in stepped):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         rounded = [p for group, params in groups for p in params if self._rounded(p, group)]
-        side = self._runs_side_by_side(stepped)
+        # side by side is tried against the way the helper's choice kept, once that is settled
+        helper = helper_choice(self)
+        self._side_possible = side = self._runs_side_by_side(stepped)
+        side = side and helper.settled
         choice = self.__dict__.setdefault("_side", TimedChoice())
         way = side and choice.use()
         start = time.perf_counter()
@@ -154,13 +157,20 @@ class PerParameterOptimizer(torch.optim.Optimizer):
                     steps += [partial(self._step_param, p, group) for p in params]
                 side_by_side(steps)
             else:
-                with helper_choice(self).step(rounded, stepped):
+                with helper.step(rounded, stepped):
                     for group, params in groups:
                         self._begin_group(group)
                         self._step_group(group, params)
         if side:
             choice.timed(way, time.perf_counter() - start)
         return loss
+
+    @property
+    def choosing(self) -> bool:
+        """Whether the first steps are still trying ways to run (a benchmark times the ways kept)."""
+        side = self.__dict__.get("_side")
+        return (helper_choice(self).deciding
+                or bool(self.__dict__.get("_side_possible")) and (side is None or side.choice is None))
 
     def _runs_side_by_side(self, stepped: list[torch.Tensor]) -> bool:
         """Whether this step may run its parameters' steps side by side on the pool's threads (`side_by_side`):

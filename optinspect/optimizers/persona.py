@@ -29,6 +29,7 @@ class PersonaOptimizer(PerParameterOptimizer):
     """Adam-like atan2 update with amplified momentum and optional gradient-variance focus."""
 
     _ahead_of_step = orthograd_dots_ahead
+    steps_side_by_side = True
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.999),
                  weight_decay: float = 0.0, weight_decay_rate: float = 1.0, amp_factor: float = 1.0,

@@ -177,7 +177,7 @@ SIDE_EXTRAS = [{}, {"orthograd": True, "cautious_min": 0.5}, {"reset_interval": 
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("name", ["scorn", "remaster"])
+@pytest.mark.parametrize("name", ["scorn", "remaster", "persona"])
 @pytest.mark.parametrize("extra", SIDE_EXTRAS, ids=["table", "reducing", "resets"])
 def test_steps_side_by_side_change_no_bit(name, dtype, extra, monkeypatch, two_threads):
     """Parameters' steps run side by side on two threads, each at a pool of one: the same weights, state (in
@@ -198,6 +198,7 @@ def test_steps_side_by_side_change_no_bit(name, dtype, extra, monkeypatch, two_t
         params = [torch.nn.Parameter(t.clone()) for t in start]
         opt = optinspect.build_optimizer(params, {**TABLES[name], **extra})
         opt._side = TimedChoice(choice=side)
+        opt._helper = HelperChoice(choice=False)  # settled: side by side from the first step (the state made there)
         torch.manual_seed(11)
         train(opt, params, 4)
         runs.append((*outcome(opt, params, groups=True), opt.state_dict()))
@@ -209,14 +210,20 @@ def test_steps_side_by_side_change_no_bit(name, dtype, extra, monkeypatch, two_t
     assert calls == [len(start)] * 4
 
 
+@pytest.mark.parametrize("helper", [False, True], ids=["no-helper", "helper"])
 @pytest.mark.parametrize("side_faster", [True, False])
-def test_steps_are_tried_side_by_side_and_in_turn_then_the_faster_kept(side_faster, monkeypatch, two_threads):
-    """The first steps alternate (two each way, the second timed), then the faster way is kept; a step that cannot
-    run side by side (one parameter too large) does not count."""
+def test_steps_are_tried_side_by_side_and_in_turn_then_the_faster_kept(side_faster, helper, monkeypatch,
+                                                                        two_threads):
+    """Once the helper's choice is settled (decided, or no step can use it), the next steps alternate between side
+    by side and the way it kept (two each way, the second timed), then the faster is kept; a step that cannot run
+    side by side (one parameter too large) never does."""
     import time
 
-    from optinspect.optimizers import _base
+    from optinspect.optimizers import _ahead, _base
 
+    if helper:  # every step could use the helper (on a lent thread): it is tried first
+        monkeypatch.setattr(_ahead, "AHEAD_MIN", 0)
+        monkeypatch.setattr(_ahead, "_cores", torch.get_num_threads)
     real = _base.side_by_side
     ways = []
 
@@ -238,11 +245,14 @@ def test_steps_are_tried_side_by_side_and_in_turn_then_the_faster_kept(side_fast
         step_group(group, ps)
 
     opt._step_group = slow_turn
-    for t in range(1, 17):
+    for t in range(1, 28 if helper else 17):
         for p in params:
             p.grad = grad(p, t)
         opt.step()
-    assert ways == [True] + [True, True, False, False] * 3 + [side_faster] * 3
+        assert opt.choosing == (t < (26 if helper else 14))  # still trying after this step
+    first = [False] * 13 if helper else [False]  # the helper's trials, or the one step that found it unusable
+    assert ways == first + [True] + [True, True, False, False] * 3 + [side_faster] * (1 if helper else 2)
+    assert (opt._helper.choice is not None) == helper and not opt.choosing
     big = torch.nn.Parameter(torch.zeros(_base.SIDE_BY_SIDE_MAX + 64, dtype=torch.bfloat16))
     opt = optinspect.build_optimizer([*params, big], TABLES["remaster"])
     ways.clear()
