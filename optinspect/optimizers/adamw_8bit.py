@@ -18,8 +18,9 @@ import math
 
 import torch
 
+from ._ahead import splits_alike_at
 from ._base import PerParameterOptimizer, check_betas, check_range
-from ._common import windows
+from ._common import tensor_batches, windows
 from ._quant import BLOCK as _BLOCK
 from ._quant import dequantize_blockwise, dynamic_map, quantize_blockwise
 
@@ -129,11 +130,94 @@ class AdamW8bitKahan(PerParameterOptimizer):
             rms = (grad.pow(2) / torch.max(s2, torch.tensor(eps**2, dtype=s2.dtype, device=s2.device))).mean().sqrt()
         return group["lr"] / max(1, rms.item())
 
-    def _update(self, p: torch.Tensor, group: dict) -> None:
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Off CPU, runs of consecutive 8-bit parameters with the same step and learning rate are updated as one
+        flat tensor (`_apply_flat`: one kernel per operation per run instead of per tensor); the rest, and every
+        parameter on CPU, tensor by tensor. The same operations element by element and block by block either
+        way: each run's tensors hold whole 256-element blocks, so no block straddles two of them."""
+        for p in params:
+            if len(self.state[p]) == 0:
+                self._init_state(p, group)
+        prepared = [(p, *self._prepare(p, group)) for p in params]  # each reads only its own state
+        for batch in tensor_batches(params, working=torch.float32):
+            for run in self._flat_runs([prepared[i] for i in batch]):
+                if len(run) > 1:
+                    self._apply_flat(run, group)
+                else:
+                    self._apply_param(*run[0], group)
+
+    def _flat_runs(self, items: list[tuple]) -> list[list[tuple]]:
+        """Consecutive (p, grad, lr) that may share one flat update: 8-bit states, whole blocks, contiguous, one
+        step count, one learning rate; on CPU (tests) also whole vectors in every thread's share, at any count
+        (see splits_alike_at), so every element meets the same vectorised code as tensor by tensor."""
+        threads = torch.get_num_threads()
+
+        def key(item: tuple) -> tuple | None:
+            p, grad, lr = item
+            st = self.state[p]
+            if (st["state1"].dtype != torch.uint8 or p.numel() % _BLOCK or not p.is_contiguous()
+                    or not all(st[k].is_contiguous() for k in ("state1", "state2", "shift"))
+                    or p.device.type == "cpu" and not splits_alike_at(p.numel(), threads)):
+                return None
+            return st["step"], lr
+
+        runs: list[list[tuple]] = []
+        last = None
+        for item in items:
+            k = key(item)
+            if k is not None and k == last:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+            last = k
+        out = []
+        for run in runs:  # on CPU the run as a whole must split alike too; its maps must hold the same values
+            total = sum(p.numel() for p, _, _ in run)
+            if len(run) > 1 and (run[0][0].device.type == "cpu" and not splits_alike_at(total, threads)
+                                 or not self._same_maps(run)):
+                out += [[item] for item in run]
+            else:
+                out.append(run)
+        return out
+
+    def _same_maps(self, run: list[tuple]) -> bool:
+        states = [self.state[p] for p, _, _ in run]
+        for k in ("qmap1", "qmap2"):
+            maps = torch.stack([st[k] for st in states])
+            if not torch.equal(maps, maps[:1].expand_as(maps)):  # one comparison (one sync) per run
+                return False
+        return True
+
+    def _apply_flat(self, run: list[tuple], group: dict) -> None:
+        """One update over the run's tensors laid end to end: gathered, updated by `_apply` (the per-tensor
+        code), and copied back."""
+        first = self.state[run[0][0]]
+        ps = [p for p, _, _ in run]
+        states = [self.state[p] for p in ps]
+        flat = {k: torch.cat([st[k].reshape(-1) for st in states]) for k in ("state1", "state2", "absmax1", "absmax2",
+                                                                             "shift")}
+        p_flat = torch.cat([p.reshape(-1) for p in ps])
+        g_flat = torch.cat([g.reshape(-1) for _, g, _ in run])
+        self._apply(p_flat, g_flat, flat, first, group, run[0][2])
+        sizes = [p.numel() for p in ps]
+        torch._foreach_copy_([p.view(-1) for p in ps], list(p_flat.split(sizes)))
+        for k, per in (("state1", sizes), ("state2", sizes), ("shift", sizes),
+                       ("absmax1", [st["absmax1"].numel() for st in states]),
+                       ("absmax2", [st["absmax2"].numel() for st in states])):
+            torch._foreach_copy_([st[k].view(-1) for st in states], list(flat[k].split(per)))
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, float]:
+        """The step count advanced, and (grad, learning rate) for this step (stabilize scales it per tensor)."""
         state = self.state[p]
         grad = p.grad.contiguous()
         state["step"] += 1
-        lr = self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
+        return grad, self._stabilized_lr(grad, state, group) if group["stabilize"] else group["lr"]
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        self._apply_param(p, *self._prepare(p, group), group)
+
+    def _apply_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float, group: dict) -> None:
+        state = self.state[p]
         keys = ("state1", "state2", "absmax1", "absmax2", "shift")
         # Everything below is elementwise or per 256-element block: on CPU it runs in block-aligned slices
         # that stay in cache (same operations per element and per block, same bits; see slice_length).

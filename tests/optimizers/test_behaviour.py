@@ -352,6 +352,42 @@ def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
     assert bool(batched) != plain and all(n > 1 for n in batched)
 
 
+KAHAN_MULTI = [{}, {"stabilize": False}, {"fix_stabilize": True}, {"decay_weights": True, "weight_decay": 0.1},
+               {"weight_decay": 0.0, "stabilize": False}]
+KAHAN_SHAPES = [(48, 32), (64, 64), (256,), (300,), (8,), (32, 48), (512,), (3, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", KAHAN_MULTI, ids=lambda k: ",".join(k) or "defaults")
+def test_adamw8bitkahan_flat_runs_change_no_bit(kw, dtype, monkeypatch):
+    """AdamW8bitKahan's flat runs (the path off CPU, forced on here): consecutive 8-bit tensors of whole blocks
+    with one step and learning rate updated as one tensor give the same weights, codes, absmax and Kahan buffers
+    as tensor by tensor; the others (a partial block, fp32 states, another learning rate) run alone."""
+    import optinspect.optimizers._common as C
+
+    runs, flat = [], []
+    real = AdamW8bitKahan._apply_flat
+    monkeypatch.setattr(AdamW8bitKahan, "_apply_flat", lambda self, run, group: (flat.append(len(run)),
+                                                                                    real(self, run, group)))
+    g = torch.Generator().manual_seed(4)
+    start = [(torch.randn(s, generator=g) * 0.1).to(dtype) for s in KAHAN_SHAPES]
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = AdamW8bitKahan(params, lr=1e-3, min_8bit_size=256, **kw)
+        train(opt, params, 6)
+        runs.append((*outcome(opt, params), opt.state_dict()))
+    assert_same(runs[0][:3], runs[1][:3])
+    a, b = runs[0][3]["state"], runs[1][3]["state"]
+    assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y
+               for i in a for x, y in zip(_leaves(a[i]), _leaves(b[i]), strict=True))
+    assert flat and all(n > 1 for n in flat)
+
+
+def _leaves(d: dict) -> list:
+    return [w for v in d.values() for w in (_leaves(v) if isinstance(v, dict) else [v])]
+
+
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_a_sparse_gradient_is_refused_before_anything_moves(name):
     params = model()
