@@ -47,7 +47,7 @@ def dynamic_map(signed: bool = True, device: torch.device | str | None = None) -
         values.append(torch.tensor([0.0, 1.0]))
         _MAPS[signed] = torch.sort(torch.cat(values)).values
     m = _MAPS[signed]
-    return m.to(device) if device is not None else m.clone()
+    return m.to(device, copy=True) if device is not None else m.clone()  # never the cached tensor itself
 
 
 def _lut(qmap: torch.Tensor) -> torch.Tensor:

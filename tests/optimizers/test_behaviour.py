@@ -364,6 +364,7 @@ def test_adamw8bitkahan_flat_runs_change_no_bit(kw, dtype, monkeypatch):
     with one step and learning rate updated as one tensor give the same weights, codes, absmax and Kahan buffers
     as tensor by tensor; the others (a partial block, fp32 states, another learning rate) run alone."""
     import optinspect.optimizers._common as C
+    from optinspect.optimizers._quant import dynamic_map
 
     runs, flat = [], []
     real = AdamW8bitKahan._apply_flat
@@ -375,13 +376,32 @@ def test_adamw8bitkahan_flat_runs_change_no_bit(kw, dtype, monkeypatch):
         monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
         params = [torch.nn.Parameter(t.clone()) for t in start]
         opt = AdamW8bitKahan(params, lr=1e-3, min_8bit_size=256, **kw)
-        train(opt, params, 6)
+        train(opt, params, 2)
+        opt.state[params[1]]["qmap1"].copy_(dynamic_map(False))  # another map (as a loaded state may hold)
+        train(opt, params, 4, start=3)
         runs.append((*outcome(opt, params), opt.state_dict()))
     assert_same(runs[0][:3], runs[1][:3])
     a, b = runs[0][3]["state"], runs[1][3]["state"]
     assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y
                for i in a for x, y in zip(_leaves(a[i]), _leaves(b[i]), strict=True))
     assert flat and all(n > 1 for n in flat)
+
+
+def test_a_states_quantization_map_is_its_own():
+    """Each 8-bit state holds its own map: changing one in place (as loading into it would) changes no other
+    parameter's map, and no map a later optimizer starts with (they were once the module's cached tensor)."""
+    from optinspect.optimizers._quant import dynamic_map
+
+    want = dynamic_map(True)
+    params = [torch.nn.Parameter(torch.randn(512)) for _ in range(2)]
+    opt = AdamW8bitKahan(params, min_8bit_size=256)
+    train(opt, params, 1)
+    opt.state[params[0]]["qmap1"].zero_()
+    assert torch.equal(opt.state[params[1]]["qmap1"], want) and torch.equal(dynamic_map(True), want)
+    fresh = [torch.nn.Parameter(torch.randn(512))]
+    later = AdamW8bitKahan(fresh, min_8bit_size=256)
+    train(later, fresh, 1)
+    assert torch.equal(later.state[fresh[0]]["qmap1"], want)
 
 
 def _leaves(d: dict) -> list:
