@@ -140,6 +140,9 @@ class AdamW8bitKahan(PerParameterOptimizer):
                 self._init_state(p, group)
         prepared = [(p, *self._prepare(p, group)) for p in params]  # each reads only its own state
         for batch in tensor_batches(params, working=torch.float32):
+            if len(batch) == 1:  # every parameter on CPU
+                self._apply_param(*prepared[batch[0]], group)
+                continue
             for run in self._flat_runs([prepared[i] for i in batch]):
                 if len(run) > 1:
                     self._apply_flat(run, group)
