@@ -100,12 +100,20 @@ class AdamW8bitKahan(PerParameterOptimizer):
         else:
             state["state1"] = torch.zeros_like(p, dtype=torch.uint8)
             state["state2"] = torch.zeros_like(p, dtype=torch.uint8)
-            state["qmap1"] = dynamic_map(True, device=p.device)
-            state["qmap2"] = dynamic_map(False, device=p.device)
+            state["qmap1"] = self._map(True, p.device)
+            state["qmap2"] = self._map(False, p.device)
             n_blocks = math.ceil(p.numel() / _BLOCK)
             state["absmax1"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
             state["absmax2"] = torch.zeros(n_blocks, dtype=torch.float32, device=p.device)
         state["shift"] = torch.zeros_like(p)
+
+    def _map(self, signed: bool, device: torch.device) -> torch.Tensor:
+        """This optimizer's map for new 8-bit states on `device`: one tensor its parameters share, as
+        bitsandbytes' optimizer shares its own (a saved state holds it once)."""
+        maps = self.__dict__.setdefault("_maps", {})
+        if (signed, device) not in maps:
+            maps[(signed, device)] = dynamic_map(signed, device=device)
+        return maps[(signed, device)]
 
     def _rounded(self, p: torch.Tensor, group: dict) -> bool:
         return False  # low-precision weights keep what does not fit in the Kahan buffer: nothing is drawn

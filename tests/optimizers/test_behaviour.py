@@ -377,7 +377,7 @@ def test_adamw8bitkahan_flat_runs_change_no_bit(kw, dtype, monkeypatch):
         params = [torch.nn.Parameter(t.clone()) for t in start]
         opt = AdamW8bitKahan(params, lr=1e-3, min_8bit_size=256, **kw)
         train(opt, params, 2)
-        opt.state[params[1]]["qmap1"].copy_(dynamic_map(False))  # another map (as a loaded state may hold)
+        opt.state[params[1]]["qmap1"] = dynamic_map(False)  # another map (as a loaded state may hold)
         train(opt, params, 4, start=3)
         runs.append((*outcome(opt, params), opt.state_dict()))
     assert_same(runs[0][:3], runs[1][:3])
@@ -387,17 +387,22 @@ def test_adamw8bitkahan_flat_runs_change_no_bit(kw, dtype, monkeypatch):
     assert flat and all(n > 1 for n in flat)
 
 
-def test_a_states_quantization_map_is_its_own():
-    """Each 8-bit state holds its own map: changing one in place (as loading into it would) changes no other
-    parameter's map, and no map a later optimizer starts with (they were once the module's cached tensor)."""
+def test_an_optimizers_quantization_maps_are_its_own():
+    """An optimizer's 8-bit states share its own maps, as bitsandbytes' do (one tensor for all its parameters):
+    changing them in place changes no other optimizer's, and no map a later one starts with (they were once the
+    module's cached tensor)."""
     from optinspect.optimizers._quant import dynamic_map
 
     want = dynamic_map(True)
     params = [torch.nn.Parameter(torch.randn(512)) for _ in range(2)]
     opt = AdamW8bitKahan(params, min_8bit_size=256)
+    other = [torch.nn.Parameter(torch.randn(512))]
+    neighbour = AdamW8bitKahan(other, min_8bit_size=256)
     train(opt, params, 1)
+    train(neighbour, other, 1)
+    assert opt.state[params[0]]["qmap1"] is opt.state[params[1]]["qmap1"]
     opt.state[params[0]]["qmap1"].zero_()
-    assert torch.equal(opt.state[params[1]]["qmap1"], want) and torch.equal(dynamic_map(True), want)
+    assert torch.equal(neighbour.state[other[0]]["qmap1"], want) and torch.equal(dynamic_map(True), want)
     fresh = [torch.nn.Parameter(torch.randn(512))]
     later = AdamW8bitKahan(fresh, min_8bit_size=256)
     train(later, fresh, 1)
