@@ -287,9 +287,9 @@ def _thread_invariant(op: Callable[[torch.Tensor], torch.Tensor], like: torch.Te
 
 
 def _chunked_mean(t: torch.Tensor, threads: int) -> torch.Tensor:
-    """t.mean() as torch computes it at `threads` intra-op threads, at any count: the elements split into that
-    many equal chunks (no fewer than GRAIN each), each summed on its own, the partial sums added in order onto
-    zero, and the total divided by n."""
+    """t.mean() as torch computes it at `threads` intra-op threads, at any count: the elements split into one
+    equal chunk per thread (but no more chunks than whole GRAINs of elements begun), each summed on its own, the
+    partial sums added in order onto zero, and the total divided by n."""
     flat = t.reshape(-1)
     n = flat.numel()
     parts = max(1, min(threads, -(-n // GRAIN)))
