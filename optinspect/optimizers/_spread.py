@@ -28,9 +28,10 @@ import torch
 
 from ._ahead import FullCount, enter_task, random_inputs, same_bits_at, stream, task
 
-__all__ = ["defer", "dot_is_serial", "in_turn", "side_by_side", "spread"]
+__all__ = ["defer", "dot_is_serial", "in_order", "in_turn", "side_by_side", "spread"]
 
 T = TypeVar("T")
+AHEAD_TASKS = 16  # done tasks whose ordered work may wait for an earlier one: bounds the memory they hold
 DOT_PROBES = 4  # one is almost surely enough (see _mirrored_dot); a few more cost little
 DOT_PROBE_MAX = 1 << 24  # elements: a larger dot is left at the full count untried (its own time dwarfs the gain)
 _serial: dict = {}
@@ -116,8 +117,9 @@ class _Run:
         self.order = itertools.count()  # next() on it is atomic: each task is taken once, in order
         self.grad = torch.is_grad_enabled()  # per thread: the workers take the caller's (an optimizer's no_grad)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.turn = 0  # every task before this one is done
-        self.done: set[int] = set()
+        self.turn = 0  # every task before this one is done, its ordered work too
+        self.ready: dict[int, list[Callable[[], None]]] = {}  # done tasks' ordered work, waiting for its turn
+        self.chained = False  # a thread is running ordered work
         self.cond = threading.Condition()
 
     def serve(self, helpers: int) -> None:
@@ -154,7 +156,12 @@ class _Run:
         """On a worker: take tasks in order until none are left."""
         try:
             with torch.set_grad_enabled(self.grad):
-                for i in self.order:
+                while True:
+                    # bounded: each done task waiting for its turn holds its working tensors. Waited for before
+                    # taking a task, never after: the turn may be the very task taken.
+                    with self.cond:
+                        self.cond.wait_for(lambda: len(self.ready) < AHEAD_TASKS or self.failed)
+                    i = next(self.order)
                     if i >= len(self.tasks) or self.failed:
                         return
                     self._one(i)
@@ -170,7 +177,7 @@ class _Run:
             self.failed.append(e)
         finally:
             enter_task(None)
-            self._finish(i)
+            self._finish(i, running.ordered)
         if not self.failed:
             for fn in running.deferred:
                 fn()
@@ -181,13 +188,30 @@ class _Run:
         if self.failed:
             raise RuntimeError("an earlier task failed")
 
-    def _finish(self, i: int) -> None:
+    def _finish(self, i: int, ordered: list[Callable[[], None]]) -> None:
+        """Task i is done: its ordered work joins the queue, and unless another thread is already at it, this
+        one runs every queued piece whose turn has come, in the tasks' order. So no worker waits for a turn: the
+        one that finishes the task whose turn it is carries on with whatever is queued after it."""
         with self.cond:
-            self.done.add(i)
-            while self.turn in self.done:
-                self.done.discard(self.turn)
+            self.ready[i] = ordered
+            if self.chained:
+                return
+            self.chained = True
+        while True:
+            with self.cond:
+                if self.turn not in self.ready or self.failed:
+                    self.chained = False
+                    self.cond.notify_all()
+                    return
+                work = self.ready.pop(self.turn)
+            try:
+                for fn in work:
+                    fn()
+            except BaseException as e:  # noqa: BLE001 - raised by the caller
+                self.failed.append(e)
+            with self.cond:
                 self.turn += 1
-            self.cond.notify_all()
+                self.cond.notify_all()
 
 
 class _Task(FullCount):
@@ -198,6 +222,7 @@ class _Task(FullCount):
         self.index = index
         self.threads = run.threads
         self.deferred: list[Callable[[], None]] = []
+        self.ordered: list[Callable[[], None]] = []
         self.turned = False
 
     def call(self, fn: Callable[[], T]) -> T:
@@ -212,12 +237,26 @@ class _Task(FullCount):
     def defer(self, fn: Callable[[], None]) -> None:
         self.deferred.append(fn)
 
+    def in_order(self, fn: Callable[[], None]) -> None:
+        self.ordered.append(fn)
+
 
 def in_turn() -> None:
     """Before drawing random numbers: inside a side-by-side task, wait for its turn; elsewhere nothing."""
     running = task()
     if isinstance(running, _Task):
         running.in_turn()
+
+
+def in_order(fn: Callable[[], None]) -> bool:
+    """Inside a side-by-side task, run fn after the task, once every earlier task's ordered work has run (drawing
+    random numbers there draws them in the tasks' order), by whichever thread gets there; say so. Elsewhere
+    False."""
+    running = task()
+    if isinstance(running, _Task):
+        running.in_order(fn)
+        return True
+    return False
 
 
 def defer(fn: Callable[[], None]) -> bool:

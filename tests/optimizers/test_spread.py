@@ -244,3 +244,49 @@ def test_an_interrupted_step_lets_its_workers_finish(two_threads, monkeypatch):
     t.start()
     t.join(timeout=20)
     assert after == [[0, 1, 2, 3]]
+
+
+def test_ordered_work_runs_in_order_and_a_full_queue_never_stalls(two_threads, monkeypatch):
+    """`in_order` work runs in the tasks' order whatever order they finish in, on whichever thread gets there;
+    with the queue of done tasks bounded to one, many tiny tasks still all run (a worker that took the task whose
+    turn it is must never wait for room)."""
+    from optinspect.optimizers import _spread
+    from optinspect.optimizers._spread import in_order
+
+    class SlowCount:
+        """Task indices, handed out once each; the one for task 5 arrives late (its thread was descheduled)."""
+
+        def __init__(self):
+            self.n, self.lock = 0, threading.Lock()
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            with self.lock:
+                i, self.n = self.n, self.n + 1
+            if i == 5:
+                time.sleep(0.05)
+            return i
+
+    monkeypatch.setattr(_spread, "AHEAD_TASKS", 1)
+    monkeypatch.setattr(_spread.itertools, "count", SlowCount)
+    ran = []
+    jitter = random.Random(2)
+    delays = [jitter.random() * 1e-3 if jitter.random() < 0.2 else 0.0 for _ in range(300)]
+
+    def task(i):
+        def run():
+            time.sleep(delays[i])
+            assert in_order(lambda: ran.append(i))
+            return i
+        return run
+
+    out = []
+    threads = torch.get_num_threads()
+    t = threading.Thread(target=lambda: (torch.set_num_threads(threads),
+                                         out.append(side_by_side([task(i) for i in range(300)]))), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert out == [list(range(300))] and ran == list(range(300))
+    assert not in_order(lambda: None)  # outside a task: nothing queued
