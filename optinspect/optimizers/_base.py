@@ -175,7 +175,7 @@ class PerParameterOptimizer(torch.optim.Optimizer):
         for optimizers that say their steps may (`steps_side_by_side`), on CPU, where every tensor is small enough
         that the pool gains little inside one op and computes each element alike at one thread and at all. Whether
         it does is tried (`TimedChoice`, the optimizer's `_side`): on 2 cores, bf16 LoRA, REMASTER's step takes
-        ~0.6 s side by side and ~0.9 s in turn, Persona's ~0.34 s side by side and ~0.3 s with the helper, and
+        ~0.6 s side by side and ~0.9 s in turn, Persona's ~0.4 s side by side and ~0.3 s with the helper, and
         with more cores the serial draws weigh more."""
         threads = torch.get_num_threads()
         return (self.steps_side_by_side and threads >= 2 and len(stepped) >= 2 and stream() is None and task() is None

@@ -76,9 +76,11 @@ def side_by_side(tasks: list[Callable[[], T]]) -> list[T]:
 
     * work that splits by thread count goes through `_ahead.at_full_count`/`mean`/`reduction`, which run it on
       the calling thread (it keeps its pool and serves those calls meanwhile) or compute the full pool's chunks;
-    * random numbers are drawn in the tasks' order: a task's first draw waits until every earlier task is done
-      (`in_turn`), so the generator hands out the values it would in turn;
-    * work a task defers (`defer`: its stochastic rounding, once the numbers are drawn) runs after its turn.
+    * random numbers are drawn in the tasks' order, so the generator hands out the values it would in turn:
+      work a task queues with `in_order` (its stochastic rounding, draws included) runs after every earlier
+      task's, by whichever worker finishes the task whose turn it is; or a task waits for its turn (`in_turn`)
+      and draws inline;
+    * work a task defers (`defer`: plain copies into the state) runs after it, on its thread.
 
     The caller's thread count is unchanged throughout; the results come in the tasks' order, and the first
     error a task raised is raised here (tasks not yet started are then skipped)."""
