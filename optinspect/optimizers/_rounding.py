@@ -6,7 +6,7 @@ import torch
 
 from ._ahead import HIGH, settle, stream
 
-__all__ = ["copy_stochastic_", "draw_for", "is_low_precision"]
+__all__ = ["copy_stochastic_", "is_low_precision"]
 
 _BF16_MAX = torch.finfo(torch.bfloat16).max
 
@@ -20,13 +20,14 @@ def _random_bits(source: torch.Tensor, generator: torch.Generator | None) -> tor
         ahead = stream()
         if ahead is not None and source.device.type == "cpu":
             return ahead.take(source.numel()).view(source.shape)
-        return torch.randint(0, HIGH, source.shape, dtype=torch.int32, device=source.device)
+        return torch.randint_like(source, dtype=torch.int32, low=0, high=HIGH)
     return torch.randint(0, HIGH, source.shape, dtype=torch.int32, device=source.device, generator=generator)
 
 
-def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, bits: torch.Tensor) -> None:
+def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
     # Adding 16 random bits below bf16's mantissa and truncating rounds up with probability
     # (discarded bits) / 2^16: unbiased, and the carry moves into the exponent correctly.
+    bits = _random_bits(source, generator)
     bits.add_(source.view(dtype=torch.int32))
     bits.bitwise_and_(-65536)
     result = bits.view(dtype=torch.float32)
@@ -58,7 +59,7 @@ def _keep_special(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(source), source, result)
 
 
-def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, u: torch.Tensor) -> None:
+def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
     # Round to one of the two neighbouring fp16 values with probability proportional to proximity.
     near = source.to(torch.float16)
     near32 = near.float()
@@ -68,41 +69,29 @@ def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, u: torch.Tensor) ->
     hi = torch.maximum(near32, other)
     gap = hi - lo
     p_hi = torch.where(gap > 0, (source - lo) / gap, torch.zeros_like(source))
+    if generator is None:
+        settle()
+        u = torch.rand_like(source)
+    else:
+        u = torch.rand(source.shape, device=source.device, generator=generator)
     out = torch.where(u < p_hi, hi, lo)
     out = torch.where(torch.isfinite(source) & torch.isfinite(near32), out, near32)
     target.copy_(out)
 
 
-def draw_for(target: torch.Tensor, source: torch.Tensor, *, generator: torch.Generator | None = None,
-             fp16_exact: bool = False) -> torch.Tensor | None:
-    """The random numbers `copy_stochastic_(target, source)` consumes (None where it draws none): drawn apart
-    from the rounding so that steps run side by side can draw in turn and round meanwhile."""
-    if not is_low_precision(target):
-        return None
-    if target.dtype == torch.float16 and fp16_exact:
-        if generator is None:
-            settle()
-            return torch.rand(source.shape, dtype=torch.float32, device=source.device)
-        return torch.rand(source.shape, dtype=torch.float32, device=source.device, generator=generator)
-    return _random_bits(source, generator)
-
-
 def copy_stochastic_(target: torch.Tensor, source: torch.Tensor, *, generator: torch.Generator | None = None,
-                     fp16_exact: bool = False, drawn: torch.Tensor | None = None) -> None:
+                     fp16_exact: bool = False) -> None:
     """Write fp32 `source` into `target`, stochastically rounded when `target` is bf16 or fp16.
 
     fp16 targets keep the originals' behaviour by default (rounded on the bf16 grid, then copied: only 7
     mantissa bits survive); `fp16_exact=True` rounds to real fp16 neighbours. fp32 targets get a plain copy.
-    `drawn`: the numbers `draw_for` drew for this pair, if drawn ahead (they are consumed).
     """
     if target.dtype == torch.float32 or not is_low_precision(target):
         target.copy_(source)
         return
     src = source if source.dtype == torch.float32 else source.float()
     src = src.contiguous()
-    if drawn is None:
-        drawn = draw_for(target, src, generator=generator, fp16_exact=fp16_exact)
     if target.dtype == torch.float16 and fp16_exact:
-        _fp16_exact_(target, src, drawn)
+        _fp16_exact_(target, src, generator)
     else:
-        _bf16_grid_(target, src, drawn)
+        _bf16_grid_(target, src, generator)
