@@ -236,14 +236,19 @@ def test_an_interrupted_step_lets_its_workers_finish(two_threads, monkeypatch):
         side_by_side([task(i) for i in range(20)])
     assert len(started) < 20
     monkeypatch.undo()
-    after = []
+    assert _side_by_side_within(20, [task(i) for i in range(4)]) == [0, 1, 2, 3]
+
+
+def _side_by_side_within(seconds: float, tasks: list) -> list | None:
+    """side_by_side(tasks) from another thread (at this one's count), or None if it has not returned in time: a
+    hang fails the test instead of stalling it."""
+    out = []
     threads = torch.get_num_threads()
-    # from another thread, so that a hang fails the test instead of stalling it (that thread keeps the count)
-    t = threading.Thread(target=lambda: (torch.set_num_threads(threads),
-                                         after.append(side_by_side([task(i) for i in range(4)]))), daemon=True)
+    t = threading.Thread(target=lambda: (torch.set_num_threads(threads), out.append(side_by_side(tasks))),
+                         daemon=True)
     t.start()
-    t.join(timeout=20)
-    assert after == [[0, 1, 2, 3]]
+    t.join(timeout=seconds)
+    return out[0] if out else None
 
 
 def test_ordered_work_runs_in_order_and_a_full_queue_never_stalls(two_threads, monkeypatch):
@@ -282,11 +287,6 @@ def test_ordered_work_runs_in_order_and_a_full_queue_never_stalls(two_threads, m
             return i
         return run
 
-    out = []
-    threads = torch.get_num_threads()
-    t = threading.Thread(target=lambda: (torch.set_num_threads(threads),
-                                         out.append(side_by_side([task(i) for i in range(300)]))), daemon=True)
-    t.start()
-    t.join(timeout=30)
-    assert out == [list(range(300))] and ran == list(range(300))
+    assert _side_by_side_within(30, [task(i) for i in range(300)]) == list(range(300))
+    assert ran == list(range(300))
     assert not in_order(lambda: None)  # outside a task: nothing queued
