@@ -126,9 +126,12 @@ def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threa
     count, and `all_threads` inside a task is refused. The workers are kept between calls."""
     caller = threading.get_ident()
     log, served, workers = [], [], []
+    meet = [threading.Barrier(2, timeout=10)]
 
     def task(i):
         def run():
+            if i < 2:
+                meet[0].wait()  # the first two run at once: on both workers, however busy the machine
             workers.append(threading.get_ident())
             assert defer(lambda: log.append(("deferred", i, threading.get_ident())))
             log.append(("task", i, threading.get_ident()))
@@ -145,6 +148,7 @@ def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threa
     assert set(served) == {(caller, 2)}
     first = set(workers)
     workers.clear()
+    meet[0] = threading.Barrier(2, timeout=10)
     side_by_side([task(i) for i in range(6)])
     assert set(workers) == first and len(first) == 2 and caller not in first
     assert not defer(lambda: None)  # outside a task: nothing deferred
