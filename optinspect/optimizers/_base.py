@@ -14,7 +14,7 @@ import torch
 
 from ._ahead import TimedChoice, helper_choice, splits_alike_at, stream, task
 from ._rounding import copy_stochastic_, is_low_precision
-from ._spread import defer, in_order, side_by_side
+from ._spread import in_order, side_by_side
 
 
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None, *,
@@ -63,21 +63,16 @@ def write_back_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], *, fp16_exac
     working tensor is its home (nothing was upcast) is skipped. The pairs are written in the order given: each
     one draws random bits from the global generator, so the order is part of the result (the originals' kept).
     `fp16_nearest`: fp16 homes get plain round-to-nearest (Adafactor's original does this; bf16 stays stochastic).
-    Inside a step run side by side, the drawing and rounding wait until the step and every earlier parameter's are
-    done: nothing may read the homes or change the working tensors after this in the same step."""
+    Inside a step run side by side, a stochastic rounding waits until the step and every earlier parameter's are
+    done: nothing may read those homes or change the working tensors after this in the same step."""
     for home, work in pairs:
         if work is home:
             continue
-        nearest = fp16_nearest and home.dtype == torch.float16
-        if task() is None:
-            if nearest:
-                home.copy_(work)
-            else:
-                copy_stochastic_(home, work, fp16_exact=fp16_exact)
-        elif nearest or not is_low_precision(home):
-            defer(partial(home.copy_, work))
-        else:  # drawn and rounded in the parameters' order, by whichever worker gets there
-            in_order(partial(copy_stochastic_, home, work, fp16_exact=fp16_exact))
+        if fp16_nearest and home.dtype == torch.float16:
+            home.copy_(work)
+        # side by side, the draws and rounding are queued to run in the parameters' order (`in_order`)
+        elif not (is_low_precision(home) and in_order(partial(copy_stochastic_, home, work, fp16_exact=fp16_exact))):
+            copy_stochastic_(home, work, fp16_exact=fp16_exact)
 
 
 # Elements: a step with a larger tensor runs its parameters one after another, each op on the whole pool, which

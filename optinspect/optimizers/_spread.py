@@ -28,7 +28,7 @@ import torch
 
 from ._ahead import FullCount, enter_task, random_inputs, same_bits_at, stream, task
 
-__all__ = ["defer", "dot_is_serial", "in_order", "in_turn", "side_by_side", "spread"]
+__all__ = ["dot_is_serial", "in_order", "side_by_side", "spread"]
 
 T = TypeVar("T")
 AHEAD_TASKS = 16  # done tasks whose ordered work may wait for an earlier one: bounds the memory they hold
@@ -77,10 +77,8 @@ def side_by_side(tasks: list[Callable[[], T]]) -> list[T]:
     * work that splits by thread count goes through `_ahead.at_full_count`/`mean`/`reduction`, which run it on
       the calling thread (it keeps its pool and serves those calls meanwhile) or compute the full pool's chunks;
     * random numbers are drawn in the tasks' order, so the generator hands out the values it would in turn:
-      work a task queues with `in_order` (its stochastic rounding, draws included) runs after every earlier
-      task's, by whichever worker finishes the task whose turn it is; or a task waits for its turn (`in_turn`)
-      and draws inline;
-    * work a task defers (`defer`: plain copies into the state) runs after it, on its thread.
+      a task queues whatever draws (`in_order`: its stochastic rounding), and that work runs after every earlier
+      task's, by whichever worker finishes the task whose turn it is.
 
     The caller's thread count is unchanged throughout; the results come in the tasks' order, and the first
     error a task raised is raised here (tasks not yet started are then skipped)."""
@@ -171,7 +169,7 @@ class _Run:
             self.requests.put(_FINISHED)
 
     def _one(self, i: int) -> None:
-        running = _Task(self, i)
+        running = _Task(self)
         enter_task(running)
         try:
             self.results[i] = self.tasks[i]()
@@ -180,15 +178,6 @@ class _Run:
         finally:
             enter_task(None)
             self._finish(i, running.ordered)
-        if not self.failed:
-            for fn in running.deferred:
-                fn()
-
-    def wait_turn(self, i: int) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn == i or self.failed)
-        if self.failed:
-            raise RuntimeError("an earlier task failed")
 
     def _finish(self, i: int, ordered: list[Callable[[], None]]) -> None:
         """Task i is done: its ordered work joins the queue, and unless another thread is already at it, this
@@ -219,35 +208,16 @@ class _Run:
 class _Task(FullCount):
     """What the running task's thread sees (`_ahead.task()`)."""
 
-    def __init__(self, run: _Run, index: int) -> None:
+    def __init__(self, run: _Run) -> None:
         self.run = run
-        self.index = index
         self.threads = run.threads
-        self.deferred: list[Callable[[], None]] = []
         self.ordered: list[Callable[[], None]] = []
-        self.turned = False
 
     def call(self, fn: Callable[[], T]) -> T:
         return self.run.call(fn)
 
-    def in_turn(self) -> None:
-        """Wait until every earlier task is done (then this one may draw, as it would in turn)."""
-        if not self.turned:
-            self.run.wait_turn(self.index)
-            self.turned = True
-
-    def defer(self, fn: Callable[[], None]) -> None:
-        self.deferred.append(fn)
-
     def in_order(self, fn: Callable[[], None]) -> None:
         self.ordered.append(fn)
-
-
-def in_turn() -> None:
-    """Before drawing random numbers: inside a side-by-side task, wait for its turn; elsewhere nothing."""
-    running = task()
-    if isinstance(running, _Task):
-        running.in_turn()
 
 
 def in_order(fn: Callable[[], None]) -> bool:
@@ -257,15 +227,6 @@ def in_order(fn: Callable[[], None]) -> bool:
     running = task()
     if isinstance(running, _Task):
         running.in_order(fn)
-        return True
-    return False
-
-
-def defer(fn: Callable[[], None]) -> bool:
-    """Inside a side-by-side task, run fn after the task (and its turn) ends and say so; elsewhere False."""
-    running = task()
-    if isinstance(running, _Task):
-        running.defer(fn)
         return True
     return False
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optinspect.optimizers import _ahead
-from optinspect.optimizers._spread import _mirrored_dot, defer, dot_is_serial, in_turn, side_by_side, spread
+from optinspect.optimizers._spread import _mirrored_dot, dot_is_serial, in_order, side_by_side, spread
 
 
 def test_the_probe_shows_any_other_grouping():
@@ -96,8 +96,8 @@ def test_spread_keeps_the_callers_grad_mode_and_raises_a_tasks_error(two_threads
 
 
 def test_side_by_side_draws_in_the_tasks_order(two_threads):
-    """Tasks that draw random numbers after work of random length: each draws, in its turn, the numbers it would
-    draw in turn, and the global generator ends where drawing them in turn leaves it."""
+    """Tasks that queue draws after work of random length (two each): each gets the numbers it would draw in
+    turn, and the global generator ends where drawing them in turn leaves it."""
     sizes = [random.Random(i).randrange(1, 5000) for i in range(40)]
     torch.manual_seed(7)
     want = [torch.randint(0, 1 << 16, (n,), dtype=torch.int32) for n in sizes]
@@ -105,25 +105,29 @@ def test_side_by_side_draws_in_the_tasks_order(two_threads):
     jitter = random.Random(1)
     delays = [jitter.random() * 2e-3 for _ in sizes]
 
+    got = [[] for _ in sizes]
+
+    def draw(i, n):
+        got[i].append(torch.randint(0, 1 << 16, (n,), dtype=torch.int32))
+
     def task(i):
         def run():
             time.sleep(delays[i])  # finish out of order
-            in_turn()
-            first = torch.randint(0, 1 << 16, (sizes[i] // 2,), dtype=torch.int32)
+            assert in_order(lambda: draw(i, sizes[i] // 2))
             time.sleep(delays[-1 - i])
-            in_turn()  # a second draw in the same task: still its turn
-            return torch.cat([first, torch.randint(0, 1 << 16, (sizes[i] - sizes[i] // 2,), dtype=torch.int32)])
+            assert in_order(lambda: draw(i, sizes[i] - sizes[i] // 2))  # a second draw of the same task
         return run
 
     torch.manual_seed(7)
-    got = side_by_side([task(i) for i in range(len(sizes))])
+    side_by_side([task(i) for i in range(len(sizes))])
+    got = [torch.cat(parts) for parts in got]
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     assert torch.equal(torch.get_rng_state(), after)
 
 
-def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threads):
-    """Deferred work runs after its task, on the same thread; `at_full_count` runs on the caller's thread at its
-    count, and `all_threads` inside a task is refused. The workers are kept between calls."""
+def test_side_by_side_orders_work_after_the_task_and_serves_full_count_work(two_threads):
+    """Ordered work runs after its task, on a worker; `at_full_count` runs on the caller's thread at its count,
+    and `all_threads` inside a task is refused. The workers are kept between calls."""
     caller = threading.get_ident()
     log, served, workers = [], [], []
     meet = [threading.Barrier(2, timeout=10)]
@@ -133,7 +137,7 @@ def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threa
             if i < 2:
                 meet[0].wait()  # the first two run at once: on both workers, however busy the machine
             workers.append(threading.get_ident())
-            assert defer(lambda: log.append(("deferred", i, threading.get_ident())))
+            assert in_order(lambda: log.append(("ordered", i, threading.get_ident())))
             log.append(("task", i, threading.get_ident()))
             served.append(_ahead.at_full_count(lambda: (threading.get_ident(), torch.get_num_threads())))
             with pytest.raises(RuntimeError, match="at_full_count"), _ahead.all_threads:
@@ -143,33 +147,35 @@ def test_side_by_side_defers_after_the_task_and_serves_full_count_work(two_threa
 
     assert side_by_side([task(i) for i in range(6)]) == [1] * 6
     for i in range(6):
-        (kind_a, _, ta), (kind_b, _, tb) = [e for e in log if e[1] == i]
-        assert (kind_a, kind_b) == ("task", "deferred") and ta == tb
+        (kind_a, _, _), (kind_b, _, tb) = [e for e in log if e[1] == i]
+        assert (kind_a, kind_b) == ("task", "ordered") and tb != caller
     assert set(served) == {(caller, 2)}
     first = set(workers)
     workers.clear()
     meet[0] = threading.Barrier(2, timeout=10)
     side_by_side([task(i) for i in range(6)])
     assert set(workers) == first and len(first) == 2 and caller not in first
-    assert not defer(lambda: None)  # outside a task: nothing deferred
 
 
-def test_side_by_side_raises_the_first_error_and_releases_the_turn(two_threads):
-    """A failing task: the tasks waiting for its turn are let go (no hang), the error is raised, the caller's
-    count is kept."""
+def test_side_by_side_raises_the_first_error_and_stops_the_queue(two_threads):
+    """A failing task: the error is raised, no later task's ordered work runs (no hang), the caller's count is
+    kept and the workers are free for the next call."""
+    ran = []
 
     def bad():
         time.sleep(0.01)
         raise ValueError("task failed")
 
-    def draws():
-        in_turn()
-        return torch.rand(3)
+    def draws(i):
+        def run():
+            in_order(lambda: ran.append(i))
+            return i
+        return run
 
     with pytest.raises(ValueError, match="task failed"):
-        side_by_side([lambda: None, bad, draws, draws, draws])
-    assert torch.get_num_threads() == 2
-    assert side_by_side([draws, draws])[0].shape == (3,)  # the workers are still there
+        side_by_side([draws(0), bad, draws(2), draws(3), draws(4)])
+    assert set(ran) <= {0} and torch.get_num_threads() == 2  # 0's work may run before the failure, no later one
+    assert _side_by_side_within(20, [draws(5), draws(6)]) == [5, 6] and ran[-2:] == [5, 6]
 
 
 @pytest.mark.parametrize("n", [1000, 32768 + 64, 49152, 65537, 100000, 1 << 20])
