@@ -194,6 +194,8 @@ class AdamW8bitKahan(PerParameterOptimizer):
     def _same_maps(self, run: list[tuple]) -> bool:
         states = [self.state[p] for p, _, _ in run]
         for k in ("qmap1", "qmap2"):
+            if all(st[k] is states[0][k] for st in states):  # this optimizer's shared map: no comparison
+                continue
             maps = torch.stack([st[k] for st in states])
             if not torch.equal(maps, maps[:1].expand_as(maps)):  # one comparison (one sync) per run
                 return False
