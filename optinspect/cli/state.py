@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from optinspect.cli.common import EXIT_OK, err, missing_extra
+from optinspect.cli.common import EXIT_OK, err, long_lived, missing_extra
 from optinspect.render import make_console
 
 
@@ -23,7 +23,8 @@ def _load(path: str, model: str | None, optimizer: int, max_tensors: int):
     from optinspect.state.mapped import CorruptData
 
     try:
-        return load_state(path, model=model, optimizer=optimizer, max_tensors=max_tensors), None
+        with long_lived():
+            return load_state(path, model=model, optimizer=optimizer, max_tensors=max_tensors), None
     except (StateLoadError, HeaderError, CorruptData, OSError) as e:
         return None, str(e)
 

@@ -4,8 +4,9 @@ Formatting only, and torch-free: the TUI paints with it before torch is imported
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from optinspect.specs import FIRST, RESETS, SECOND
@@ -26,27 +27,25 @@ class Column:
 MOMENTS = FIRST + SECOND + ("s", "exp_avg_sq_row", "exp_avg_sq_col")
 
 
-@dataclass
 class PendingRow:
-    """A parameter whose statistics are still being computed: what the TUI shows before its row arrives."""
+    """A parameter whose statistics are still being computed: what the TUI shows before its row arrives. It
+    answers every attribute a report row has; all but the four it knows are empty and shared (100k of them are
+    made before the rows show, so each holds no more than it must)."""
 
-    index: int
-    name: str
-    group: int
-    shape: list[int] | None
-    family: str = ""
-    step: int | None = None
-    counters: dict = field(default_factory=dict)
-    first_rms: float | None = None
-    second_rms: float | None = None
-    update_scale_mean: float | None = None
-    update_scale_max: float | None = None
-    quant_rel_error: float | None = None
-    kahan_rms: float | None = None
-    flags: list[str] = field(default_factory=list)
-    tensors: list = field(default_factory=list)
-    scalars: dict = field(default_factory=dict)
-    name_certain: bool = True
+    __slots__ = ("index", "name", "group", "shape")
+    family = ""
+    step = first_rms = second_rms = update_scale_mean = update_scale_max = quant_rel_error = kahan_rms = None
+    counters: Mapping = MappingProxyType({})
+    scalars: Mapping = MappingProxyType({})
+    flags: tuple = ()
+    tensors: tuple = ()
+    name_certain = True
+
+    def __init__(self, index: int, name: str, group: int, shape: list[int] | None) -> None:
+        self.index, self.name, self.group, self.shape = index, name, group, shape
+
+    def __repr__(self) -> str:
+        return f"PendingRow({self.index}, {self.name!r}, {self.group}, {self.shape})"
 
 
 def pending(r) -> bool:

@@ -293,6 +293,7 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
                  on_param: Callable[[ParamReport], None] | None = None) -> StateReport:
     """Analyse every parameter (streaming large tensors chunk by chunk, counting small ones in batches of many
     parameters), then the cross-tensor anomalies. `on_param` sees each row as soon as it is done."""
+    ls.settle()
     rows = []
     params = ls.params
     i = 0

@@ -18,11 +18,12 @@ from optinspect.state.unpickle import is_zip, safe_torch_load
 __all__ = ["LoadedState", "ParamState", "StateLoadError", "load_state", "materialize"]
 
 
-def load_state(path: str, model: str | None = None, optimizer: int = 0, max_tensors: int = MAX_TENSORS
-               ) -> LoadedState:
+def load_state(path: str, model: str | None = None, optimizer: int = 0, max_tensors: int = MAX_TENSORS,
+               names_first: bool = False) -> LoadedState:
     """Read any supported optimizer state; `model` (safetensors) names parameters by order and shape; `optimizer`
     picks one of a checkpoint that holds several (Lightning's list, Accelerate's optimizer_N.bin); a file of more
-    than `max_tensors` tensors is refused."""
+    than `max_tensors` tensors is refused. `names_first`: return as soon as names and shapes are known, leaving
+    where the bytes lie (and its checks) to `LoadedState.settle`, for a viewer that shows the rows first."""
     from optinspect.state import dcp
 
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
@@ -50,8 +51,10 @@ def load_state(path: str, model: str | None = None, optimizer: int = 0, max_tens
     if file.endswith(".safetensors") or looks_like_safetensors(file):
         ls = load_safetensors(file, max_tensors)
     else:
-        obj, skipped = safe_torch_load(file, max_tensors)
+        placements: list = []
+        obj, skipped = safe_torch_load(file, max_tensors, placements if names_first else None)
         ls = interpret(obj, path, optimizer)
+        ls.placements = placements
         ls.skipped = skipped
         ls.mapped = is_zip(file) and not has_mapped(ls)
         if skipped:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from optinspect.state.mapped import MappedTensor
+from optinspect.state.mapped import CorruptData, MappedTensor
 
 
 class StateLoadError(Exception):
@@ -38,6 +38,17 @@ class LoadedState:
     names_from: str = "index"
     extra: dict[str, Any] = field(default_factory=dict)
     mapped: bool = False  # tensors are views of a read-only file mapping (their pages may be released)
+    placements: list = field(default_factory=list)  # where tensors' bytes lie, still to be settled
+
+    def settle(self) -> None:
+        """Find where every tensor's bytes lie, checking each against the file, if `load_state(names_first=True)`
+        left that for later: done before statistics, so a corrupt file fails before any figure."""
+        for place in self.placements:
+            try:
+                place()
+            except CorruptData as e:
+                raise CorruptData(f"{self.source_file}: {e}") from None
+        self.placements = []
 
     @property
     def tensor_bytes(self) -> int:

@@ -91,17 +91,28 @@ class MappedFile:
 class MappedTensor:
     """A tensor in a file mapping: shape and dtype known, bytes read on demand (chunks, or all at once)."""
 
-    __slots__ = ("mapped", "byte_start", "dtype", "shape", "stride", "storage_numel", "_numel")
+    __slots__ = ("mapped", "_start", "dtype", "shape", "stride", "storage_numel", "_numel", "_placement")
 
     def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype, shape: tuple[int, ...],
-                 stride: tuple[int, ...] | None = None, storage_numel: int | None = None) -> None:
+                 stride: tuple[int, ...] | None = None, storage_numel: int | None = None,
+                 placement: Any = None) -> None:
         self.mapped = mapped
-        self.byte_start = byte_start
+        self._start = byte_start
         self.dtype = dtype
         self.shape = shape
         self.stride = stride
         self.storage_numel = storage_numel
         self._numel = -1
+        self._placement = placement  # where `byte_start` is found on first need (it is -1 until then)
+
+    @property
+    def byte_start(self) -> int:
+        """Where the bytes begin in the mapping. A zip checkpoint's reader learns it from the archive's directory,
+        which for 300k tensors takes a good part of the load: it is read when the first bytes are wanted, so
+        names and shapes can be shown before."""
+        if self._start < 0:
+            self._placement()
+        return self._start
 
     @property
     def numel(self) -> int:

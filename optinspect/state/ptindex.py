@@ -93,8 +93,8 @@ _CENTRAL = struct.Struct("<4s6xH8xIIHHH8xI")
 _LOCAL = struct.Struct("<4s22xHH")
 
 
-def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int, int]], str]:
-    """(`size` is the archive's end in the mapping; its own offsets count from `base`.)"""
+def _directory(mm: Any, base: int, size: int) -> tuple[int, int]:
+    """(records, first record's position) of the archive's central directory, zip64 or not."""
     eocd = mm.rfind(b"PK\x05\x06", max(base, size - 65557), size)
     if eocd < 0:
         raise Unsupported("no end of central directory")
@@ -108,62 +108,137 @@ def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int
         if mm[rec:rec + 4] != b"PK\x06\x06":
             raise Unsupported("zip64 record missing")
         count, cd_size, cd_off = struct.unpack_from("<QQQ", mm, rec + 32)
+    return count, base + cd_off
+
+
+def _record(mm: Any, pos: int, base: int, size: int) -> tuple[str, int, int, int]:
+    """The central-directory record at `pos`: (member name, data start, data size, next record's position)."""
+    sig, method, csize, usize, n, m, k, local = _CENTRAL.unpack_from(mm, pos)
+    if sig != b"PK\x01\x02":
+        raise Unsupported("bad central directory")
+    name = mm[pos + 46:pos + 46 + n].decode("utf-8", "replace")
+    if 0xFFFFFFFF in (usize, local, csize):
+        extra = mm[pos + 46 + n:pos + 46 + n + m]
+        j = 0
+        while j + 4 <= len(extra):
+            tag, ln = struct.unpack_from("<HH", extra, j)
+            if tag == 1:
+                vals = list(struct.unpack_from("<" + "Q" * (ln // 8), extra, j + 4))
+                if usize == 0xFFFFFFFF:
+                    usize = vals.pop(0)
+                if csize == 0xFFFFFFFF:
+                    csize = vals.pop(0)
+                if local == 0xFFFFFFFF:
+                    local = vals.pop(0)
+                break
+            j += 4 + ln
+    local += base
+    if method != 0:
+        raise CorruptData(f"zip member {name} is compressed (method {method}); torch.save never compresses, so "
+                          "this file was re-packed by another tool and is not read (it could expand without bound)")
+    sig, ln, lm = _LOCAL.unpack_from(mm, local)
+    if sig != b"PK\x03\x04":
+        raise Unsupported("bad local header")
+    start = local + 30 + ln + lm
+    if start + usize > size:
+        raise Unsupported("member past the end of the file")
+    return name, start, usize, pos + 46 + n + m + k
+
+
+def _pickle_prefix(name: str) -> str | None:
+    return name[: -len("/data.pkl")] if name.endswith("/data.pkl") and name.count("/") == 1 else None
+
+
+def _parse_directory(mm: Any, base: int, size: int) -> tuple[dict[str, tuple[int, int]], str]:
+    """(`size` is the archive's end in the mapping; its own offsets count from `base`.)"""
+    count, pos = _directory(mm, base, size)
     out: dict[str, tuple[int, int]] = {}
-    pos = base + cd_off
     for _ in range(count):
-        sig, method, csize, usize, n, m, k, local = _CENTRAL.unpack_from(mm, pos)
-        if sig != b"PK\x01\x02":
-            raise Unsupported("bad central directory")
-        name = mm[pos + 46:pos + 46 + n].decode("utf-8", "replace")
-        if 0xFFFFFFFF in (usize, local, csize):
-            extra = mm[pos + 46 + n:pos + 46 + n + m]
-            j = 0
-            while j + 4 <= len(extra):
-                tag, ln = struct.unpack_from("<HH", extra, j)
-                if tag == 1:
-                    vals = list(struct.unpack_from("<" + "Q" * (ln // 8), extra, j + 4))
-                    if usize == 0xFFFFFFFF:
-                        usize = vals.pop(0)
-                    if csize == 0xFFFFFFFF:
-                        csize = vals.pop(0)
-                    if local == 0xFFFFFFFF:
-                        local = vals.pop(0)
-                    break
-                j += 4 + ln
-        local += base
-        if method != 0:
-            raise CorruptData(f"zip member {name} is compressed (method {method}); torch.save never compresses, so "
-                              "this file was re-packed by another tool and is not read (it could expand without bound)")
-        sig, ln, lm = _LOCAL.unpack_from(mm, local)
-        if sig != b"PK\x03\x04":
-            raise Unsupported("bad local header")
-        start = local + 30 + ln + lm
-        if start + usize > size:
-            raise Unsupported("member past the end of the file")
+        name, start, usize, pos = _record(mm, pos, base, size)
         out[name] = (start, usize)
-        pos += 46 + n + m + k
-    prefix = next((nm[: -len("/data.pkl")] for nm in out if nm.endswith("/data.pkl") and nm.count("/") == 1), None)
+    prefix = next((p for p in map(_pickle_prefix, out) if p is not None), None)
     if prefix is None:
         raise Unsupported("no data.pkl")
     return out, prefix
 
 
+def _first_pickle(mm: Any, base: int, size: int) -> tuple[str, int, int] | None:
+    """(prefix, start, size) of the archive's pickle where it is the first member, as torch writes it, read from
+    the directory's first record alone: the rest of the directory can wait (see _Placement)."""
+    try:
+        count, pos = _directory(mm, base, size)
+        if count:
+            name, start, usize, _ = _record(mm, pos, base, size)
+            prefix = _pickle_prefix(name)
+            if prefix is not None:
+                return prefix, start, usize
+    except CorruptData:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError, Unsupported):
+        pass  # the whole directory's parse says what is wrong
+    return None
+
+
+class _Placement:
+    """Where the storages' bytes lie, read from the archive's central directory when the first bytes are wanted
+    (or at once, for a caller that reads data straight away). For 300k tensors the directory is a quarter of the
+    load, and a viewer can show names and shapes before it is read. Every storage is checked then: it must be
+    a member of the archive holding the bytes it claims."""
+
+    def __init__(self, mapped: MappedFile, base: int, end: int, pickle_at: tuple[str, int, int]) -> None:
+        self.mapped, self.base, self.end, self.pickle_at = mapped, base, end, pickle_at
+        self.pending: list[tuple[MappedTensor, str, int, int]] | None = []  # tensor, key, offset, bytes claimed
+
+    def __call__(self) -> None:
+        """Settle them now. A directory this reader cannot follow is corrupt here: torch's loader, which judges
+        it before any tensor is made, can no longer be asked once they are."""
+        try:
+            self.place()
+        except Unsupported as e:
+            raise CorruptData(f"the archive's directory is malformed ({e})") from None
+
+    def place(self) -> None:
+        if self.pending is None:
+            return
+        members, prefix = _member_offsets(self.mapped.mm, self.base, self.end)
+        if (prefix, *members[f"{prefix}/data.pkl"]) != self.pickle_at:
+            raise CorruptData("the archive's directory and its first record disagree on where its pickle is")
+        data_prefix = f"{prefix}/data/"
+        for t, key, at, claimed in self.pending:
+            member = members.get(data_prefix + key)
+            if member is None:
+                raise CorruptData(f"a tensor's data ({key}) is missing from the file")
+            if claimed > member[1]:
+                raise CorruptData(f"storage {key} claims {claimed:,} bytes; the file holds {member[1]:,} (truncated "
+                                  "or corrupt)")
+            t._start = member[0] + at
+        self.pending = None
+        self.mapped.release(self.base, self.end - self.base)  # the directory's and headers' pages
+
+
 def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = None, base: int = 0,
-               end: int | None = None, max_tensors: int = MAX_TENSORS) -> tuple[Any, list[str]]:
+               end: int | None = None, max_tensors: int = MAX_TENSORS, placements: list | None = None
+               ) -> tuple[Any, list[str]]:
     """Read a torch zip checkpoint's object graph with MappedTensors for every tensor (the archive may be the
-    bytes [base, end) of a mapped file that holds several); more than `max_tensors` tensors is refused."""
+    bytes [base, end) of a mapped file that holds several); more than `max_tensors` tensors is refused. Where
+    the tensors' bytes lie is settled before returning, or, given `placements`, put there to be settled later
+    (by calling it, or on the first read of any of them)."""
     mapped = mapped or MappedFile(path)
     if mapped.mm is None:
         raise Unsupported("empty file")
     if end is not None and not 0 <= base < end <= mapped.size:
         raise CorruptData(f"{path}: an item at bytes {base}..{end} of a {mapped.size}-byte file (truncated or "
                           "corrupt)")
-    members, prefix = _member_offsets(mapped.mm, base, end)
-    start, size = members[f"{prefix}/data.pkl"]
+    end = mapped.size if end is None else end
+    first = _first_pickle(mapped.mm, base, end)
+    if first is None:  # an archive that does not start with its pickle: its directory first, whole
+        members, prefix = _member_offsets(mapped.mm, base, end)
+        first = (prefix, *members[f"{prefix}/data.pkl"])
+    _, start, size = first
     data = mapped.mm[start:start + size]
     skipped: list[str] = []
-
-    data_prefix = f"{prefix}/data/"
+    placement = _Placement(mapped, base, end, first)
+    pending = placement.pending
     extents: dict[tuple, tuple] = {}
     count = [0]
 
@@ -196,13 +271,7 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         count[0] += 1
         if count[0] > max_tensors:
             raise StateLoadError(too_many_tensors(path, f"more than {max_tensors:,}", max_tensors))
-        member = members.get(data_prefix + key)
-        if member is None:
-            raise CorruptData(f"a tensor's data ({key}) is missing from the file")
         itemsize = _itemsize(dtype)
-        if storage_numel * itemsize > member[1]:
-            raise CorruptData(f"storage {key} claims {storage_numel * itemsize:,} bytes; the "
-                              f"file holds {member[1]:,} (truncated or corrupt)")
         if type(offset) is not int:
             raise CorruptData("a tensor's storage offset is not an integer")
         try:  # most tensors share a few shapes: checked once per (shape, stride), then looked up
@@ -216,8 +285,9 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
             extents[(shape, stride)] = shape, stride, numel, span
         if numel and (offset < 0 or offset + span >= storage_numel or numel > storage_numel):
             check_extent(shape, stride, offset, storage_numel)  # raises, with the figures
-        t = MappedTensor(mapped, member[0] + offset * itemsize, dtype, shape, stride, storage_numel - offset)
+        t = MappedTensor(mapped, -1, dtype, shape, stride, storage_numel - offset, placement)
         t._numel = numel
+        pending.append((t, key, offset * itemsize, storage_numel * itemsize))
         return t
 
     def rebuild_tensor_v3(pid: Any, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
@@ -279,5 +349,8 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         raise CorruptData("the object graph nests deeper than Python can follow") from None
     except Exception as e:  # noqa: BLE001 - a broken pickle: let torch's loader produce its own message
         raise Unsupported(f"{type(e).__name__}: {e}") from None
-    mapped.release(base, (mapped.size if end is None else end) - base)  # the directory's and headers' pages
+    if placements is None:
+        placement.place()
+    else:
+        placements.append(placement)
     return obj, sorted(set(skipped))

@@ -66,8 +66,10 @@ def read_small(path: str, limit: int) -> bytes:
         return fh.read(limit)
 
 
-def safe_torch_load(path: str, max_tensors: int = MAX_TENSORS) -> tuple[Any, list[str]]:
-    """torch.load(weights_only=True), with harmless globals stubbed; returns (object, skipped global names)."""
+def safe_torch_load(path: str, max_tensors: int = MAX_TENSORS, placements: list | None = None
+                    ) -> tuple[Any, list[str]]:
+    """torch.load(weights_only=True), with harmless globals stubbed; returns (object, skipped global names).
+    `placements`: see `load_index`."""
     check_regular(path)
     try:
         with open(path, "rb") as fh:
@@ -82,7 +84,7 @@ def safe_torch_load(path: str, max_tensors: int = MAX_TENSORS) -> tuple[Any, lis
                              f"safetensors; it starts with {magic!r}")
     if is_zip:
         try:
-            return load_index(path, HARMLESS_GLOBALS, max_tensors=max_tensors)
+            return load_index(path, HARMLESS_GLOBALS, max_tensors=max_tensors, placements=placements)
         except Unsupported:
             pass  # torch's own weights-only loader decides (and refuses what must be refused)
         except CorruptData as e:

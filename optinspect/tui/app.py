@@ -83,18 +83,21 @@ class StateApp(App[int]):
     # -- background work --------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False)
     def analyse(self) -> None:
+        from optinspect.cli.common import long_lived
         from optinspect.state.analyse import build_report
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
         from optinspect.state.mapped import CorruptData
 
         try:
-            ls = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors)
+            with long_lived():
+                ls = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors,
+                                names_first=True)
+                # placeholders built here, off the UI thread (100k of them take a second)
+                rows = [PendingRow(p.index, p.name, p.group, list(p.shape) if p.shape else None) for p in ls.params]
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
-        # placeholders built here, off the UI thread (100k of them take a second)
-        rows = [PendingRow(p.index, p.name, p.group, list(p.shape) if p.shape else None) for p in ls.params]
         self.call_from_thread(self._loaded, ls, rows)
         total = max(1, ls.tensor_bytes)
         done = [0]
@@ -127,6 +130,7 @@ class StateApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def compare(self) -> None:
+        from optinspect.cli.common import long_lived
         from optinspect.state.diff import diff_states
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
@@ -134,12 +138,13 @@ class StateApp(App[int]):
 
         try:
             each = max(self.max_tensors // 2, 1)  # the bound holds for the two files together, as in `diff`
-            a = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=each)
-            b = load_state(self.other, model=self.model, optimizer=self.optimizer, max_tensors=each)
+            with long_lived():
+                a = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=each)
+                b = load_state(self.other, model=self.model, optimizer=self.optimizer, max_tensors=each)
+            d = diff_states(a, b)
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
             return
-        d = diff_states(a, b)
         self.call_from_thread(self._compared, d)
 
     # -- results (on the UI thread) ---------------------------------------------------------------

@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import sys
 import types
 
@@ -299,3 +300,108 @@ def test_deepspeed_pipeline_names_come_from_layer_files(tmp_path):
     names = [p.name for p in ls.params]
     assert names[0] == "layer_00.weight" and names[4] == "layer_02.weight" and names[5] == "layer_02.bias"
     assert set(names[1:4]) == {"layer_00.bias", "layer_01.weight", "layer_01.bias"}
+
+
+def _repack(src, dst, *, drop=(), cut=(), last=(), twice=()):
+    """The archive rewritten member by member with Python's zipfile (stored, as torch stores): members dropped,
+    cut to half, moved to the end, or written a second time (a later duplicate of the same name)."""
+    import warnings
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        items = [(i.filename, z.read(i)) for i in z.infolist()]
+    items = [it for it in items if not it[0].endswith(tuple(last))] + [it for it in items if it[0].endswith(tuple(last))]
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        for name, data in items:
+            if name.endswith(tuple(drop)):
+                continue
+            out.writestr(name, data[: len(data) // 2] if name.endswith(tuple(cut)) else data)
+        for name, data in items:
+            if name.endswith(tuple(twice)):
+                out.writestr(name, data)
+
+
+def _figures(report):
+    return [(p.name, p.shape, p.step, p.first_rms, p.second_rms, p.update_scale_max) for p in report.params]
+
+
+def test_names_first_gives_the_same_report_once_settled(tmp_path):
+    """The TUI's load (names and shapes first, where the bytes lie found later) ends in the same figures as the
+    whole load, for torch's own archive and for one whose pickle is not the first member."""
+    from optinspect.state.mapped import MappedTensor
+
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    _repack(tmp_path / "opt.pt", tmp_path / "pickle_last.pt", last=["/data.pkl"])
+    want = _figures(build_report(load_state(str(tmp_path / "opt.pt"))))
+    for name, deferred in (("opt.pt", True), ("pickle_last.pt", True)):
+        ls = load_state(str(tmp_path / name), names_first=True)
+        assert [p.shape for p in ls.params] == [w[1] and tuple(w[1]) for w in want]
+        assert (len(ls.placements) == 1) == deferred
+        t = ls.params[0].entries["exp_avg"]
+        assert isinstance(t, MappedTensor) and t._start == -1  # nothing placed yet
+        assert _figures(build_report(ls)) == want and ls.placements == [] and t._start > 0, name
+    # a tensor read before settling is placed on demand
+    ls = load_state(str(tmp_path / "opt.pt"), names_first=True)
+    p0 = ls.params[0].entries["exp_avg"].load()
+    assert torch.equal(p0, opt.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("damage,message", [
+    ({"drop": ["/data/1"]}, "tensor's data (1) is missing"),
+    ({"cut": ["/data/2"]}, "storage 2 claims"),
+    ({"twice": ["/data.pkl"]}, "disagree on where its pickle is"),
+])
+def test_names_first_checks_every_storage_before_any_figure(tmp_path, damage, message):
+    """An archive whose pickle is whole but whose tensors are not where it says: refused by the whole load, and
+    by the TUI's load once it settles, before any statistics, with the file named."""
+    from optinspect.state.mapped import CorruptData
+
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    bad = tmp_path / "bad.pt"
+    _repack(tmp_path / "opt.pt", bad, **damage)
+    with pytest.raises(StateLoadError, match=re.escape(message)):
+        load_state(str(bad))
+    ls = load_state(str(bad), names_first=True)
+    assert len(ls.params) == 6
+    rows = []
+    with pytest.raises(CorruptData, match=f"^{re.escape(str(bad))}: .*{re.escape(message)}"):
+        build_report(ls, on_param=rows.append)
+    assert rows == []
+
+
+def test_names_first_on_mutated_archives_ends_cleanly(tmp_path):
+    """Bytes flipped in the directory, the local headers and the pickle: loading names first, then settling and
+    computing, ends in a located error or a report; never another exception."""
+    import random
+
+    from optinspect.state.header import HeaderError
+    from optinspect.state.mapped import CorruptData
+
+    _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    data = (tmp_path / "opt.pt").read_bytes()
+    directory = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06"))
+    rnd = random.Random(7)
+    outcomes = set()
+    for case in range(150):
+        b = bytearray(data)
+        where = rnd.choice([(0, 200), (directory - 2000, len(b)), (0, len(b))])
+        for _ in range(rnd.randint(1, 4)):
+            b[rnd.randrange(max(0, where[0]), where[1])] = rnd.randrange(256)
+        path = tmp_path / f"m{case}.pt"
+        path.write_bytes(bytes(b))
+        try:
+            ls = load_state(str(path), names_first=True)
+        except (StateLoadError, CorruptData, HeaderError):
+            outcomes.add("refused at load")
+            continue
+        try:
+            build_report(ls)
+            outcomes.add("read")
+        except CorruptData as e:
+            assert str(e).startswith(f"{path}: ")
+            outcomes.add("refused once settled")
+    assert outcomes == {"read", "refused at load", "refused once settled"}
