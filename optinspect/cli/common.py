@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import sys
-from collections.abc import Iterator
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -60,20 +58,3 @@ def few_collections() -> None:
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
 
-
-@contextlib.contextmanager
-def long_lived() -> Iterator[None]:
-    """Around loading a state, in a process of our own: the objects built there (millions at 100k parameters) live
-    to the end and make no cycles, yet the collector's walks over them took most of a second. So it is paused
-    meanwhile, and what was built is moved out of its reach afterwards (gc.freeze). Not around the statistics:
-    their garbage includes cycles (+27 MiB peak without the collector, at 100k parameters)."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was:
-            gc.enable()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from optinspect.cli.common import EXIT_OK, err, long_lived, missing_extra
+from optinspect.cli.common import EXIT_OK, err, missing_extra
 from optinspect.render import make_console
 
 
@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(path: str, model: str | None, optimizer: int, max_tensors: int):
+    from optinspect.state.collector import long_lived
     from optinspect.state.header import HeaderError
     from optinspect.state.load import StateLoadError, load_state
     from optinspect.state.mapped import CorruptData

@@ -83,8 +83,8 @@ class StateApp(App[int]):
     # -- background work --------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False)
     def analyse(self) -> None:
-        from optinspect.cli.common import long_lived
         from optinspect.state.analyse import build_report
+        from optinspect.state.collector import long_lived
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
         from optinspect.state.mapped import CorruptData
@@ -130,7 +130,7 @@ class StateApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def compare(self) -> None:
-        from optinspect.cli.common import long_lived
+        from optinspect.state.collector import long_lived
         from optinspect.state.diff import diff_states
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state

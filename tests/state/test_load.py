@@ -14,6 +14,8 @@ import torch
 from optinspect.state.analyse import build_report
 from optinspect.state.load import StateLoadError, load_state
 
+from ..archives import repack
+
 
 def model():
     torch.manual_seed(0)
@@ -302,26 +304,6 @@ def test_deepspeed_pipeline_names_come_from_layer_files(tmp_path):
     assert set(names[1:4]) == {"layer_00.bias", "layer_01.weight", "layer_01.bias"}
 
 
-def _repack(src, dst, *, drop=(), cut=(), last=(), twice=()):
-    """The archive rewritten member by member with Python's zipfile (stored, as torch stores): members dropped,
-    cut to half, moved to the end, or written a second time (a later duplicate of the same name)."""
-    import warnings
-    import zipfile
-
-    with zipfile.ZipFile(src) as z:
-        items = [(i.filename, z.read(i)) for i in z.infolist()]
-    items = [it for it in items if not it[0].endswith(tuple(last))] + [it for it in items if it[0].endswith(tuple(last))]
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
-        for name, data in items:
-            if name.endswith(tuple(drop)):
-                continue
-            out.writestr(name, data[: len(data) // 2] if name.endswith(tuple(cut)) else data)
-        for name, data in items:
-            if name.endswith(tuple(twice)):
-                out.writestr(name, data)
-
-
 def _figures(report):
     return [(p.name, p.shape, p.step, p.first_rms, p.second_rms, p.update_scale_max) for p in report.params]
 
@@ -333,7 +315,7 @@ def test_names_first_gives_the_same_report_once_settled(tmp_path):
 
     _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
     torch.save(opt.state_dict(), tmp_path / "opt.pt")
-    _repack(tmp_path / "opt.pt", tmp_path / "pickle_last.pt", last=["/data.pkl"])
+    repack(tmp_path / "opt.pt", tmp_path / "pickle_last.pt", last=["/data.pkl"])
     want = _figures(build_report(load_state(str(tmp_path / "opt.pt"))))
     for name, deferred in (("opt.pt", True), ("pickle_last.pt", True)):
         ls = load_state(str(tmp_path / name), names_first=True)
@@ -361,7 +343,7 @@ def test_names_first_checks_every_storage_before_any_figure(tmp_path, damage, me
     _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-2))
     torch.save(opt.state_dict(), tmp_path / "opt.pt")
     bad = tmp_path / "bad.pt"
-    _repack(tmp_path / "opt.pt", bad, **damage)
+    repack(tmp_path / "opt.pt", bad, **damage)
     with pytest.raises(StateLoadError, match=re.escape(message)):
         load_state(str(bad))
     ls = load_state(str(bad), names_first=True)

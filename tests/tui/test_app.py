@@ -259,3 +259,31 @@ def test_tui_opens_the_layouts_libraries_write(layout, tmp_path):
         assert app.return_code in (0, None)
 
     asyncio.run(run())
+
+
+def test_rows_show_before_a_damaged_archive_fails_its_check(tmp_path, monkeypatch):
+    """The TUI shows names and shapes before it reads where the bytes lie; an archive whose tensors are not
+    there then ends with the error, exit 2, and no statistics."""
+    import torch
+
+    from ..archives import repack
+
+    monkeypatch.chdir(tmp_path)
+    make_state(str(tmp_path), n_extra=2)
+    repack(tmp_path / "state.pt", tmp_path / "bad.pt", drop=["/data/1"])
+    torch.load(tmp_path / "state.pt", weights_only=True)  # the intact one is a real checkpoint
+    shown = []
+
+    async def run():
+        app = make_app("bad.pt")
+        async with app.run_test(size=(100, 30)) as pilot:
+            table = app.query_one(ParamTable)
+            set_rows, failed = table.set_rows, app._failed
+            monkeypatch.setattr(table, "set_rows", lambda rows: (shown.append(len(rows)), set_rows(rows)))
+            monkeypatch.setattr(app, "_failed", lambda message: (shown.append(message), failed(message)))
+            await _until(pilot, lambda: app.return_code is not None, tries=300)
+            assert app.report is None
+        return app.return_code
+
+    assert asyncio.run(run()) == 2
+    assert shown == [5, "bad.pt: a tensor's data (1) is missing from the file"]
