@@ -274,13 +274,15 @@ def test_rows_show_before_a_damaged_archive_fails_its_check(tmp_path, monkeypatc
     torch.load(tmp_path / "state.pt", weights_only=True)  # the intact one is a real checkpoint
     shown = []
 
+    from optinspect.tui.app import StateApp
+
+    set_rows, failed = ParamTable.set_rows, StateApp._failed  # patched before the app starts: loading is quick
+    monkeypatch.setattr(ParamTable, "set_rows", lambda self, rows: (shown.append(len(rows)), set_rows(self, rows)))
+    monkeypatch.setattr(StateApp, "_failed", lambda self, message: (shown.append(message), failed(self, message)))
+
     async def run():
         app = make_app("bad.pt")
         async with app.run_test(size=(100, 30)) as pilot:
-            table = app.query_one(ParamTable)
-            set_rows, failed = table.set_rows, app._failed
-            monkeypatch.setattr(table, "set_rows", lambda rows: (shown.append(len(rows)), set_rows(rows)))
-            monkeypatch.setattr(app, "_failed", lambda message: (shown.append(message), failed(message)))
             await _until(pilot, lambda: app.return_code is not None, tries=300)
             assert app.report is None
         return app.return_code
