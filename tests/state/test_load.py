@@ -64,7 +64,9 @@ def test_training_checkpoint_nests_the_state(tmp_path, key):
     assert build_report(ls).family == "SGD"
 
 
-def _fake_deepspeed_module():
+def _fake_deepspeed_module(monkeypatch):
+    """A stand-in for DeepSpeed's loss scaler module while torch.save pickles one (monkeypatch takes it out again;
+    a real DeepSpeed another test imported is left whole)."""
     mod = types.ModuleType("deepspeed.runtime.fp16.loss_scaler")
 
     class LossScaler:
@@ -75,24 +77,22 @@ def _fake_deepspeed_module():
     LossScaler.__qualname__ = "LossScaler"
     mod.LossScaler = LossScaler
     for name in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.fp16"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules[mod.__name__] = mod
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
     return mod
 
 
 def test_deepspeed_folder_with_latest_tag_param_shapes_and_loss_scaler(tmp_path):
     _, opt = trained(lambda p: torch.optim.AdamW(p, lr=1e-3))
-    ds = _fake_deepspeed_module()
     step_dir = tmp_path / "global_step7"
     step_dir.mkdir()
     shapes = [{n: torch.Size(s) for n, s in zip(NAMES, [(32, 16), (32,), (32,), (32,), (8, 32), (8,)], strict=True)}]
-    try:
+    with pytest.MonkeyPatch.context() as m:
+        ds = _fake_deepspeed_module(m)
         torch.save({"module": None, "optimizer": opt.state_dict(), "param_shapes": shapes, "ds_version": "0.16.0",
                     "global_steps": 7, "loss_scaler": ds.LossScaler(), "sparse_tensor_module_names": set(),
                     "dp_world_size": 1}, step_dir / "mp_rank_00_model_states.pt")
-    finally:
-        for k in [k for k in sys.modules if k.startswith("deepspeed")]:
-            del sys.modules[k]
     (tmp_path / "latest").write_text("global_step7")
     ls = load_state(str(tmp_path))
     assert "DeepSpeed" in ls.layout and "latest" in ls.layout and ls.key_used == "optimizer"
@@ -263,7 +263,7 @@ def test_fast_reader_matches_torch_load_and_checks_bounds(tmp_path):
         bogus.view(0, 10**9)
 
 
-def test_other_torchao_objects_are_refused_by_name(tmp_path):
+def test_other_torchao_objects_are_refused_by_name(tmp_path, monkeypatch):
     """Not a tensor subclass rebuilt the way torchao saves its optimizer states (those are read, test_torchao.py):
     refused, never constructed."""
     mod = types.ModuleType("torchao.prototype.low_bit_optim.subclass_8bit")
@@ -274,16 +274,15 @@ def test_other_torchao_objects_are_refused_by_name(tmp_path):
     OptimState8bit.__module__ = mod.__name__
     OptimState8bit.__qualname__ = "OptimState8bit"
     mod.OptimState8bit = OptimState8bit
-    names = ["torchao", "torchao.prototype", "torchao.prototype.low_bit_optim", mod.__name__]
-    for n in names[:-1]:
-        sys.modules.setdefault(n, types.ModuleType(n))
-    sys.modules[mod.__name__] = mod
-    try:
+    # stand-in modules only where torchao is not imported, and taken out again (a real torchao, imported by
+    # another test, stays whole: popping it broke every later import of its submodules)
+    for n in ["torchao", "torchao.prototype", "torchao.prototype.low_bit_optim"]:
+        if n not in sys.modules:
+            monkeypatch.setitem(sys.modules, n, types.ModuleType(n))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, mod.__name__, mod)
         torch.save({"state": {0: {"exp_avg": OptimState8bit()}}, "param_groups": [{"params": [0]}]},
                    tmp_path / "ao.pt")
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
     with pytest.raises(StateLoadError, match="torchao objects optinspect does not read"):
         load_state(str(tmp_path / "ao.pt"))
 
