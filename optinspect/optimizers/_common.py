@@ -224,13 +224,15 @@ _SCRATCH = threading.local()
 
 
 def scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
-    """A reused buffer shaped like `like` for a chain's temporaries on CPU, where a fresh multi-MB temporary
-    costs its page faults on every step; None (let the op allocate) for tensors longer than a slice, whose
-    buffer would be held for good, off CPU, where the caching allocator already reuses memory, and for a
-    non-contiguous `like` (a fresh result would keep its strides, and a later reduction its order).
-    Per thread, so optimizers stepped from different threads never share one."""
+    """A reused buffer shaped like `like` for a step's temporaries on CPU, where a fresh multi-MB temporary
+    costs its page faults on every step (glibc maps and unmaps large blocks: for Prodigy's two full-size
+    temporaries, a third of a 15M-parameter fp32 step); None (let the op allocate) off CPU, where the caching
+    allocator already reuses memory, and for a non-contiguous `like` (a fresh result would keep its strides,
+    and a later reduction its order). A slot's buffer grows to the largest tensor it served and is held: on
+    CPU that is what the originals' own temporaries take at their peak. Per thread, so optimizers stepped from
+    different threads never share one."""
     n = like.numel()
-    if like.device.type != "cpu" or n > CPU_SLICE or not like.is_contiguous():
+    if like.device.type != "cpu" or not like.is_contiguous():
         return None
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
     buf = bufs.get((slot, like.dtype))

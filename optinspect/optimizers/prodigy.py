@@ -135,7 +135,8 @@ class Prodigy(torch.optim.Optimizer):
             tasks[i] = dot
         for dot, (_, _, tmp) in zip(tasks, work, strict=True):  # in parameter order, as the original does
             d_numerator.add_(dot, alpha=(d / d0) * d_lr)
-            size = tmp["s"].abs()
+            buf = scratch(1, tmp["s"])  # |s| is only summed: a reused buffer, the same bits
+            size = tmp["s"].abs() if buf is None else torch.abs(tmp["s"], out=buf)
             with all_threads:
                 d_de_nom.add_(size.sum())
 
@@ -245,4 +246,5 @@ def _moments_and_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor, tmp: di
 
 def _moved_dot(g: torch.Tensor, p0: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """The gradient's dot product with how far the weights moved from where they started."""
-    return torch.dot(g.flatten(), (p0 - p).flatten())
+    buf = scratch(1, p0)  # p0 - p is only dotted: a reused buffer, the same bits
+    return torch.dot(g.flatten(), (p0 - p if buf is None else torch.sub(p0, p, out=buf)).flatten())
