@@ -230,12 +230,17 @@ def scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
     allocator already reuses memory, and for a non-contiguous `like` (a fresh result would keep its strides,
     and a later reduction its order). A slot's buffer grows to the largest tensor it served and is held: on
     CPU that is what the originals' own temporaries take at their peak. Per thread, so optimizers stepped from
-    different threads never share one."""
-    n = like.numel()
-    if like.device.type != "cpu" or not like.is_contiguous():
+    different threads never share one. Its views are kept per shape: a LoRA step asks 3000 times, and a fresh
+    view each time cost more than the allocation it saves."""
+    if not like.is_cpu or not like.is_contiguous():
         return None
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    buf = bufs.get((slot, like.dtype))
-    if buf is None or buf.numel() < n:
-        buf = bufs[(slot, like.dtype)] = torch.empty(max(n, CPU_SLICE), dtype=like.dtype)
-    return buf[:n].view(like.shape)
+    entry = bufs.get((slot, like.dtype))  # (buffer, {shape: view of it})
+    shape = like.shape
+    if entry is not None and (view := entry[1].get(shape)) is not None:
+        return view
+    n = like.numel()
+    if entry is None or entry[0].numel() < n:  # the old views go with the old buffer
+        entry = bufs[(slot, like.dtype)] = (torch.empty(max(n, CPU_SLICE), dtype=like.dtype), {})
+    view = entry[1][shape] = entry[0][:n].view(shape)
+    return view
