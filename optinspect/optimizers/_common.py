@@ -161,7 +161,7 @@ CPU_SLICE = 1 << 19
 def slice_length(t: torch.Tensor) -> int:
     """How many elements an elementwise chain on `t` should take at once (the whole tensor off CPU)."""
     n = t.numel()
-    return min(n, CPU_SLICE) if t.device.type == "cpu" else n
+    return min(n, CPU_SLICE) if t.is_cpu else n
 
 
 def flat_slices(tensors: list[torch.Tensor | None], length: int
@@ -191,11 +191,13 @@ def tensor_batches(tensors: list[torch.Tensor], working: torch.dtype | None = No
     alone, and so do bf16/fp16 ones: torch._foreach_mul_ rounds its scalar to the tensors' dtype first, where
     mul_ multiplies by the fp32 value (another result in the last bit). `working`: the dtype the chain computes in
     where it is not the tensors' own (Persona's fp32 copies of bf16 weights)."""
+    if not MULTI_TENSOR_ON_CPU and all(t.is_cpu for t in tensors):  # one by one (the loop costs 1 ms at 1000)
+        return [[i] for i in range(len(tensors))]
     out: list[list[int]] = []
     total, joinable = 0, False  # elements in the last batch, and whether more may join it
     for i, t in enumerate(tensors):
-        cap = CPU_SLICE if t.device.type == "cpu" else MULTI_TENSOR
-        batchable = ((t.device.type != "cpu" or MULTI_TENSOR_ON_CPU)
+        cap = CPU_SLICE if t.is_cpu else MULTI_TENSOR
+        batchable = ((not t.is_cpu or MULTI_TENSOR_ON_CPU)
                      and (working or t.dtype) in (torch.float32, torch.float64) and len(windows([t])) == 1)
         prev = tensors[out[-1][-1]] if out else None
         if joinable and batchable and total + t.numel() <= cap and (prev.device, prev.dtype) == (t.device, t.dtype):
@@ -214,8 +216,11 @@ def windows(tensors: list[torch.Tensor | None], multiple: int = 1
     the tensors themselves where slicing does not apply: off CPU, no longer than a slice, or not contiguous
     (a resumed checkpoint may carry other strides)."""
     first = next(t for t in tensors if t is not None)
+    n = first.numel()
+    if n <= CPU_SLICE:  # one window, on any device (the common case of many small tensors, made quick)
+        return [(0, tensors)]
     length = slice_length(first) // multiple * multiple
-    if not 0 < length < first.numel() or not all(t.is_contiguous() for t in tensors if t is not None):
+    if not 0 < length < n or not all(t.is_contiguous() for t in tensors if t is not None):
         return [(0, tensors)]
     return list(flat_slices(tensors, length))
 
