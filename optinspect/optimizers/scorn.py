@@ -29,6 +29,10 @@ __all__ = ["SCORN", "newton_schulz", "lmo_"]
 _NS_COEFFS = tuple((a / 1024, b / 1024, c / 1024) for a, b, c in (
     (3955, -8306, 5008), (3735, -6681, 3463), (3799, -6499, 3211),
     (4019, -6385, 2906), (2677, -3029, 1162), (2172, -1833, 682)))
+# The same values as 0-dim fp32 CPU tensors, which serve an op on any device: a Python float is wrapped and
+# converted to the operand's dtype on every use (~2 us, 18 times per Newton-Schulz), into these very values
+# (each k/1024, exact in fp32).
+_NS_SCALARS = tuple(tuple(torch.tensor(v, dtype=torch.float32) for v in abc) for abc in _NS_COEFFS)
 
 
 def newton_schulz(G: torch.Tensor) -> torch.Tensor:
@@ -38,7 +42,7 @@ def newton_schulz(G: torch.Tensor) -> torch.Tensor:
     transposed = X.size(0) > X.size(1)
     if transposed:
         X = X.T
-    for a, b, c in _NS_COEFFS:
+    for a, b, c in _NS_SCALARS:
         A = X @ X.T
         B = b * A + (c * A) @ A
         X = a * X + B @ X
