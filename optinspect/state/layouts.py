@@ -40,8 +40,27 @@ def _is_grad_release(obj: Any) -> bool:
         all(_is_state_dict(v) for v in obj.values())
 
 
+# What a parameter's entry keys say, per distinct key set (a state of 100k parameters has a handful): whether the
+# entries can be used as they are (string keys, no nested bitsandbytes state), and which of SHAPE_KEYS they hold,
+# in that order. Bounded, whatever a file holds.
+_KEY_SETS: dict[tuple, tuple[bool, tuple[str, ...]]] = {}
+
+
+def _key_set(st: dict) -> tuple[bool, tuple[str, ...]]:
+    keys = tuple(st)
+    known = _KEY_SETS.get(keys)
+    if known is None:
+        if len(_KEY_SETS) > 1024:
+            _KEY_SETS.clear()
+        plain = all(type(k) is str for k in keys) and "__bnb_optimizer_quant_state__" not in st
+        known = _KEY_SETS[keys] = (plain, tuple(k for k in SHAPE_KEYS if k in st))
+    return known
+
+
 def _flatten_entries(st: dict) -> dict[str, Any]:
-    if "__bnb_optimizer_quant_state__" not in st:  # the usual case, in one pass
+    if _key_set(st)[0]:  # the usual case: the dict as it is
+        return st
+    if "__bnb_optimizer_quant_state__" not in st:
         return {k if type(k) is str else str(k): v for k, v in st.items()}
     out = {}
     for k, v in st.items():
@@ -93,8 +112,8 @@ def _tensorish(v: Any) -> bool:
 
 
 def _infer_shape(entries: dict) -> tuple[int, ...] | None:
-    for key in SHAPE_KEYS:
-        v = entries.get(key)
+    for key in _key_set(entries)[1]:
+        v = entries[key]
         if isinstance(v, _TENSORISH) and len(v.shape) >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
