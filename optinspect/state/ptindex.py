@@ -74,6 +74,13 @@ class _StorageType:
             raise Unsupported(f"storage type {name}")
         self.dtype = STORAGE_DTYPES[name]
 
+    @classmethod
+    def of(cls, dtype: torch.dtype) -> _StorageType:
+        """The storage type of `dtype` (for torch's untyped storages, whose tensors name their dtype)."""
+        st = cls.__new__(cls)
+        st.dtype = dtype
+        return st
+
 
 def _member_offsets(mm: Any, base: int = 0, end: int | None = None) -> tuple[dict[str, tuple[int, int]], str]:
     """Data offset and size of every stored member, read from the zip's central directory in the mapping
@@ -240,22 +247,16 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
     placement = _Placement(mapped, base, end, first)
     pending = placement.pending
     extents: dict[tuple, tuple] = {}
-    count = [0]
 
     def storage_of(pid: Any) -> tuple[torch.dtype, str, int]:
-        """A storage reference's (dtype, key, elements): the unpickler hands over the raw persistent id (its
-        `persistent_load` is the builtin `tuple`, which costs no Python call for each of 300k tensors)."""
-        try:
-            tag, stype, key, _location, numel = pid
-        except (TypeError, ValueError):
-            tag = stype = key = numel = None
-        if tag == "storage" and type(stype) is _StorageType and type(key) is str and type(numel) is int \
-                and 0 <= numel < 1 << 62:
-            return stype.dtype, key, numel
+        """A storage reference's (dtype, key, elements), or why it is not one this reader takes (the unpickler
+        hands over the raw persistent id: its `persistent_load` is the builtin `tuple`, no Python call per
+        tensor). `rebuild_tensor` checks the usual form itself and comes here for anything else."""
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):  # torch's own loader decides
             raise Unsupported(f"a tensor's storage is {pid!r:.40}")
         if len(pid) != 5:
             raise CorruptData(f"a storage reference of {len(pid)} fields")
+        _, stype, key, _location, numel = pid
         if not isinstance(stype, _StorageType):
             raise Unsupported("untyped storage")
         if type(numel) is not int or not 0 <= numel < 1 << 62:
@@ -263,26 +264,30 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         return stype.dtype, str(key), numel
 
     def rebuild_tensor(pid: Any, offset: int, shape: Any, stride: Any, *_: Any) -> MappedTensor:
-        dtype, key, storage_numel = storage_of(pid)
-        return rebuild(dtype, key, storage_numel, offset, shape, stride)
-
-    def rebuild(dtype: torch.dtype, key: str, storage_numel: int, offset: int, shape: Any, stride: Any
-                ) -> MappedTensor:
-        count[0] += 1
-        if count[0] > max_tensors:
+        """One call per tensor, the usual storage reference checked inline: at 300k tensors each call counts."""
+        try:
+            tag, stype, key, _location, storage_numel = pid
+        except (TypeError, ValueError):
+            tag = None
+        if tag == "storage" and type(stype) is _StorageType and type(key) is str and type(storage_numel) is int \
+                and 0 <= storage_numel < 1 << 62:
+            dtype = stype.dtype
+        else:
+            dtype, key, storage_numel = storage_of(pid)
+        if len(pending) >= max_tensors:
             raise StateLoadError(too_many_tensors(path, f"more than {max_tensors:,}", max_tensors))
-        itemsize = _itemsize(dtype)
         if type(offset) is not int:
             raise CorruptData("a tensor's storage offset is not an integer")
-        try:  # most tensors share a few shapes: checked once per (shape, stride), then looked up
-            shape, stride, numel, span = extents[(shape, stride)]
+        try:  # most tensors share a few shapes: checked once per (shape, stride, dtype), then looked up
+            shape, stride, numel, span, itemsize = extents[(shape, stride, dtype)]
         except (KeyError, TypeError):
             shape, stride = _dims(shape, "shape"), _dims(stride, "stride")
             if len(stride) != len(shape):
                 raise CorruptData(f"a tensor has {len(shape)} dimensions but {len(stride)} strides") from None
             numel = math.prod(shape)
             span = sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if numel else -1
-            extents[(shape, stride)] = shape, stride, numel, span
+            itemsize = _itemsize(dtype)
+            extents[(shape, stride, dtype)] = shape, stride, numel, span, itemsize
         if numel and (offset < 0 or offset + span >= storage_numel or numel > storage_numel):
             check_extent(shape, stride, offset, storage_numel)  # raises, with the figures
         t = MappedTensor(mapped, -1, dtype, shape, stride, storage_numel - offset, placement)
@@ -299,7 +304,8 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         size = _itemsize(dtype)
         if storage_dtype is not torch.uint8 or storage_numel % size:
             raise CorruptData(f"storage {key} does not hold whole {dtype} elements")
-        return rebuild(dtype, key, storage_numel // size, offset, shape, stride)
+        return rebuild_tensor(("storage", _StorageType.of(dtype), key, None, storage_numel // size), offset, shape,
+                              stride)
 
     def make_stub(name: str):
 
