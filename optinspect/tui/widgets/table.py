@@ -104,7 +104,7 @@ class ParamTable(ScrollView, can_focus=True):
 
     def _rebuild(self, keep_cursor: bool = False) -> None:
         current = self.current_row if keep_cursor else None
-        view = [i for i, r in enumerate(self.rows) if self._matches(r)]
+        view = [i for i, r in enumerate(self.rows) if self._matches(r)] if self.pattern else list(range(len(self.rows)))
         if self.sort_column >= 0:
             col = self.columns[self.sort_column]
             view.sort(key=lambda i: col.key(self.rows[i]), reverse=self.sort_reverse)
