@@ -93,7 +93,7 @@ class StateApp(App[int]):
             with long_lived():
                 ls = load_state(self.path, model=self.model, optimizer=self.optimizer, max_tensors=self.max_tensors,
                                 names_first=True)
-                # placeholders built here, off the UI thread (100k of them take a second)
+                # placeholders built here, off the UI thread
                 rows = [PendingRow(p.index, p.name, p.group, list(p.shape) if p.shape else None) for p in ls.params]
         except (StateLoadError, HeaderError, CorruptData, OSError) as e:
             self.call_from_thread(self._failed, str(e))
