@@ -133,11 +133,11 @@ class Prodigy(torch.optim.Optimizer):
         pending = [i for i, task in enumerate(tasks) if callable(task)]
         for i, dot in zip(pending, spread([tasks[i] for i in pending]), strict=True):
             tasks[i] = dot
-        for dot, (_, _, tmp) in zip(tasks, work, strict=True):  # in parameter order, as the original does
-            d_numerator.add_(dot, alpha=(d / d0) * d_lr)
-            buf = scratch(1, tmp["s"])  # |s| is only summed: a reused buffer, the same bits
-            size = tmp["s"].abs() if buf is None else torch.abs(tmp["s"], out=buf)
-            with all_threads:
+        with all_threads:  # the sums split by thread count; the rest is elementwise (the same at any count)
+            for dot, (_, _, tmp) in zip(tasks, work, strict=True):  # in parameter order, as the original does
+                d_numerator.add_(dot, alpha=(d / d0) * d_lr)
+                buf = scratch(1, tmp["s"])  # |s| is only summed: a reused buffer, the same bits
+                size = tmp["s"].abs() if buf is None else torch.abs(tmp["s"], out=buf)
                 d_de_nom.add_(size.sum())
 
         if d_de_nom == 0:
