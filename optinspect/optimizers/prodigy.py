@@ -120,12 +120,13 @@ class Prodigy(torch.optim.Optimizer):
                             tasks.append(_moved_dot(g, p0, p32))
                 work.append((p, p32, tmp))
             for batch in tensor_batches([it[1] for it in items]):
-                chain = [[items[i][1] for i in batch]] + [[items[i][3][k] for i in batch]
-                                                          for k in ("exp_avg", "exp_avg_sq", "s")]
                 if len(batch) > 1:
-                    self._moments_multi(*chain, betas, alphas)
+                    self._moments_multi(*([[items[i][1] for i in batch]] + [[items[i][3][k] for i in batch]
+                                                                           for k in ("exp_avg", "exp_avg_sq", "s")]),
+                                        betas, alphas)
                     continue
-                for _, window in windows([t[0] for t in chain]):
+                _, g, _, tmp = items[batch[0]]
+                for _, window in windows([g, tmp["exp_avg"], tmp["exp_avg_sq"], tmp["s"]]):
                     self._moments(*window, betas, alphas)
 
         # A bf16 or fp16 dot product runs on one thread whatever the pool: the pool's threads take one each (and
@@ -169,10 +170,9 @@ class Prodigy(torch.optim.Optimizer):
                         p.grad.add_(p, alpha=wd)  # coupled decay lands after the moments: no effect (original)
             # (the last pass stays at the full count: side by side it measured no faster, being memory-bound)
             for batch in tensor_batches([it[1] for it in items]):
-                chain = [[items[i][1] for i in batch], [items[i][2]["exp_avg"] for i in batch],
-                         [items[i][2]["exp_avg_sq"] for i in batch]]
                 if len(batch) > 1 and group["eps"] is not None:
-                    self._apply_multi(*chain, decay, d, d_lr, group["eps"])
+                    self._apply_multi([items[i][1] for i in batch], [items[i][2]["exp_avg"] for i in batch],
+                                      [items[i][2]["exp_avg_sq"] for i in batch], decay, d, d_lr, group["eps"])
                     continue
                 for i in batch:
                     p32, tmp = items[i][1], items[i][2]
