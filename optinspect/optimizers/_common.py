@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from ._ahead import at_full_count, mean, reduction
-from ._base import working
+from ._base import working, write_back_
 from ._rounding import is_low_precision
 from ._spread import dot_is_serial, spread
 
@@ -107,20 +107,95 @@ def rms_clip_(g: torch.Tensor) -> torch.Tensor:
     return g.div_(mean(g.pow(2)).sqrt().clamp(min=1))
 
 
-def begin_ema_step(opt, p: torch.Tensor, group: dict, orthograd_floor: float) -> tuple:
+# Multi-tensor forms of the steps above, for the chains off CPU (`tensor_batches`): the elementwise work is one
+# torch._foreach_* call per list, and each tensor's reductions stay its own (a mean or norm of each, as the
+# per-tensor path takes it, so each rounds alike). Per-tensor scalars are 0-dim tensors on the device, never
+# Python numbers: no host sync. sqrt, clamp and where round correctly, so stacking the scalars changes no bit.
+
+def agreement_masks(a: list[torch.Tensor], b: list[torch.Tensor], minimum: float, floor: float) -> list[torch.Tensor]:
+    """`agreement_mask` of each pair (a[i], b[i])."""
+    masks = [(prod > 0).to(prod.dtype) for prod in torch._foreach_mul(a, b)]
+    torch._foreach_clamp_min_(masks, minimum)
+    torch._foreach_div_(masks, torch.stack([mean(m) for m in masks]).clamp_(min=floor).unbind())
+    return masks
+
+
+def rms_clip_multi_(gs: list[torch.Tensor]) -> None:
+    """`rms_clip_` of each tensor."""
+    squares = torch._foreach_pow(gs, 2)
+    torch._foreach_div_(gs, torch.stack([mean(s) for s in squares]).sqrt_().clamp_(min=1).unbind())
+
+
+def adopt_atan2_multi(gs: list[torch.Tensor], emas: list[torch.Tensor], vs: list[torch.Tensor], amp: float,
+                      bias_correction: float, bias_correction_sqrt: float, slow_beta2: float) -> list[torch.Tensor]:
+    """SCORN's and REMASTER's shared core over lists: c = g + amp * ema / bc, the second moment's update with c,
+    and atan2(c, sqrt(v_old) / bc_sqrt) (returned, in c's memory). atan2 has no multi-tensor form: per tensor."""
+    cs = torch._foreach_add(gs, torch._foreach_div(emas, bias_correction), alpha=amp)
+    denoms = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denoms, bias_correction_sqrt)
+    torch._foreach_mul_(vs, slow_beta2)
+    torch._foreach_addcmul_(vs, cs, cs, value=1 - slow_beta2)
+    for c, d in zip(cs, denoms, strict=True):
+        c.atan2_(d)
+    return cs
+
+
+class EmaStep:
+    """One SCORN/REMASTER parameter's step in flight: its state, whether it is upcast, the working tensors (an
+    fp32 copy of a bf16/fp16 one when upcast) and k, the step its bias corrections use."""
+
+    __slots__ = ("p", "state", "upcast", "g", "p_w", "ema", "v", "pbar", "k")
+
+    def __init__(self, p: torch.Tensor, state: dict, upcast: bool) -> None:
+        self.p, self.state, self.upcast = p, state, upcast
+        self.g = p.grad.float() if upcast else p.grad.clone()
+        self.p_w = working(p, upcast)
+        self.ema = working(state["ema"], upcast)
+        self.v = working(state["ema_squared"], upcast)
+        self.pbar: torch.Tensor | None = None
+        self.k = 0
+
+
+def begin_ema_step(opt, p: torch.Tensor, group: dict, orthograd_floor: float) -> EmaStep:
     """The start of a SCORN/REMASTER step: orthograd (it replaces p.grad), the state on first use, and the
-    working tensors (state, upcast, g, p, ema, ema_squared). With stochastic_fp, bf16/fp16 tensors are worked on
-    in fp32 copies; otherwise the parameter and the state themselves are updated in place and only the gradient
-    is copied (the originals clone every one of them)."""
+    working tensors. With stochastic_fp, bf16/fp16 tensors are worked on in fp32 copies; otherwise the parameter
+    and the state themselves are updated in place and only the gradient is copied (the originals clone every one
+    of them)."""
     if group["orthograd"] and p.ndim >= 2:
         orthograd_(p, orthograd_floor)
     state = opt.state[p]
     if len(state) == 0:
         opt._init_state(p, group)
-    upcast = is_low_precision(p) and group["stochastic_fp"]
-    g = p.grad.float() if upcast else p.grad.clone()
-    return (state, upcast, g, working(p, upcast), working(state["ema"], upcast),
-            working(state["ema_squared"], upcast))
+    return EmaStep(p, state, is_low_precision(p) and group["stochastic_fp"])
+
+
+def end_ema_step(w: EmaStep, group: dict) -> None:
+    """The write-back of an upcast step (ema, ema_squared, pbar, then the weights: the random draws in the
+    originals' order) and the reset counter."""
+    state = w.state
+    pairs = [(state["ema"], w.ema), (state["ema_squared"], w.v)]
+    if w.pbar is not None:
+        pairs.append((state["pbar"], w.pbar))
+    write_back_([*pairs, (w.p, w.p_w)], fp16_exact=group["fp16_rounding"])
+    if group["reset_interval"] > 0:
+        state["steps_since_reset"] += 1
+
+
+def step_ema_group(opt, group: dict, params: list[torch.Tensor], multi: bool) -> None:
+    """A SCORN/REMASTER group's step where it is not run side by side: consecutive parameters that
+    `tensor_batches` joins, at the same k, run one multi-tensor chain (`opt._update_multi`) where `multi` (the
+    group's options allow one); the rest tensor by tensor (`opt._update`). Every parameter is prepared first and
+    written back last, in order: the preparation draws no random bits, so the draws come as tensor by tensor."""
+    up = torch.float32 if group["stochastic_fp"] else None  # what bf16/fp16 tensors are worked on in
+    for batch in tensor_batches(params, working=up):
+        work = [opt._prepare(params[i], group) for i in batch]
+        if multi and len(work) > 1 and len({w.k for w in work}) == 1:
+            opt._update_multi(work, group)
+        else:
+            for w in work:
+                opt._update(w, group)
+        for w in work:
+            end_ema_step(w, group)
 
 
 def reset_period(group: dict, times: int) -> int:

@@ -11,16 +11,22 @@ from __future__ import annotations
 import torch
 
 from ._ahead import reduction
-from ._base import PerParameterOptimizer, check_betas, check_range, write_back_
+from ._base import PerParameterOptimizer, check_betas, check_range
 from ._common import (
     A2,
+    EmaStep,
+    adopt_atan2_multi,
     adopt_scalars,
     advance_counters,
     agreement_mask,
+    agreement_masks,
     begin_ema_step,
+    end_ema_step,
     norm2,
     orthograd_dots_ahead,
     rms_clip_,
+    rms_clip_multi_,
+    step_ema_group,
 )
 
 __all__ = ["REMASTER"]
@@ -61,17 +67,29 @@ class REMASTER(PerParameterOptimizer):
         state["step"] = 0
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        beta1, beta2 = group["betas"][:2]
-        state, upcast, g, p_w, ema, v = begin_ema_step(self, p, group, group["orthograd_floor"])
+        w = self._prepare(p, group)
+        self._update(w, group)
+        end_ema_step(w, group)
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        step_ema_group(self, group, params, multi=True)
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
+        """Orthograd, the state, the working tensors, and the counters (with a due reset)."""
+        w = begin_ema_step(self, p, group, group["orthograd_floor"])
 
         def reset() -> None:
-            ema.zero_()
-            v.zero_()
+            w.ema.zero_()
+            w.v.zero_()
 
-        k = advance_counters(state, group, reset)
-        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
-        step_size = group["lr"] * A2
+        w.k = advance_counters(w.state, group, reset)
+        return w
 
+    @staticmethod
+    def _update(w: EmaStep, group: dict) -> None:
+        beta1, beta2 = group["betas"][:2]
+        g, p_w, ema, v = w.g, w.p_w, w.ema, w.v
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, w.k)
         rms_clip_(g)
         norm_ratio = torch.atan2(reduction(norm2, g), reduction(norm2, ema)).mul(A2)
         if norm_ratio > 1e-6:
@@ -83,11 +101,31 @@ class REMASTER(PerParameterOptimizer):
         v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
         update = torch.atan2(c, denom)
         if group["weight_decay"] != 0:
-            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** w.k)
         if group["cautious_min"] != 1:
             update.mul_(agreement_mask(update, g, group["cautious_min"], 1e-3))
-        p_w.add_(update, alpha=-step_size)
+        p_w.add_(update, alpha=-group["lr"] * A2)
 
-        write_back_([(state["ema"], ema), (state["ema_squared"], v), (p, p_w)], fp16_exact=group["fp16_rounding"])
-        if group["reset_interval"] > 0:
-            state["steps_since_reset"] += 1
+    @staticmethod
+    def _update_multi(work: list[EmaStep], group: dict) -> None:
+        """`_update` over parameters at the same k, as multi-tensor chains: the same operations element by
+        element, each tensor's reductions its own, and no host sync."""
+        beta1, beta2 = group["betas"][:2]
+        k = work[0].k
+        gs, p_ws, emas, vs = ([getattr(w, name) for w in work] for name in ("g", "p_w", "ema", "v"))
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
+        rms_clip_multi_(gs)
+        ratios = torch.stack([torch.atan2(reduction(norm2, g), reduction(norm2, e)) for g, e in zip(gs, emas,
+                                                                                                  strict=True)])
+        ratios.mul_(A2)
+        # a ratio of 1e-6 or less (or NaN) leaves g as it is: dividing by one changes no bit
+        torch._foreach_div_(gs, torch.where(ratios > 1e-6, ratios, 1.0).unbind())
+        torch._foreach_mul_(emas, beta1)
+        torch._foreach_add_(emas, gs, alpha=1 - beta1)
+        torch._foreach_mul_(emas, agreement_masks(gs, emas, beta1, 1e-3))
+        updates = adopt_atan2_multi(gs, emas, vs, group["amp"], bias_correction, bias_correction_sqrt, slow_beta2)
+        if group["weight_decay"] != 0:
+            torch._foreach_add_(updates, p_ws, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+        if group["cautious_min"] != 1:
+            torch._foreach_mul_(updates, agreement_masks(updates, gs, group["cautious_min"], 1e-3))
+        torch._foreach_add_(p_ws, updates, alpha=-group["lr"] * A2)

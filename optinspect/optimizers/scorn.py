@@ -13,15 +13,21 @@ import math
 import torch
 
 from ._ahead import reduction
-from ._base import PerParameterOptimizer, check_betas, working, write_back_
+from ._base import PerParameterOptimizer, check_betas, working
 from ._common import (
     A2,
+    EmaStep,
+    adopt_atan2_multi,
     adopt_scalars,
     advance_counters,
     agreement_mask,
+    agreement_masks,
     begin_ema_step,
+    end_ema_step,
     orthograd_dots_ahead,
     rms_clip_,
+    rms_clip_multi_,
+    step_ema_group,
 )
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
@@ -106,22 +112,36 @@ class SCORN(PerParameterOptimizer):
         state["step"] = 0
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        beta1, beta2 = group["betas"][:2]
-        state, upcast, g, p_w, ema, v = begin_ema_step(self, p, group, 1e-6)
-        focus = group["focus_ratio"] > 0 and "pbar" in state
-        pbar = working(state["pbar"], upcast) if focus else None
+        w = self._prepare(p, group)
+        self._update(w, group)
+        end_ema_step(w, group)
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        # the focus terms (a running mean of the weights) are left to the per-tensor chain
+        step_ema_group(self, group, params, multi=group["focus_ratio"] <= 0)
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
+        """Orthograd, the state, the working tensors, and the counters (with a due reset)."""
+        w = begin_ema_step(self, p, group, 1e-6)
+        if group["focus_ratio"] > 0 and "pbar" in w.state:
+            w.pbar = working(w.state["pbar"], w.upcast)
 
         def reset() -> None:
-            ema.zero_()
-            v.copy_(g.pow(2))
-            if pbar is not None:
-                pbar.zero_()
+            w.ema.zero_()
+            w.v.copy_(w.g.pow(2))
+            if w.pbar is not None:
+                w.pbar.zero_()
 
-        k = advance_counters(state, group, reset)
-        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
+        w.k = advance_counters(w.state, group, reset)
+        return w
 
-        rms_clip_(g)
-        g = reduction(lmo_, g)  # a norm and matrix products
+    @staticmethod
+    def _update(w: EmaStep, group: dict) -> None:
+        beta1, beta2 = group["betas"][:2]
+        p_w, ema, v, pbar = w.p_w, w.ema, w.v, w.pbar
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, w.k)
+        rms_clip_(w.g)
+        g = reduction(lmo_, w.g)  # a norm and matrix products
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         c = g.add(ema / bias_correction, alpha=group["amp"])
@@ -132,14 +152,33 @@ class SCORN(PerParameterOptimizer):
             pbar.lerp_(p_w, 1 - beta1)
             update.add_(p_w - pbar / bias_correction, alpha=group["focus_ratio"])
         if group["weight_decay"] != 0 and not group["constrain"]:
-            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+            update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** w.k)
         if group["cautious_min"] != 1:
             update.mul_(agreement_mask(update, g, group["cautious_min"], 1e-3))
         if group["constrain"]:
             p_w.mul_(1 - group["lr"])
         p_w.add_(update, alpha=-group["lr"])
 
-        write_back_([(state["ema"], ema), (state["ema_squared"], v)] + ([(state["pbar"], pbar)] if focus else [])
-                    + [(p, p_w)], fp16_exact=group["fp16_rounding"])
-        if group["reset_interval"] > 0:
-            state["steps_since_reset"] += 1
+    @staticmethod
+    def _update_multi(work: list[EmaStep], group: dict) -> None:
+        """`_update` without the focus terms over parameters at the same k, as multi-tensor chains: the same
+        operations element by element, each tensor's reductions and Newton-Schulz its own."""
+        beta1, beta2 = group["betas"][:2]
+        k = work[0].k
+        p_ws, emas, vs = ([getattr(w, name) for w in work] for name in ("p_w", "ema", "v"))
+        slow_beta2, bias_correction, bias_correction_sqrt = adopt_scalars(beta1, beta2, k)
+        rms_clip_multi_([w.g for w in work])
+        gs = [reduction(lmo_, w.g) for w in work]
+        torch._foreach_mul_(emas, agreement_masks(gs, emas, beta1, 1e-3))
+        torch._foreach_mul_(emas, beta1)
+        torch._foreach_add_(emas, gs, alpha=1 - beta1)
+        updates = adopt_atan2_multi(gs, emas, vs, group["amp"], bias_correction, bias_correction_sqrt, slow_beta2)
+        torch._foreach_mul_(updates, A2)
+        torch._foreach_mul_(updates, group["spectral_update_scale"])
+        if group["weight_decay"] != 0 and not group["constrain"]:
+            torch._foreach_add_(updates, p_ws, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
+        if group["cautious_min"] != 1:
+            torch._foreach_mul_(updates, agreement_masks(updates, gs, group["cautious_min"], 1e-3))
+        if group["constrain"]:
+            torch._foreach_mul_(p_ws, 1 - group["lr"])
+        torch._foreach_add_(p_ws, updates, alpha=-group["lr"])

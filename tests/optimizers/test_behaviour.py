@@ -352,6 +352,47 @@ def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
     assert bool(batched) != plain and all(n > 1 for n in batched)
 
 
+EMA_MULTI = {
+    SCORN: [{}, {"amp": 2.0, "weight_decay": 0.1, "weight_decay_rate": 0.9, "spectral_update_scale": 0.5},
+            {"constrain": True, "weight_decay": 0.1, "orthograd": True}, {"reset_interval": 3, "reset_increment": 1},
+            {"cautious_min": 0.5}, {"focus_ratio": 0.1}, {"stochastic_fp": False}],
+    REMASTER: [{}, {"amp": 2.0, "weight_decay": 0.1, "weight_decay_rate": 0.9}, {"orthograd": False},
+               {"reset_interval": 3, "reset_increment": 1}, {"cautious_min": 0.5}, {"stochastic_fp": False}],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("cls", "kw"), [(c, kw) for c, cases in EMA_MULTI.items() for kw in cases],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else ",".join(v) or "defaults")
+def test_scorn_and_remaster_multi_tensor_chains_change_no_bit(cls, kw, dtype, monkeypatch):
+    """SCORN's and REMASTER's multi-tensor chains (the path off CPU, forced on here, side by side off): the same
+    weights, state and generator as tensor by tensor. A parameter that joins late (another k) runs alone, and so
+    do the configurations the chain does not take (SCORN's focus terms) and bf16 worked on in place."""
+    import optinspect.optimizers._common as C
+
+    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")
+    runs, batched = [], []
+    real = cls._update_multi
+    monkeypatch.setattr(cls, "_update_multi", staticmethod(lambda work, group: (batched.append(len(work)),
+                                                                                real(work, group))))
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        params = model(dtype)
+        opt = cls(params, lr=1e-3, **kw)
+        torch.manual_seed(5)
+        for t in range(1, 8):
+            for i, p in enumerate(params):
+                p.grad = grad(p, t) if i != 2 or t > 2 else None  # the 4-D one starts at step 3
+            opt.step()
+        runs.append(outcome(opt, params))
+    assert_same(*runs)
+    alone = "focus_ratio" in kw or (dtype != torch.float32 and kw.get("stochastic_fp") is False)
+    assert bool(batched) != alone and all(n > 1 for n in batched)
+    if not alone and "reset_interval" not in kw:  # steps 1-2 without the late one, then at its own k it runs
+        # apart (with these resets it is at the others' k: all reset at step 3)
+        assert batched[0] == len(SHAPES) - 1 and len(SHAPES) not in batched
+
+
 KAHAN_MULTI = [{}, {"stabilize": False}, {"fix_stabilize": True}, {"decay_weights": True, "weight_decay": 0.1},
                {"weight_decay": 0.0, "stabilize": False}]
 KAHAN_SHAPES = [(48, 32), (64, 64), (300,), (256,), (8,), (32, 48), (512,), (3, 3)]  # 300: a partial block
