@@ -15,7 +15,7 @@ import torch
 
 from ._ahead import all_threads, reduction, splits_alike
 from ._base import PerParameterOptimizer, working, write_back_
-from ._common import norm2, scratch, windows
+from ._common import norm2, scratch, tensor_batches, windows
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
@@ -123,14 +123,38 @@ class EnhancedAdafactor(PerParameterOptimizer):
         self._update(p, group)
 
     def _update(self, p: torch.Tensor, group: dict) -> None:
+        self._apply(p, *self._prepare(p, group), group)
+
+    def _apply(self, p: torch.Tensor, p32: torch.Tensor, grad: torch.Tensor, state: dict, lr, beta2t: float,
+               group: dict) -> None:
+        """The prepared step of one parameter, written back."""
+        # One scratch tensor per step where the original makes four (grad**2, + eps, the factor product,
+        # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u). Reused across steps on CPU (see
+        # scratch).
+        buf = scratch(0, grad)
+        sq = (torch.mul(grad, grad) if buf is None else torch.mul(grad, grad, out=buf)).add_(group["eps"][0])
+        if grad.dim() < 2:
+            v = state["exp_avg_sq"]
+            v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
+            update = torch.rsqrt(v, out=sq) if sq.stride() == v.stride() else torch.rsqrt(v)
+        else:
+            update = self._factored(state, sq, beta2t)
+        update.mul_(grad)
+        clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
+        # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
+        for _, window in windows([update, p32, state.get("exp_avg")]):
+            self._finish(*window, clip, lr, group)
+        write_back_([(p, p32)], fp16_nearest=True)
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> tuple:
+        """The state (made, or its moments cast to the gradient's dtype and device), the counters, and the step's
+        (fp32 weights, fp32 gradient, state, learning rate, second-moment decay)."""
         grad = p.grad
         if grad.dtype in (torch.float16, torch.bfloat16):
             grad = grad.float()
         if grad.is_sparse:
             raise RuntimeError("Adafactor does not support sparse gradients.")
         state = self.state[p]
-        shape = grad.shape
-        factored = len(shape) >= 2
         if len(state) == 0:
             self._init_state(p, group)
         else:
@@ -138,38 +162,76 @@ class EnhancedAdafactor(PerParameterOptimizer):
                 moment = state.get(k)
                 if moment is not None and (moment.dtype != grad.dtype or moment.device != grad.device):
                     state[k] = moment.to(grad)
-
         p32 = working(p, p.dtype in (torch.float16, torch.bfloat16))
         state["step"] += 1
         state["RMS"] = _rms(p32)
-        lr = self._get_lr(group, state)
-        beta2t = 1.0 - math.pow(state["step"], group["decay_rate"])
-        # One scratch tensor per step where the original makes four (grad**2, + eps, the factor product,
-        # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u). Reused across steps on CPU for
-        # tensors of up to one slice (see scratch).
-        buf = scratch(0, grad)
-        sq = (torch.mul(grad, grad) if buf is None else torch.mul(grad, grad, out=buf)).add_(group["eps"][0])
-        # The update reuses that tensor only where its layout is the one a fresh result would have: the RMS
-        # below reduces in memory order, so another layout could change the last bit.
-        if factored:
-            row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            # the arithmetic on the row and column vectors stays on the full pool where it would split apart
-            with nullcontext() if splits_alike(row.numel()) and splits_alike(col.numel()) else all_threads:
-                row.mul_(beta2t).add_(reduction(_mean_rows, sq), alpha=1.0 - beta2t)
-                col.mul_(beta2t).add_(reduction(_mean_cols, sq), alpha=1.0 - beta2t)
-                r_factor = (row / reduction(_mean_last, row)).rsqrt_().unsqueeze(-1)
-                c_factor = col.unsqueeze(-2).rsqrt()
-            update = torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
-        else:
-            v = state["exp_avg_sq"]
-            v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
-            update = torch.rsqrt(v, out=sq) if sq.stride() == v.stride() else torch.rsqrt(v)
-        update.mul_(grad)
-        clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
-        # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
-        for _, window in windows([update, p32, state.get("exp_avg")]):
-            self._finish(*window, clip, lr, group)
-        write_back_([(p, p32)], fp16_nearest=True)
+        return p32, grad, state, self._get_lr(group, state), 1.0 - math.pow(state["step"], group["decay_rate"])
+
+    @staticmethod
+    def _factored(state: dict, sq: torch.Tensor, beta2t: float) -> torch.Tensor:
+        """The row and column statistics' update, and the update's denominator from them (in sq's memory where
+        that is laid out as a fresh result would be: the RMS after it reduces in memory order)."""
+        row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+        # the arithmetic on the row and column vectors stays on the full pool where it would split apart
+        with nullcontext() if splits_alike(row.numel()) and splits_alike(col.numel()) else all_threads:
+            row.mul_(beta2t).add_(reduction(_mean_rows, sq), alpha=1.0 - beta2t)
+            col.mul_(beta2t).add_(reduction(_mean_cols, sq), alpha=1.0 - beta2t)
+            r_factor = (row / reduction(_mean_last, row)).rsqrt_().unsqueeze(-1)
+            c_factor = col.unsqueeze(-2).rsqrt()
+        return torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Off CPU, consecutive parameters at the same step run the elementwise work as multi-tensor chains
+        (`tensor_batches`); each tensor's reductions and factored statistics stay its own, and so does its
+        learning rate (from its weights' RMS: a host sync per parameter, as in the original)."""
+        for batch in tensor_batches(params, working=torch.float32):
+            if len(batch) == 1:
+                self._update(params[batch[0]], group)
+                continue
+            work = [self._prepare(params[i], group) for i in batch]
+            if len({w[2]["step"] for w in work}) == 1:
+                self._update_multi(work, group)
+                write_back_([(params[i], w[0]) for i, w in zip(batch, work, strict=True)], fp16_nearest=True)
+            else:
+                for i, w in zip(batch, work, strict=True):
+                    self._apply(params[i], *w, group)
+
+    def _update_multi(self, work: list[tuple], group: dict) -> None:
+        """`_update` over parameters at the same step, as multi-tensor chains: the same operations element by
+        element."""
+        p32s, grads, states, lrs, beta2ts = (list(x) for x in zip(*work, strict=True))
+        beta2t = beta2ts[0]
+        sqs = torch._foreach_mul(grads, grads)
+        torch._foreach_add_(sqs, group["eps"][0])
+        updates = list(sqs)
+        plain = [i for i, g in enumerate(grads) if g.dim() < 2]
+        if plain:
+            vs = [states[i]["exp_avg_sq"] for i in plain]
+            torch._foreach_mul_(vs, beta2t)
+            torch._foreach_add_(vs, [sqs[i] for i in plain], alpha=1.0 - beta2t)
+            for i, u in zip(plain, torch._foreach_rsqrt(vs), strict=True):
+                updates[i] = u
+        for i, g in enumerate(grads):
+            if g.dim() >= 2:
+                updates[i] = self._factored(states[i], sqs[i], beta2t)
+        torch._foreach_mul_(updates, grads)
+        norms = torch.stack([reduction(norm2, u) for u in updates])
+        roots = torch.tensor([u.numel() ** 0.5 for u in updates], dtype=norms.dtype, device=norms.device)
+        torch._foreach_div_(updates, (norms / roots / group["clip_threshold"]).clamp_(min=1.0).unbind())
+        if all(isinstance(lr, float) for lr in lrs):
+            torch._foreach_mul_(updates, lrs)
+        else:  # a learning rate scaled by the weights' RMS is a 0-dim tensor
+            for u, lr in zip(updates, lrs, strict=True):
+                u.mul_(lr)
+        if group["beta1"] is not None:
+            exp_avgs = [st["exp_avg"] for st in states]
+            torch._foreach_mul_(exp_avgs, group["beta1"])
+            torch._foreach_add_(exp_avgs, updates, alpha=1 - group["beta1"])
+            updates = exp_avgs
+        if group["weight_decay"] != 0:
+            for p32, lr in zip(p32s, lrs, strict=True):
+                p32.add_(p32, alpha=-group["weight_decay"] * lr)
+        torch._foreach_sub_(p32s, updates)
 
     @staticmethod
     def _finish(update: torch.Tensor, p32: torch.Tensor, exp_avg: torch.Tensor | None, clip: torch.Tensor,

@@ -394,6 +394,40 @@ def test_scorn_and_remaster_multi_tensor_chains_change_no_bit(cls, kw, dtype, mo
         assert batched[0] == len(SHAPES) - 1 and len(SHAPES) not in batched
 
 
+ADAFACTOR_MULTI = [{}, {"lr": 1e-3, "relative_step": False, "scale_parameter": False},
+                   {"lr": 1e-3, "relative_step": False, "beta1": 0.9, "weight_decay": 0.1},
+                   {"warmup_init": True, "beta1": 0.5, "clip_threshold": 0.01}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kw", ADAFACTOR_MULTI, ids=lambda k: ",".join(k) or "defaults")
+def test_adafactor_multi_tensor_chains_change_no_bit(kw, dtype, monkeypatch):
+    """Adafactor's multi-tensor chains (the path off CPU, forced on here): the same weights, state and generator
+    as tensor by tensor, with factored and plain second moments in one chain, learning rates scaled by each
+    tensor's RMS or not (a zero-initialised tensor, as a LoRA up-projection), and a parameter that joins late
+    (another step count: the chain runs tensor by tensor)."""
+    import optinspect.optimizers._common as C
+
+    runs, batched = [], []
+    real = EnhancedAdafactor._update_multi
+    monkeypatch.setattr(EnhancedAdafactor, "_update_multi",
+                        lambda self, work, group: (batched.append(len(work)), real(self, work, group)))
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        params = model(dtype)
+        with torch.no_grad():
+            params[0].zero_()
+        opt = EnhancedAdafactor(params, **kw)
+        torch.manual_seed(5)
+        for t in range(1, 8):
+            for i, p in enumerate(params):
+                p.grad = grad(p, t) if i != 2 or t > 2 else None  # the 4-D one starts at step 3
+            opt.step()
+        runs.append(outcome(opt, params))
+    assert_same(*runs)
+    assert batched == [len(SHAPES) - 1] * 2
+
+
 KAHAN_MULTI = [{}, {"stabilize": False}, {"fix_stabilize": True}, {"decay_weights": True, "weight_decay": 0.1},
                {"weight_decay": 0.0, "stabilize": False}]
 KAHAN_SHAPES = [(48, 32), (64, 64), (300,), (256,), (8,), (32, 48), (512,), (3, 3)]  # 300: a partial block
