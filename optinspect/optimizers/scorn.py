@@ -117,8 +117,7 @@ class SCORN(PerParameterOptimizer):
         end_ema_step(w, group)
 
     def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        # the focus terms (a running mean of the weights) are left to the per-tensor chain
-        step_ema_group(self, group, params, multi=group["focus_ratio"] <= 0)
+        step_ema_group(self, group, params, multi=True)
 
     def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
         """Orthograd, the state, the working tensors, and the counters (with a due reset)."""
@@ -161,8 +160,13 @@ class SCORN(PerParameterOptimizer):
 
     @staticmethod
     def _update_multi(work: list[EmaStep], group: dict) -> None:
-        """`_update` without the focus terms over parameters at the same k, as multi-tensor chains: the same
-        operations element by element, each tensor's reductions and Newton-Schulz its own."""
+        """`_update` over parameters at the same k, as multi-tensor chains: the same operations element by
+        element, each tensor's reductions and Newton-Schulz its own."""
+        pbars = [w.pbar for w in work]
+        if None in pbars and any(pbars):  # focus on, and a resumed state without its running mean for some
+            for w in work:
+                SCORN._update(w, group)
+            return
         beta1, beta2 = group["betas"][:2]
         k = work[0].k
         p_ws, emas, vs = ([getattr(w, name) for w in work] for name in ("p_w", "ema", "v"))
@@ -175,6 +179,10 @@ class SCORN(PerParameterOptimizer):
         updates = adopt_atan2_multi(gs, emas, vs, group["amp"], bias_correction, bias_correction_sqrt, slow_beta2)
         torch._foreach_mul_(updates, A2)
         torch._foreach_mul_(updates, group["spectral_update_scale"])
+        if pbars[0] is not None:
+            torch._foreach_lerp_(pbars, p_ws, 1 - beta1)
+            torch._foreach_add_(updates, torch._foreach_sub(p_ws, torch._foreach_div(pbars, bias_correction)),
+                                alpha=group["focus_ratio"])
         if group["weight_decay"] != 0 and not group["constrain"]:
             torch._foreach_add_(updates, p_ws, alpha=group["weight_decay"] * group["weight_decay_rate"] ** k)
         if group["cautious_min"] != 1:

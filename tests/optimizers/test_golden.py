@@ -134,3 +134,12 @@ def test_persona_in_cache_slices_is_bit_identical(case, monkeypatch):
 
     monkeypatch.setattr(optinspect.optimizers._common, "CPU_SLICE", 64)
     assert replay(case) == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_multi_tensor_chains_replay_the_originals_bit_for_bit(case, monkeypatch):
+    """The multi-tensor chains (the path off CPU, forced on here) of all six replay the recordings too."""
+    import optinspect.optimizers._common
+
+    monkeypatch.setattr(optinspect.optimizers._common, "MULTI_TENSOR_ON_CPU", True)
+    assert replay(case) == []
