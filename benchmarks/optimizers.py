@@ -188,7 +188,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads for every optimizer (torch's default: one per physical core). With "
                          "fewer than the CPUs, ours draws its stochastic-rounding bits on an idle one")
+    ap.add_argument("--multi-tensor", action="store_true",
+                    help="ours through its multi-tensor chains (the path off CPU), forced on here: what they cost "
+                         "on CPU, checked equal all the same")
     args = ap.parse_args()
+    if args.multi_tensor:
+        from optinspect.optimizers import _common
+
+        _common.MULTI_TENSOR_ON_CPU = True
+        os.environ["OPTINSPECT_SIDE_BY_SIDE"] = "0"  # else the small tensors' steps run side by side, not chained
     if args.threads:
         torch.set_num_threads(args.threads)
     WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors,
@@ -202,7 +210,8 @@ def main() -> None:
     ref = torch.optim.AdamW(ref_params, lr=1e-4, foreach=True)
     print(f"{args.workload}: {len(ref_params)} tensors, {n / 1e6:.1f}M {args.dtype} parameters, "
           f"{torch.get_num_threads()} threads"
-          f"{', freed memory recycled' if args.recycle else ''}; reference AdamW(foreach), "
+          f"{', freed memory recycled' if args.recycle else ''}"
+          f"{', ours through its multi-tensor chains' if args.multi_tensor else ''}; reference AdamW(foreach), "
           f"{state_bytes(ref) / n if ref.state else 8.0:.1f} B/param")
     fused_params = make_params(args.small)
     fused = torch.optim.AdamW(fused_params, lr=1e-4, fused=True)
