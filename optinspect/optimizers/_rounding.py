@@ -52,11 +52,11 @@ def _may_carry_badly(source: torch.Tensor) -> bool:
 
 def _keep_special(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Where the carry went wrong: a finite value rounded up past bf16's largest becomes that largest value
-    instead of inf, and a NaN (whose low payload bits can carry into inf, zero or the sign) stays NaN.
-    Everywhere else `result` is unchanged, so the originals' numbers are kept."""
-    overflow = torch.isinf(result) & torch.isfinite(source)
-    result = torch.where(overflow, source.clamp(-_BF16_MAX, _BF16_MAX), result)
-    return torch.where(torch.isnan(source), source, result)
+    instead of inf, and a NaN (whose low payload bits can carry into inf, zero or the sign) or an infinity stays
+    as it was. Everywhere else `result` is unchanged, so the originals' numbers are kept. Four passes: off CPU
+    this runs on every rounded tensor (isfinite alone would be four)."""
+    finite = source.abs() < float("inf")  # NaN compares false
+    return torch.where(finite, result.clamp_(-_BF16_MAX, _BF16_MAX), source)
 
 
 def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:

@@ -107,6 +107,30 @@ def test_clean_tensors_skip_a_repair_that_would_change_nothing():
     assert torch.equal(out.float(), truncated)
 
 
+def test_the_repair_element_by_element_around_the_carries():
+    """Every high half near bf16's largest, infinity and NaN (both signs), with edge and random low halves, under
+    20 draws: a NaN or infinite source comes back bit for bit, a finite one that carried to infinity becomes
+    bf16's largest of its sign, and anything else is the truncated sum untouched. Each rule applied on its own."""
+    big = torch.finfo(torch.bfloat16).max
+    hi = torch.tensor([0x7F7E, 0x7F7F, 0x7F80, 0x7F81, 0x7FBF, 0x7FC0, 0x7FFF, 0x0000, 0x3F80])
+    hi = torch.cat([hi, hi | 0x8000])
+    g = torch.Generator().manual_seed(0)
+    lows = torch.cat([torch.tensor([0, 1, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF]), torch.randint(0, 1 << 16, (60,),
+                                                                                          generator=g)])
+    pattern = ((hi[:, None] << 16) | lows[None, :]).reshape(-1)
+    src = torch.where(pattern >= 1 << 31, pattern - (1 << 32), pattern).to(torch.int32).view(torch.float32)
+    for seed in range(20):
+        draw = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, generator=torch.Generator().manual_seed(seed))
+        raw = ((src.view(torch.int32) + draw) & -65536).view(torch.float32)
+        out = _keep_special(raw.clone(), src)
+        special = ~torch.isfinite(src)
+        assert torch.equal(out[special].view(torch.int32), src[special].view(torch.int32))
+        carried = torch.isfinite(src) & torch.isinf(raw)
+        assert carried.any() and torch.equal(out[carried], torch.where(src[carried] > 0, big, -big))
+        rest = ~special & ~carried
+        assert torch.equal(out[rest].view(torch.int32), raw[rest].view(torch.int32))
+
+
 def test_fp16_default_keeps_only_bf16_precision_and_the_fix_rounds_to_fp16():
     x = torch.full((20_000,), 1 + 3 * 2**-10)
     legacy = torch.empty(20_000, dtype=torch.float16)
