@@ -112,9 +112,10 @@ def rms_clip_(g: torch.Tensor) -> torch.Tensor:
 # per-tensor path takes it, so each rounds alike). Per-tensor scalars are 0-dim tensors on the device, never
 # Python numbers: no host sync. sqrt, clamp and where round correctly, so stacking the scalars changes no bit.
 
-def agreement_masks(a: list[torch.Tensor], b: list[torch.Tensor], minimum: float, floor: float) -> list[torch.Tensor]:
+def agreement_masks(a: list[torch.Tensor], b: list[torch.Tensor], minimum: float, floor: float, *,
+                    inclusive: bool = False) -> list[torch.Tensor]:
     """`agreement_mask` of each pair (a[i], b[i])."""
-    masks = [(prod > 0).to(prod.dtype) for prod in torch._foreach_mul(a, b)]
+    masks = [(prod >= 0 if inclusive else prod > 0).to(prod.dtype) for prod in torch._foreach_mul(a, b)]
     torch._foreach_clamp_min_(masks, minimum)
     torch._foreach_div_(masks, torch.stack([mean(m) for m in masks]).clamp_(min=floor).unbind())
     return masks

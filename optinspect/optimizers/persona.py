@@ -13,6 +13,7 @@ from ._base import PerParameterOptimizer, check_betas, check_range, working, wri
 from ._common import (
     A2,
     agreement_mask,
+    agreement_masks,
     orthograd_dots_ahead,
     orthograd_persona_,
     reset_period,
@@ -74,11 +75,10 @@ class PersonaOptimizer(PerParameterOptimizer):
         chain (`_update_multi`: one kernel per operation per batch instead of per tensor); the rest, and every
         parameter on CPU, tensor by tensor. The same operations element by element either way, and the random
         draws of the write-back in parameter order."""
-        plain = group["cautious_min"] < 1 or group["focus_boost"] > 0  # a mean per tensor, or the focus terms
         for batch in tensor_batches(params, working=torch.float32):
             work = [self._prepare(params[i], group) for i in batch]
-            if len(work) > 1 and not plain and len({w[2] for w in work}) == 1:
-                self._update_multi(*([w[1][j] for w in work] for j in range(4)), group, work[0][2])
+            if len(work) > 1 and len({w[2] for w in work}) == 1:
+                self._update_multi(*([w[1][j] for w in work] for j in range(5)), group, work[0][2])
             else:
                 for _, tensors, scalars, low in work:
                     self._update_windows(tensors, group, scalars, low)
@@ -151,10 +151,10 @@ class PersonaOptimizer(PerParameterOptimizer):
                 home.copy_(work)
 
     @staticmethod
-    def _update_multi(p_ws: list, gs: list, emas: list, vs: list, group: dict,
+    def _update_multi(p_ws: list, gs: list, emas: list, vs: list, egvs: list, group: dict,
                       scalars: tuple[float, float, float]) -> None:
-        """`_update` without the focus terms and the cautious mask, over lists of fp32 tensors sharing their
-        scalars: the same operations element by element (atan2 has no multi-tensor form: per tensor)."""
+        """`_update` over lists of fp32 tensors sharing their scalars: the same operations element by element
+        (atan2 has no multi-tensor form: per tensor; the cautious mask's mean is each tensor's own)."""
         beta1, beta2 = group["betas"][:2]
         bias_correction, denom_eps, effective_wd = scalars
         torch._foreach_mul_(emas, beta1)
@@ -170,8 +170,24 @@ class PersonaOptimizer(PerParameterOptimizer):
         for u, d in zip(update, denom, strict=True):
             u.atan2_(d)
         torch._foreach_mul_(update, A2)
+        if egvs[0] is not None:
+            cur_var = torch._foreach_sub(vs, torch._foreach_pow(emas, 2))
+            torch._foreach_clamp_min_(cur_var, 0)
+            torch._foreach_mul_(egvs, beta2)
+            torch._foreach_add_(egvs, cur_var, alpha=1 - beta2)
+            boost = torch._foreach_sqrt(egvs)
+            torch._foreach_add_(boost, group["focus_eps"])
+            boost = torch._foreach_div(cur_var, boost)
+            torch._foreach_clamp_min_(boost, 0)  # clamp(0, 5): the lower bound, then the upper
+            torch._foreach_clamp_max_(boost, 5)
+            torch._foreach_mul_(boost, group["focus_boost"])
+            torch._foreach_add_(boost, 1)
+            torch._foreach_mul_(update, boost)
         if effective_wd > 0 and not group["constrain"]:
             torch._foreach_add_(update, p_ws, alpha=effective_wd)
+        if group["cautious_min"] < 1:
+            torch._foreach_mul_(update, agreement_masks(update, gs, group["cautious_min"], group["eps"],
+                                                        inclusive=True))
         if group["constrain"]:
             torch._foreach_mul_(p_ws, 1 - group["lr"])
         torch._foreach_add_(p_ws, update, alpha=-group["lr"])
