@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from ._ahead import at_full_count, mean, reduction
-from ._base import working, write_back_
+from ._base import PerParameterOptimizer, working, write_back_
 from ._rounding import is_low_precision
 from ._spread import dot_is_serial, spread
 
@@ -127,10 +127,19 @@ def rms_clip_multi_(gs: list[torch.Tensor]) -> None:
     torch._foreach_div_(gs, torch.stack([mean(s) for s in squares]).sqrt_().clamp_(min=1).unbind())
 
 
+def adopt_atan2(g: torch.Tensor, ema: torch.Tensor, v: torch.Tensor, amp: float, bias_correction: float,
+                bias_correction_sqrt: float, slow_beta2: float) -> torch.Tensor:
+    """SCORN's and REMASTER's shared core: c = g + amp * ema / bc, the second moment's update with c, and
+    atan2(c, sqrt(v_old) / bc_sqrt) (returned)."""
+    c = g.add(ema / bias_correction, alpha=amp)
+    denom = v.sqrt().div_(bias_correction_sqrt)
+    v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
+    return torch.atan2(c, denom)
+
+
 def adopt_atan2_multi(gs: list[torch.Tensor], emas: list[torch.Tensor], vs: list[torch.Tensor], amp: float,
                       bias_correction: float, bias_correction_sqrt: float, slow_beta2: float) -> list[torch.Tensor]:
-    """SCORN's and REMASTER's shared core over lists: c = g + amp * ema / bc, the second moment's update with c,
-    and atan2(c, sqrt(v_old) / bc_sqrt) (returned, in c's memory). atan2 has no multi-tensor form: per tensor."""
+    """`adopt_atan2` over lists (the results in c's memory). atan2 has no multi-tensor form: per tensor."""
     cs = torch._foreach_add(gs, torch._foreach_div(emas, bias_correction), alpha=amp)
     denoms = torch._foreach_sqrt(vs)
     torch._foreach_div_(denoms, bias_correction_sqrt)
@@ -182,21 +191,46 @@ def end_ema_step(w: EmaStep, group: dict) -> None:
         state["steps_since_reset"] += 1
 
 
-def step_ema_group(opt, group: dict, params: list[torch.Tensor], multi: bool) -> None:
-    """A SCORN/REMASTER group's step where it is not run side by side: consecutive parameters that
-    `tensor_batches` joins, at the same k, run one multi-tensor chain (`opt._update_multi`) where `multi` (the
-    group's options allow one); the rest tensor by tensor (`opt._update`). Every parameter is prepared first and
-    written back last, in order: the preparation draws no random bits, so the draws come as tensor by tensor."""
-    up = torch.float32 if group["stochastic_fp"] else None  # what bf16/fp16 tensors are worked on in
-    for batch in tensor_batches(params, working=up):
-        work = [opt._prepare(params[i], group) for i in batch]
-        if multi and len(work) > 1 and len({w.k for w in work}) == 1:
-            opt._update_multi(work, group)
-        else:
+class EmaStepOptimizer(PerParameterOptimizer):
+    """The step SCORN and REMASTER share: orthograd's dot products made ahead, parameters prepared
+    (`_prepare`: orthograd, state, counters), updated (`_update`) and written back in order, and consecutive
+    ones at the same k run as one multi-tensor chain (`_update_multi`) where `tensor_batches` joins them."""
+
+    _ahead_of_step = orthograd_dots_ahead
+    steps_side_by_side = True
+
+    def _begin_group(self, group: dict) -> None:
+        group["step"] = group.get("step", 0) + 1  # counted, as in the originals; the math uses per-parameter steps
+
+    def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
+        raise NotImplementedError
+
+    @staticmethod
+    def _update(w: EmaStep, group: dict) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _update_multi(work: list[EmaStep], group: dict) -> None:
+        raise NotImplementedError
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        w = self._prepare(p, group)
+        self._update(w, group)
+        end_ema_step(w, group)
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Where the step is not run side by side. The preparation draws no random bits, so preparing a whole
+        batch before its updates leaves the draws as tensor by tensor."""
+        up = torch.float32 if group["stochastic_fp"] else None  # what bf16/fp16 tensors are worked on in
+        for batch in tensor_batches(params, working=up):
+            work = [self._prepare(params[i], group) for i in batch]
+            if len(work) > 1 and len({w.k for w in work}) == 1:
+                self._update_multi(work, group)
+            else:
+                for w in work:
+                    self._update(w, group)
             for w in work:
-                opt._update(w, group)
-        for w in work:
-            end_ema_step(w, group)
+                end_ema_step(w, group)
 
 
 def reset_period(group: dict, times: int) -> int:

@@ -11,32 +11,28 @@ from __future__ import annotations
 import torch
 
 from ._ahead import reduction
-from ._base import PerParameterOptimizer, check_betas, check_range
+from ._base import check_betas, check_range
 from ._common import (
     A2,
     EmaStep,
+    EmaStepOptimizer,
+    adopt_atan2,
     adopt_atan2_multi,
     adopt_scalars,
     advance_counters,
     agreement_mask,
     agreement_masks,
     begin_ema_step,
-    end_ema_step,
     norm2,
-    orthograd_dots_ahead,
     rms_clip_,
     rms_clip_multi_,
-    step_ema_group,
 )
 
 __all__ = ["REMASTER"]
 
 
-class REMASTER(PerParameterOptimizer):
+class REMASTER(EmaStepOptimizer):
     """REMASTER: norm-renormalised gradient, adaptive EMA mask, ADOPT-style atan2 update."""
-
-    _ahead_of_step = orthograd_dots_ahead
-    steps_side_by_side = True
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999),
                  weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,
@@ -54,9 +50,6 @@ class REMASTER(PerParameterOptimizer):
                         fp16_rounding=fp16_rounding)
         super().__init__(params, defaults)
 
-    def _begin_group(self, group: dict) -> None:
-        group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
-
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
         state["ema"] = torch.zeros_like(p)
@@ -65,14 +58,6 @@ class REMASTER(PerParameterOptimizer):
             state["times_zero"] = 0
             state["steps_since_reset"] = 1
         state["step"] = 0
-
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        w = self._prepare(p, group)
-        self._update(w, group)
-        end_ema_step(w, group)
-
-    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        step_ema_group(self, group, params, multi=True)
 
     def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
         """Orthograd, the state, the working tensors, and the counters (with a due reset)."""
@@ -96,10 +81,7 @@ class REMASTER(PerParameterOptimizer):
             g.div_(norm_ratio)
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
-        c = g.add(ema / bias_correction, alpha=group["amp"])
-        denom = v.sqrt().div_(bias_correction_sqrt)
-        v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
-        update = torch.atan2(c, denom)
+        update = adopt_atan2(g, ema, v, group["amp"], bias_correction, bias_correction_sqrt, slow_beta2)
         if group["weight_decay"] != 0:
             update.add_(p_w, alpha=group["weight_decay"] * group["weight_decay_rate"] ** w.k)
         if group["cautious_min"] != 1:

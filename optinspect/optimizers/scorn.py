@@ -13,21 +13,20 @@ import math
 import torch
 
 from ._ahead import reduction
-from ._base import PerParameterOptimizer, check_betas, working
+from ._base import check_betas, working
 from ._common import (
     A2,
     EmaStep,
+    EmaStepOptimizer,
+    adopt_atan2,
     adopt_atan2_multi,
     adopt_scalars,
     advance_counters,
     agreement_mask,
     agreement_masks,
     begin_ema_step,
-    end_ema_step,
-    orthograd_dots_ahead,
     rms_clip_,
     rms_clip_multi_,
-    step_ema_group,
 )
 
 __all__ = ["SCORN", "newton_schulz", "lmo_"]
@@ -67,14 +66,11 @@ def lmo_(g: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(g.shape)}")
 
 
-class SCORN(PerParameterOptimizer):
+class SCORN(EmaStepOptimizer):
     """SCORN: spectral (Newton-Schulz) normalised gradient, ADOPT-style second moment, atan2 update.
 
     Args mirror the trainer's class; see `optinspect schema scorn` for ranges and defaults.
     """
-
-    _ahead_of_step = orthograd_dots_ahead
-    steps_side_by_side = True
 
     def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.95, 0.9999), focus_ratio: float = 0.0,
                  weight_decay: float = 0.0, weight_decay_rate: float = 0.998, amp: float = 5.0,
@@ -96,9 +92,6 @@ class SCORN(PerParameterOptimizer):
                 if p.ndim > 4:
                     raise ValueError(f"SCORN supports tensors of up to 4 dimensions, got shape {tuple(p.shape)}")
 
-    def _begin_group(self, group: dict) -> None:
-        group["step"] = group.get("step", 0) + 1  # counted, as in the original; the math uses per-parameter steps
-
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
         """The second moment starts at the first gradient squared (after orthograd), not at zero."""
         state = self.state[p]
@@ -110,14 +103,6 @@ class SCORN(PerParameterOptimizer):
         if group["focus_ratio"] > 0:
             state["pbar"] = torch.zeros_like(p)
         state["step"] = 0
-
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        w = self._prepare(p, group)
-        self._update(w, group)
-        end_ema_step(w, group)
-
-    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        step_ema_group(self, group, params, multi=True)
 
     def _prepare(self, p: torch.Tensor, group: dict) -> EmaStep:
         """Orthograd, the state, the working tensors, and the counters (with a due reset)."""
@@ -143,10 +128,8 @@ class SCORN(PerParameterOptimizer):
         g = reduction(lmo_, w.g)  # a norm and matrix products
         ema.mul_(agreement_mask(g, ema, beta1, 1e-3))
         ema.mul_(beta1).add_(g, alpha=1 - beta1)
-        c = g.add(ema / bias_correction, alpha=group["amp"])
-        denom = v.sqrt().div_(bias_correction_sqrt)
-        v.mul_(slow_beta2).addcmul_(c, c, value=1 - slow_beta2)
-        update = torch.atan2(c, denom).mul_(A2).mul_(group["spectral_update_scale"])
+        update = adopt_atan2(g, ema, v, group["amp"], bias_correction, bias_correction_sqrt, slow_beta2)
+        update.mul_(A2).mul_(group["spectral_update_scale"])
         if pbar is not None:
             pbar.lerp_(p_w, 1 - beta1)
             update.add_(p_w - pbar / bias_correction, alpha=group["focus_ratio"])

@@ -324,6 +324,39 @@ def test_an_optimizer_tries_the_helper_both_ways_then_keeps_one(name, fixture, r
     assert opt._helper.choice is not None and started[13:] == [opt._helper.choice] * 3
 
 
+def chained_and_not(monkeypatch, cls, make, set_grads) -> list[int]:
+    """Seven steps tensor by tensor, then the same with the multi-tensor chains forced on (the path off CPU;
+    side by side off, as there): the same weights, state and generator. Returns the chains' lengths."""
+    import optinspect.optimizers._common as C
+
+    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")
+    runs, batched = [], []
+    static = isinstance(cls.__dict__["_update_multi"], staticmethod)
+    real = cls._update_multi  # a plain function either way, taken from the class
+
+    def counted(*args):
+        batched.append(len(args[0] if static else args[1]))
+        return real(*args)
+
+    monkeypatch.setattr(cls, "_update_multi", staticmethod(counted) if static else counted)
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        params, opt = make()
+        torch.manual_seed(5)
+        for t in range(1, 8):
+            set_grads(params, t)
+            opt.step()
+        runs.append(outcome(opt, params))
+    assert_same(*runs)
+    return batched
+
+
+def late_joiner(params, t) -> None:
+    """Gradients for all but the 4-D tensor, which starts at step 3 (its k or step count then differs)."""
+    for i, p in enumerate(params):
+        p.grad = grad(p, t) if i != 2 or t > 2 else None
+
+
 PERSONA_MULTI = [{}, {"amp_factor": 2.5, "weight_decay": 0.1, "weight_decay_rate": 0.9},
                  {"constrain": True, "orthograd": True}, {"reset_interval": 3, "reset_increment": 1},
                  {"cautious_min": 0.5}, {"cautious_min": 0.0, "focus_boost": 0.1, "focus_eps": 1e-3},
@@ -335,24 +368,16 @@ PERSONA_MULTI = [{}, {"amp_factor": 2.5, "weight_decay": 0.1, "weight_decay_rate
 def test_persona_multi_tensor_chain_changes_no_bit(kw, dtype, monkeypatch):
     """Persona's multi-tensor chain (the path off CPU, forced on here): the same weights, state and generator as
     tensor by tensor, in every configuration (the cautious mask's mean is each tensor's own)."""
-    import optinspect.optimizers._common as C
-
-    runs, batched = [], []
-    real = PersonaOptimizer._update_multi
-    monkeypatch.setattr(PersonaOptimizer, "_update_multi",
-                        staticmethod(lambda ps, *a: (batched.append(len(ps)), real(ps, *a))))
-    for multi in (False, True):
-        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+    def make():
         params = model(dtype)
-        opt = PersonaOptimizer(params, lr=1e-3, **kw)
-        torch.manual_seed(5)
-        for t in range(1, 8):
-            for p in params:
-                p.grad = grad(p, t)
-            params[4].grad[::3] = 0  # exact zeros: the cautious mask counts them as agreeing (prod >= 0)
-            opt.step()
-        runs.append(outcome(opt, params))
-    assert_same(*runs)
+        return params, PersonaOptimizer(params, lr=1e-3, **kw)
+
+    def set_grads(params, t):
+        for p in params:
+            p.grad = grad(p, t)
+        params[4].grad[::3] = 0  # exact zeros: the cautious mask counts them as agreeing (prod >= 0)
+
+    batched = chained_and_not(monkeypatch, PersonaOptimizer, make, set_grads)
     assert batched and all(n > 1 for n in batched)
 
 
@@ -373,25 +398,15 @@ def test_scorn_and_remaster_multi_tensor_chains_change_no_bit(cls, kw, dtype, mo
     """SCORN's and REMASTER's multi-tensor chains (the path off CPU, forced on here, side by side off): the same
     weights, state and generator as tensor by tensor. A parameter that joins late (another k) runs alone, and so
     does bf16 worked on in place."""
-    import optinspect.optimizers._common as C
-
-    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")
-    runs, batched = [], []
-    real = cls._update_multi
-    monkeypatch.setattr(cls, "_update_multi", staticmethod(lambda work, group: (batched.append(len(work)),
-                                                                                real(work, group))))
-    for multi in (False, True):
-        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+    def make():
         params = model(dtype)
-        opt = cls(params, lr=1e-3, **kw)
-        torch.manual_seed(5)
-        for t in range(1, 8):
-            for i, p in enumerate(params):
-                p.grad = grad(p, t) if i != 2 or t > 2 else None  # the 4-D one starts at step 3
-            params[1].grad.mul_(t != 2)  # a zero gradient: REMASTER's norm ratio is 0 (no division)
-            opt.step()
-        runs.append(outcome(opt, params))
-    assert_same(*runs)
+        return params, cls(params, lr=1e-3, **kw)
+
+    def set_grads(params, t):
+        late_joiner(params, t)
+        params[1].grad.mul_(t != 2)  # a zero gradient: REMASTER's norm ratio is 0 (no division)
+
+    batched = chained_and_not(monkeypatch, cls, make, set_grads)
     alone = dtype != torch.float32 and kw.get("stochastic_fp") is False
     assert bool(batched) != alone and all(n > 1 for n in batched)
     if not alone and "reset_interval" not in kw:  # steps 1-2 without the late one, then at its own k it runs
@@ -411,25 +426,13 @@ def test_adafactor_multi_tensor_chains_change_no_bit(kw, dtype, monkeypatch):
     as tensor by tensor, with factored and plain second moments in one chain, learning rates scaled by each
     tensor's RMS or not (a zero-initialised tensor, as a LoRA up-projection), and a parameter that joins late
     (another step count: the chain runs tensor by tensor)."""
-    import optinspect.optimizers._common as C
-
-    runs, batched = [], []
-    real = EnhancedAdafactor._update_multi
-    monkeypatch.setattr(EnhancedAdafactor, "_update_multi",
-                        lambda self, work, group: (batched.append(len(work)), real(self, work, group)))
-    for multi in (False, True):
-        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+    def make():
         params = model(dtype)
         with torch.no_grad():
             params[0].zero_()
-        opt = EnhancedAdafactor(params, **kw)
-        torch.manual_seed(5)
-        for t in range(1, 8):
-            for i, p in enumerate(params):
-                p.grad = grad(p, t) if i != 2 or t > 2 else None  # the 4-D one starts at step 3
-            opt.step()
-        runs.append(outcome(opt, params))
-    assert_same(*runs)
+        return params, EnhancedAdafactor(params, **kw)
+
+    batched = chained_and_not(monkeypatch, EnhancedAdafactor, make, late_joiner)
     assert batched == [len(SHAPES) - 1] * 2
 
 
