@@ -215,9 +215,9 @@ class EnhancedAdafactor(PerParameterOptimizer):
             if g.dim() >= 2:
                 updates[i] = self._factored(states[i], sqs[i], beta2t)
         torch._foreach_mul_(updates, grads)
-        norms = torch.stack([reduction(norm2, u) for u in updates])
-        roots = torch.tensor([u.numel() ** 0.5 for u in updates], dtype=norms.dtype, device=norms.device)
-        torch._foreach_div_(updates, (norms / roots / group["clip_threshold"]).clamp_(min=1.0).unbind())
+        # each RMS a 0-dim tensor on the device (a tensor of the roots made here would be a copy to it: a sync)
+        clips = torch.stack([_rms(u) for u in updates]).div_(group["clip_threshold"]).clamp_(min=1.0)
+        torch._foreach_div_(updates, clips.unbind())
         if all(isinstance(lr, float) for lr in lrs):
             torch._foreach_mul_(updates, lrs)
         else:  # a learning rate scaled by the weights' RMS is a 0-dim tensor
