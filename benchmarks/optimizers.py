@@ -84,7 +84,7 @@ def original_factory(name: str):
     return None
 
 
-WORKLOAD = {"kind": "full", "dtype": torch.float32, "lora": 1000, "width": 1024}
+WORKLOAD = {"kind": "full", "dtype": torch.float32, "lora": 1000, "width": 1024, "device": "cpu"}
 
 
 def width_for(millions: float) -> int:
@@ -101,13 +101,14 @@ def make_params(small: bool) -> list[torch.nn.Parameter]:
         w = WORKLOAD["width"] // k
         shapes = [(w, w)] * 6 + [(4 * w, w)] * 2 + [(w,)] * 8
     g = torch.Generator().manual_seed(0)
-    return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.02).to(WORKLOAD["dtype"])) for s in shapes]
+    return [torch.nn.Parameter((torch.randn(s, generator=g) * 0.02).to(WORKLOAD["device"], WORKLOAD["dtype"]))
+            for s in shapes]
 
 
 def set_grads(params, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
     for p in params:
-        p.grad = (torch.randn(p.shape, generator=g) * 1e-3).to(p.dtype)
+        p.grad = (torch.randn(p.shape, generator=g) * 1e-3).to(p.device, p.dtype)
 
 
 def equal_after(make_a, make_b, small: bool, steps: int = 3) -> str:
@@ -139,14 +140,23 @@ def paired_times(ref, ref_params, opt, params, steps: int) -> tuple[float, float
             o.step()
     tr, to = [], []
     for _ in range(steps):
+        sync()
         t0 = time.perf_counter()
         ref.step()
+        sync()
         t1 = time.perf_counter()
         opt.step()
+        sync()
         t2 = time.perf_counter()
         tr.append(t1 - t0)
         to.append(t2 - t1)
     return statistics.median(tr), statistics.median(to)
+
+
+def sync() -> None:
+    """Wait for the device's queued work: a step's time on a GPU is its kernels', not their launches'."""
+    if WORKLOAD["device"] != "cpu":
+        torch.cuda.synchronize()
 
 
 def deciding(opt) -> bool:
@@ -188,10 +198,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads for every optimizer (torch's default: one per physical core). With "
                          "fewer than the CPUs, ours draws its stochastic-rounding bits on an idle one")
+    ap.add_argument("--device", default="cpu", help="cuda: the GPU workloads (Flux-size LoRA: --lora-tensors "
+                    "1000; a 2B full fine-tune: --params 2000), against the originals and AdamW(fused) there")
     ap.add_argument("--multi-tensor", action="store_true",
                     help="ours through its multi-tensor chains (the path off CPU), forced on here: what they cost "
                          "on CPU, checked equal all the same")
     args = ap.parse_args()
+    try:
+        torch.empty(1, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        sys.exit(f"device {args.device!r} is not available: {e}")
     if args.multi_tensor:
         from optinspect.optimizers import _common
 
@@ -199,7 +215,7 @@ def main() -> None:
         os.environ["OPTINSPECT_SIDE_BY_SIDE"] = "0"  # else the small tensors' steps run side by side, not chained
     if args.threads:
         torch.set_num_threads(args.threads)
-    WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors,
+    WORKLOAD.update(kind=args.workload, dtype=getattr(torch, args.dtype), lora=args.lora_tensors, device=args.device,
                     width=width_for(args.params) if args.params else 1024)
     if args.trainer_checkout:
         os.environ["OPTINSPECT_TRAINER_CHECKOUT"] = args.trainer_checkout
@@ -209,7 +225,7 @@ def main() -> None:
     n = sum(p.numel() for p in ref_params)
     ref = torch.optim.AdamW(ref_params, lr=1e-4, foreach=True)
     print(f"{args.workload}: {len(ref_params)} tensors, {n / 1e6:.1f}M {args.dtype} parameters, "
-          f"{torch.get_num_threads()} threads"
+          f"{f'{torch.get_num_threads()} threads' if args.device == 'cpu' else 'on ' + args.device}"
           f"{', freed memory recycled' if args.recycle else ''}"
           f"{', ours through its multi-tensor chains' if args.multi_tensor else ''}; reference AdamW(foreach), "
           f"{state_bytes(ref) / n if ref.state else 8.0:.1f} B/param")
