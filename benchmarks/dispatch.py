@@ -30,7 +30,7 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 import optinspect  # noqa: E402
-from optinspect.optimizers import _common, _rounding  # noqa: E402
+from optinspect.optimizers import _common, _rounding, scorn  # noqa: E402
 
 # Off CPU a stochastic rounding never asks whether its tensor holds NaN or values beyond bf16's range (that would
 # sync): it repairs those always. Counted as it runs there.
@@ -54,7 +54,7 @@ class Count(TorchDispatchMode):
 
 def counted(make, multi: bool, steps: int = 2) -> Counter:
     """One step's counts, after `steps` to build the state and settle any choices."""
-    _common.MULTI_TENSOR_ON_CPU = multi
+    _common.MULTI_TENSOR_ON_CPU = scorn.BATCHED_NS_ON_CPU = multi  # the chains as they run off CPU
     params = bench.make_params(small=False)
     opt = make(params)
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def counted(make, multi: bool, steps: int = 2) -> Counter:
     bench.set_grads(params, 99)
     with Count() as c:
         opt.step()
-    _common.MULTI_TENSOR_ON_CPU = False
+    _common.MULTI_TENSOR_ON_CPU = scorn.BATCHED_NS_ON_CPU = False
     return c.ops
 
 
