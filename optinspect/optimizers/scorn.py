@@ -101,7 +101,7 @@ def lmo_many_(gs: list[torch.Tensor]) -> list[torch.Tensor]:
     alike: dict[tuple, list[int]] = {}
     for i, g in enumerate(gs):
         if 2 <= g.ndim <= 4 and (not g.is_cpu or BATCHED_NS_ON_CPU):
-            alike.setdefault((g.shape[0], g[0].numel(), g.dtype, g.device), []).append(i)
+            alike.setdefault((g.shape[0], math.prod(g.shape[1:]), g.dtype, g.device), []).append(i)
         else:
             out[i] = reduction(lmo_, g)
     for idx in alike.values():

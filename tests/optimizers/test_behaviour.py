@@ -461,6 +461,30 @@ def test_scorn_chains_with_batched_newton_schulz_change_no_bit_at_lora_shapes(mo
         assert chained_and_not(monkeypatch, SCORN, make, set_grads)
 
 
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_empty_tensors_in_a_chain_change_nothing(name, monkeypatch):
+    """Empty parameters among full ones (a (0, 8) matrix, a (0,) vector) in the chains, SCORN's Newton-Schulz
+    batched: the same weights, state (NaN where an empty tensor's RMS is 0/0, alike) and generator as tensor by
+    tensor."""
+    import optinspect.optimizers._common as C
+    from optinspect.optimizers import scorn
+
+    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")
+    runs = []
+    for multi in (False, True):
+        monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+        monkeypatch.setattr(scorn, "BATCHED_NS_ON_CPU", multi)
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(16, 8), (0, 8), (0,), (16, 8), (8,)]]
+        opt = optinspect.build_optimizer(params, TABLES[name])
+        train(opt, params, 3)
+        runs.append(outcome(opt, params))
+    (p0, s0, r0), (p1, s1, r1) = runs
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True)) and torch.equal(r0, r1)
+    assert [t.shape for t in s0] == [t.shape for t in s1]
+    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(s0, s1, strict=True))
+
+
 ADAFACTOR_MULTI = [{}, {"lr": 1e-3, "relative_step": False, "scale_parameter": False},
                    {"lr": 1e-3, "relative_step": False, "beta1": 0.9, "weight_decay": 0.1},
                    {"warmup_init": True, "beta1": 0.5, "clip_threshold": 0.01}]
