@@ -567,6 +567,60 @@ def test_the_chains_ask_fewer_operations_and_no_more_syncs_of_a_gpu(name, dtype,
         assert chained_syncs == 0
 
 
+CHAIN_VARIANTS = {
+    "adafactor": [{}, {"beta1": None}, {"scale_parameter": True, "relative_step": True, "lr": None},
+                  {"clip_threshold": 0.01}],
+    "scorn": [{}, {"focus_ratio": 0.0}, {"cautious_min": 0.3}, {"constrain": True}, {"reset_interval": 2},
+              {"orthograd": True}, {"stochastic_fp": False}],
+    "remaster": [{}, {"cautious_min": 0.0}, {"orthograd": False}, {"reset_interval": 2, "reset_increment": 2},
+                 {"stochastic_fp": False}],
+    "persona": [{}, {"focus_boost": 0.0}, {"cautious_min": 0.2}, {"orthograd": True}, {"constrain": True},
+                {"amp_factor": 3.0}, {"reset_interval": 3}],
+    "AdamW8bitKahan": [{}, {"stabilize": True}, {"weight_decay": 0.1}],
+    "Prodigy": [{}, {"weight_decay": 0.0}],
+}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_tables_and_shapes_chain_as_tensor_by_tensor(seed, monkeypatch):
+    """120 random cases: an optimizer, a variant of its table, a dtype (fp16 included), 2-7 tensors of random
+    shapes (LoRA pairs among them), gradients that skip some tensors on some steps. Chained and tensor by tensor
+    must leave the same weights, state and generator (NaN where fp16 overflows, alike). SCORN's batched
+    Newton-Schulz is not forced here: on CPU small matrices round otherwise batched (its own test)."""
+    import random
+
+    import optinspect.optimizers._common as C
+
+    monkeypatch.setenv("OPTINSPECT_SIDE_BY_SIDE", "0")
+    rng = random.Random(seed)
+    same = dict(rtol=0, atol=0, equal_nan=True)
+    for case in range(40):
+        name = rng.choice(sorted(TABLES))
+        table = {k: v for k, v in {**TABLES[name], **rng.choice(CHAIN_VARIANTS[name])}.items()
+                 if v is not None}  # None: the key left out
+        dtype = rng.choice([torch.float32, torch.bfloat16, torch.float16])
+        shapes = [rng.choice([(rng.randint(1, 40), rng.randint(1, 40)), (rng.randint(1, 300),), (64, 16), (16, 64),
+                              (rng.randint(1, 6), rng.randint(1, 4), 3, 3)]) for _ in range(rng.randint(2, 7))]
+        runs = []
+        for multi in (False, True):
+            monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", multi)
+            g = torch.Generator().manual_seed(case)
+            params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.1).to(dtype)) for s in shapes]
+            opt = optinspect.build_optimizer(params, table)
+            torch.manual_seed(case)
+            for t in range(1, 5):
+                for i, p in enumerate(params):
+                    p.grad = grad(p, t) if (i + t) % 5 else None
+                opt.step()
+            runs.append(outcome(opt, params))
+        (p0, s0, r0), (p1, s1, r1) = runs
+        where = f"case {case}: {name} {dtype} {shapes} {table}"
+        assert all(torch.allclose(a.float(), b.float(), **same) for a, b in zip(p0, p1, strict=True)), where
+        assert len(s0) == len(s1) and torch.equal(r0, r1), where
+        assert all(a.shape == b.shape and torch.allclose(a.float(), b.float(), **same)
+                   for a, b in zip(s0, s1, strict=True)), where
+
+
 KAHAN_MULTI = [{}, {"stabilize": False}, {"fix_stabilize": True}, {"decay_weights": True, "weight_decay": 0.1},
                {"weight_decay": 0.0, "stabilize": False}]
 KAHAN_SHAPES = [(48, 32), (64, 64), (300,), (256,), (8,), (32, 48), (512,), (3, 3)]  # 300: a partial block
