@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # optinspect, tests.trainer_oracle
 
 import optinspect  # noqa: E402
+import optinspect.specs  # noqa: E402
 
 # glibc keeps freed blocks of any size in its heap instead of unmapping them
 RECYCLE = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
@@ -200,6 +201,8 @@ def main() -> None:
                          "fewer than the CPUs, ours draws its stochastic-rounding bits on an idle one")
     ap.add_argument("--device", default="cpu", help="cuda: the GPU workloads (Flux-size LoRA: --lora-tensors "
                     "1000; a 2B full fine-tune: --params 2000), against the originals and AdamW(fused) there")
+    ap.add_argument("--compiled", action="store_true",
+                    help="ours with its opt-in compiled step where it has one (Persona), against the same originals")
     ap.add_argument("--multi-tensor", action="store_true",
                     help="ours through its multi-tensor chains (the path off CPU), forced on here: what they cost "
                          "on CPU, checked equal all the same")
@@ -221,13 +224,21 @@ def main() -> None:
         os.environ["OPTINSPECT_TRAINER_CHECKOUT"] = args.trainer_checkout
     if args.recycle and RECYCLE.keys() - os.environ.keys():
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **RECYCLE})
+
+    def build(params, table):
+        """Ours, with its compiled step where asked for and it has one."""
+        spec = optinspect.specs.TYPES.get(table["type"].lower())
+        compiled = args.compiled and spec is not None and "compiled" in spec.our_options
+        return optinspect.build_optimizer(params, table, options={"compiled": True} if compiled else None)
+
     ref_params = make_params(args.small)
     n = sum(p.numel() for p in ref_params)
     ref = torch.optim.AdamW(ref_params, lr=1e-4, foreach=True)
     print(f"{args.workload}: {len(ref_params)} tensors, {n / 1e6:.1f}M {args.dtype} parameters, "
           f"{f'{torch.get_num_threads()} threads' if args.device == 'cpu' else 'on ' + args.device}"
           f"{', freed memory recycled' if args.recycle else ''}"
-          f"{', ours through its multi-tensor chains' if args.multi_tensor else ''}; reference AdamW(foreach), "
+          f"{', ours through its multi-tensor chains' if args.multi_tensor else ''}"
+          f"{', ours compiled where it can be' if args.compiled else ''}; reference AdamW(foreach), "
           f"{state_bytes(ref) / n if ref.state else 8.0:.1f} B/param")
     fused_params = make_params(args.small)
     fused = torch.optim.AdamW(fused_params, lr=1e-4, fused=True)
@@ -237,7 +248,7 @@ def main() -> None:
         if args.only and name.lower() not in args.only.lower().split(","):
             continue
         ps = make_params(args.small)
-        opt = optinspect.build_optimizer(ps, table)
+        opt = build(ps, table)
         t_ref, t = paired_times(ref, ref_params, opt, ps, args.steps)
         t_fused, t2 = paired_times(fused, fused_params, opt, ps, args.steps)
         ratio, to_fused = t / t_ref, t2 / t_fused
@@ -247,7 +258,7 @@ def main() -> None:
                 continue
             qs = make_params(args.small)
             rs = make_params(args.small)
-            ours = optinspect.build_optimizer(rs, table)
+            ours = build(rs, table)
             try:
                 t_ours, t_orig = paired_times(ours, rs, factory(qs), qs, args.steps)
             except Exception as e:  # noqa: BLE001 - an original that cannot run here says why, the rest goes on
@@ -256,7 +267,7 @@ def main() -> None:
             finally:
                 del rs, qs
             what = "ours/original" if label == name else "ours/lean whole-tensor bound"
-            same = equal_after(lambda ps, t=table: optinspect.build_optimizer(ps, t), factory, args.small)
+            same = equal_after(lambda ps, t=table: build(ps, t), factory, args.small)
             notes.append(f"{what} = {t_ours / t_orig:.2f} ({t_orig * 1e3:.1f} ms), {same}{drawn(ours)}")
             del ours
         same_run = "; ".join(notes) or f"-{drawn(opt)}"

@@ -368,7 +368,9 @@ TYPES: dict[str, OptimizerType] = {t.key: t for t in (
     OptimizerType("persona", "persona", "optimizers.persona.PersonaOptimizer", ours="PersonaOptimizer",
                   family="PersonaOptimizer", **_RESETTING, state_bytes=_ema_bytes("focus_boost"),
                   no_boolean={"amp_factor": "any"},
-                  hard_ranges=("lr", "betas", "weight_decay", "weight_decay_rate", "focus_boost", "cautious_min")),
+                  hard_ranges=("lr", "betas", "weight_decay", "weight_decay_rate", "focus_boost", "cautious_min"),
+                  our_options={"compiled": "the elementwise step through torch.compile, within a few ulps of the "
+                                           "exact step (a C++ compiler on CPU, triton on CUDA)"}),
     OptimizerType("offload", "offload", "torchao.optim.CPUOffloadOptimizer", family="Adam/AdamW",
                   state_bytes=_adam_bytes(False, False)),
     OptimizerType("automagic", "automagic", "optimizers.automagic.Automagic", family="Automagic",

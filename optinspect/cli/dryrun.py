@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings(steps=args.steps, dtype=args.dtype, device=args.device, seed=args.seed,
                         shapes=args.shapes_from, max_params=args.max_params, compare_fp32=args.compare_fp32,
-                        options=(("upcast", True),) if args.upcast else ())
+                        options=tuple((k, True) for k in ("upcast", "compiled") if getattr(args, k)))
     console = make_console(stderr=True)
     try:
         if args.json or not console.is_terminal:

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--compare-fp32", action="store_true", help="also run a float32 shadow and report the drift")
     d.add_argument("--upcast", action="store_true", help="Prodigy: compute bf16/fp16 parameters in fp32 with "
                    "stochastic rounding (optinspect's option; the trainer's Prodigy computes in bf16)")
+    d.add_argument("--compiled", action="store_true", help="Persona: its elementwise step through torch.compile "
+                   "(optinspect's option; within a few ulps of the exact step, which stays the default)")
     d.add_argument("--save", metavar="PATH", help="write the optimizer state (.pt or .safetensors)")
     d.add_argument("--force", action="store_true", help="overwrite --save's file")
     d.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -21,9 +21,39 @@ from ._common import (
     tensor_batches,
     windows,
 )
+from ._compiled import CHUNK, CompiledChain
 from ._rounding import is_low_precision
 
 __all__ = ["PersonaOptimizer"]
+
+
+def _persona_chain(p_ws: list, gs: list, emas: list, vs: list, egvs: list | None, beta1: float, beta2: float,
+                   bias_correction: float, denom_eps: float, amp: float, lr: float, wd: float, focus: float,
+                   focus_eps: float, amplified: bool, decay: bool, constrain: bool) -> None:
+    """`PersonaOptimizer._update` without the cautious mask, for `CompiledChain` (flattened fp32 tensors). Scalars
+    multiply tensors rather than go in as `alpha=`/`value=`, which the compiler would fix at their first values
+    (a graph per learning rate or decay: the weight decay changes every step)."""
+    for i in range(len(p_ws)):
+        p_w, g, ema, v = p_ws[i], gs[i], emas[i], vs[i]
+        ema.mul_(beta1).add_(g * (1 - beta1))
+        v.mul_(beta2).add_(g * g * (1 - beta2))
+        denom = torch.sqrt(v).add_(denom_eps)
+        update = torch.div(ema, bias_correction)
+        if amplified:
+            update.mul_(amp)
+        update.add_(g).atan2_(denom).mul_(A2)
+        if egvs is not None:
+            cur_var = (v - ema.pow(2)).clamp_(min=0)
+            egvs[i].mul_(beta2).add_(cur_var * (1 - beta2))
+            update.mul_(1 + focus * (cur_var / (egvs[i].sqrt() + focus_eps)).clamp_(0, 5))
+        if decay:
+            update.add_(p_w * wd)
+        if constrain:
+            p_w.mul_(1 - lr)
+        p_w.sub_(update * lr)
+
+
+_CHAIN = CompiledChain(_persona_chain)
 
 
 class PersonaOptimizer(PerParameterOptimizer):
@@ -37,7 +67,7 @@ class PersonaOptimizer(PerParameterOptimizer):
                  focus_boost: float = 0.0, focus_eps: float = 1e-7, reset_interval: int = 0,
                  reset_increment: int = 0, orthograd: bool = False, constrain: bool = False,
                  cautious_min: float = 1.0, stochastic_fp: bool = True, eps: float = 1e-8,
-                 exact_reset_period: bool = False, fp16_rounding: bool = False):
+                 exact_reset_period: bool = False, fp16_rounding: bool = False, compiled: bool = False):
         # exactly the original's checks (it raises ValueError on these and accepts anything else), and amp_factor
         # as a boolean, which the original hands to torch as `alpha=` (RuntimeError at the first step)
         if isinstance(amp_factor, bool):
@@ -52,7 +82,7 @@ class PersonaOptimizer(PerParameterOptimizer):
                         amp_factor=amp_factor, focus_boost=focus_boost, focus_eps=focus_eps,
                         reset_interval=reset_interval, reset_increment=reset_increment, orthograd=orthograd,
                         constrain=constrain, cautious_min=cautious_min, stochastic_fp=stochastic_fp, eps=eps,
-                        exact_reset_period=exact_reset_period, fp16_rounding=fp16_rounding)
+                        exact_reset_period=exact_reset_period, fp16_rounding=fp16_rounding, compiled=compiled)
         super().__init__(params, defaults)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
@@ -70,11 +100,17 @@ class PersonaOptimizer(PerParameterOptimizer):
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         self._step_group(group, [p])
 
+    def _runs_side_by_side(self, stepped: list[torch.Tensor]) -> bool:
+        return not any(g["compiled"] for g in self.param_groups) and super()._runs_side_by_side(stepped)
+
     def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
         """Off CPU, consecutive parameters whose steps share their scalars run the update as one multi-tensor
         chain (`_update_multi`: one kernel per operation per batch instead of per tensor); the rest, and every
         parameter on CPU, tensor by tensor. The same operations element by element either way, and the random
-        draws of the write-back in parameter order."""
+        draws of the write-back in parameter order. With `compiled`, the compiled chain (`_step_compiled`)."""
+        if group["compiled"] and group["cautious_min"] >= 1 and _CHAIN.unavailable is None:
+            self._step_compiled(group, params)
+            return
         for batch in tensor_batches(params, working=torch.float32):
             work = [self._prepare(params[i], group) for i in batch]
             if len(work) > 1 and len({w[2] for w in work}) == 1:
@@ -84,6 +120,42 @@ class PersonaOptimizer(PerParameterOptimizer):
                     self._update_windows(tensors, group, scalars, low)
             for p, tensors, _, low in work:  # the draws in parameter order
                 self._write_back(p, tensors, group, low)
+
+    def _step_compiled(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Every parameter prepared, then chunks of consecutive ones sharing their scalars and device through the
+        compiled chain (`_persona_chain`), the others eagerly, then the write-backs in order."""
+        work = [self._prepare(p, group) for p in params]
+        run: list[tuple] = []
+
+        def flush() -> None:
+            if run and not self._compiled_update([w[1] for w in run], group, run[0][2]):
+                for _, tensors, scalars, low in run:
+                    self._update_windows(tensors, group, scalars, low)
+            run.clear()
+
+        for w in work:
+            tensors = w[1]
+            if not all(CompiledChain.takes(t) for t in tensors if t is not None):
+                flush()
+                self._update_windows(tensors, group, w[2], w[3])
+                continue
+            if run and (len(run) == CHUNK or run[0][2] != w[2] or run[0][1][0].device != tensors[0].device):
+                flush()
+            run.append(w)
+        flush()
+        for p, tensors, _, low in work:  # the draws in parameter order
+            self._write_back(p, tensors, group, low)
+
+    @staticmethod
+    def _compiled_update(tensors: list[list], group: dict, scalars: tuple[float, float, float]) -> bool:
+        beta1, beta2 = group["betas"][:2]
+        bias_correction, denom_eps, effective_wd = scalars
+        lists = [[t[j] for t in tensors] for j in range(4)]
+        egvs = [t[4] for t in tensors] if tensors[0][4] is not None else None
+        return _CHAIN(lists + [egvs], float(beta1), float(beta2), float(bias_correction), float(denom_eps),
+                      float(group["amp_factor"]), float(group["lr"]), float(effective_wd),
+                      float(group["focus_boost"]), float(group["focus_eps"]),
+                      group["amp_factor"] != 1.0, effective_wd > 0 and not group["constrain"], bool(group["constrain"]))
 
     def _prepare(self, p: torch.Tensor, group: dict) -> tuple:
         """Orthograd, the state, the counters and resets, and the fp32 working tensors of one parameter's step:
