@@ -27,16 +27,18 @@ from ._rounding import is_low_precision
 __all__ = ["PersonaOptimizer"]
 
 
-def _persona_chain(p_ws: list, gs: list, emas: list, vs: list, egvs: list | None, beta1: float, beta2: float,
-                   bias_correction: float, denom_eps: float, amp: float, lr: float, wd: float, focus: float,
-                   focus_eps: float, amplified: bool, decay: bool, constrain: bool) -> None:
-    """`PersonaOptimizer._update` without the cautious mask, for `CompiledChain` (flattened fp32 tensors). Scalars
-    multiply tensors rather than go in as `alpha=`/`value=`, which the compiler would fix at their first values
-    (a graph per learning rate or decay: the weight decay changes every step)."""
+def _persona_chain(p_ws: list, gs: list, emas: list, vs: list, egvs: list | None, k: torch.Tensor,
+                   amplified: bool, decay: bool, constrain: bool) -> None:
+    """`PersonaOptimizer._update` without the cautious mask, for `CompiledChain` (flattened fp32 tensors). The
+    numbers come in one fp32 tensor `k` (`_chain_numbers`): as Python floats the compiler would either fix them at
+    their first values (a graph per weight decay, which changes every step) or carry them in double precision
+    through every element's arithmetic."""
+    beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction, denom_eps = k[0], k[1], k[2], k[3], k[4], k[5]
+    amp, lr, wd, focus, focus_eps, one_minus_lr = k[6], k[7], k[8], k[9], k[10], k[11]
     for i in range(len(p_ws)):
         p_w, g, ema, v = p_ws[i], gs[i], emas[i], vs[i]
-        ema.mul_(beta1).add_(g * (1 - beta1))
-        v.mul_(beta2).add_(g * g * (1 - beta2))
+        ema.mul_(beta1).add_(g * one_minus_beta1)
+        v.mul_(beta2).add_(g * g * one_minus_beta2)
         denom = torch.sqrt(v).add_(denom_eps)
         update = torch.div(ema, bias_correction)
         if amplified:
@@ -44,13 +46,23 @@ def _persona_chain(p_ws: list, gs: list, emas: list, vs: list, egvs: list | None
         update.add_(g).atan2_(denom).mul_(A2)
         if egvs is not None:
             cur_var = (v - ema.pow(2)).clamp_(min=0)
-            egvs[i].mul_(beta2).add_(cur_var * (1 - beta2))
+            egvs[i].mul_(beta2).add_(cur_var * one_minus_beta2)
             update.mul_(1 + focus * (cur_var / (egvs[i].sqrt() + focus_eps)).clamp_(0, 5))
         if decay:
             update.add_(p_w * wd)
         if constrain:
-            p_w.mul_(1 - lr)
+            p_w.mul_(one_minus_lr)
         p_w.sub_(update * lr)
+
+
+_NUMBERS: dict = {}  # the last step's numbers tensor per device: one host-to-device copy per step, not per chunk
+
+
+def _chain_numbers(device: torch.device, numbers: tuple[float, ...]) -> torch.Tensor:
+    found = _NUMBERS.get(device)
+    if found is None or found[0] != numbers:
+        found = _NUMBERS[device] = (numbers, torch.tensor(numbers, dtype=torch.float32, device=device))
+    return found[1]
 
 
 _CHAIN = CompiledChain(_persona_chain)
@@ -152,10 +164,12 @@ class PersonaOptimizer(PerParameterOptimizer):
         bias_correction, denom_eps, effective_wd = scalars
         lists = [[t[j] for t in tensors] for j in range(4)]
         egvs = [t[4] for t in tensors] if tensors[0][4] is not None else None
-        return _CHAIN(lists + [egvs], float(beta1), float(beta2), float(bias_correction), float(denom_eps),
-                      float(group["amp_factor"]), float(group["lr"]), float(effective_wd),
-                      float(group["focus_boost"]), float(group["focus_eps"]),
-                      group["amp_factor"] != 1.0, effective_wd > 0 and not group["constrain"], bool(group["constrain"]))
+        lr = group["lr"]
+        k = _chain_numbers(tensors[0][0].device, (beta1, 1 - beta1, beta2, 1 - beta2, bias_correction, denom_eps,
+                                                  group["amp_factor"], lr, effective_wd, group["focus_boost"],
+                                                  group["focus_eps"], 1 - lr))
+        return _CHAIN(lists + [egvs], k, group["amp_factor"] != 1.0, effective_wd > 0 and not group["constrain"],
+                      bool(group["constrain"]))
 
     def _prepare(self, p: torch.Tensor, group: dict) -> tuple:
         """Orthograd, the state, the counters and resets, and the fp32 working tensors of one parameter's step:

@@ -92,9 +92,10 @@ def test_one_graph_for_every_mix_of_shapes_and_padding():
     g = torch.Generator().manual_seed(1)
     for k, sizes in enumerate(([2], [5, 7], [49152] * 16, [3] * 9 + [100_000], [1000, 2, 17])):
         lists = [[torch.randn(n, generator=g).abs() for n in sizes] for _ in range(4)] + [None]
-        numbers = [0.9 - k / 100, 0.99 - k / 1000, 0.1 * (k + 1), 1e-8 * (k + 1), 1.0, 1e-3 / (k + 1), 0.01 * k, 0.0,
-                   1e-7]
-        assert P._CHAIN(lists, *numbers, False, True, False)
+        b1, b2, lr = 0.9 - k / 100, 0.99 - k / 1000, 1e-3 / (k + 1)
+        numbers = P._chain_numbers(torch.device("cpu"), (b1, 1 - b1, b2, 1 - b2, 0.1 * (k + 1), 1e-8 * (k + 1), 1.0,
+                                                         lr, 0.01 * k, 0.0, 1e-7, 1 - lr))
+        assert P._CHAIN(lists, numbers, False, True, False)
     assert counters["stats"]["unique_graphs"] == before
 
 
