@@ -1,4 +1,5 @@
-"""Numerics shared by SCORN, REMASTER and PersonaOptimizer: orthograd variants and the masks."""
+"""What SCORN, REMASTER and PersonaOptimizer share: orthograd variants, the masks, SCORN's and REMASTER's step
+(`EmaStepOptimizer`) and their multi-tensor forms, and the CPU slicing, scratch buffers and tensor batches."""
 
 from __future__ import annotations
 
