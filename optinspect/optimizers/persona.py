@@ -139,29 +139,31 @@ class PersonaOptimizer(PerParameterOptimizer):
                 self._write_back(p, tensors, group, low)
 
     def _step_compiled(self, group: dict, params: list[torch.Tensor]) -> None:
-        """Every parameter prepared, then chunks of consecutive ones sharing their scalars and device through the
-        compiled chain (`_persona_chain`), the others eagerly, then the write-backs in order."""
-        work = [self._prepare(p, group) for p in params]
+        """Runs of up to CHUNK consecutive parameters sharing their scalars and device through the compiled chain
+        (`_persona_chain`), the others eagerly; each run written back before the next is prepared, so the fp32
+        working copies of bf16 weights exist for one run at a time, and the draws come in parameter order."""
         run: list[tuple] = []
 
         def flush() -> None:
             if run and not self._compiled_update([w[1] for w in run], group, run[0][2]):
                 for _, tensors, scalars, low in run:
                     self._update_windows(tensors, group, scalars, low)
+            for q, tensors, _, low in run:
+                self._write_back(q, tensors, group, low)
             run.clear()
 
-        for w in work:
+        for p in params:
+            w = self._prepare(p, group)
             tensors = w[1]
+            if run and (len(run) == CHUNK or run[0][2] != w[2] or run[0][1][0].device != tensors[0].device):
+                flush()
             if not all(CompiledChain.takes(t) for t in tensors if t is not None):
                 flush()
                 self._update_windows(tensors, group, w[2], w[3])
+                self._write_back(p, tensors, group, w[3])
                 continue
-            if run and (len(run) == CHUNK or run[0][2] != w[2] or run[0][1][0].device != tensors[0].device):
-                flush()
             run.append(w)
         flush()
-        for p, tensors, _, low in work:  # the draws in parameter order
-            self._write_back(p, tensors, group, low)
 
     @staticmethod
     def _compiled_update(tensors: list[list], group: dict, scalars: tuple[float, float, float]) -> bool:

@@ -124,3 +124,33 @@ def test_without_a_compiler_it_says_so_once_and_runs_the_exact_step(monkeypatch)
         f"optinspect: compiled chain unavailable, running eager ({chain.unavailable})"]
     assert chain.unavailable.startswith("CppCompileError")
     assert all(torch.equal(x, y) for x, y in zip(tensors(*fallback), tensors(*exact), strict=True))
+
+
+def test_runs_are_written_back_one_at_a_time(monkeypatch):
+    """The fp32 working copies of bf16 weights live for one run of CHUNK parameters, not for the whole group: each
+    run is written back before the next is prepared, in parameter order. (The chain is recorded, not compiled:
+    each run then takes the exact step, which also checks the order against the step without `compiled`.)"""
+    events = []
+    monkeypatch.setattr(PersonaOptimizer, "_compiled_update",
+                        staticmethod(lambda tensors, group, scalars: events.append(("run", len(tensors))) and False))
+    real = PersonaOptimizer._write_back
+    monkeypatch.setattr(PersonaOptimizer, "_write_back",
+                        lambda self, p, *a: (events.append(("back", p.shape)), real(self, p, *a))[1])
+    n = _compiled.CHUNK + 5
+    g0 = torch.Generator().manual_seed(0)
+    start = [(torch.randn(32, 8, generator=g0) * 0.1).bfloat16() for _ in range(n)]
+    outs = []
+    for compiled in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = PersonaOptimizer(params, lr=1e-3, compiled=compiled)
+        torch.manual_seed(1)
+        for t in range(2):
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=torch.Generator().manual_seed(t)) * 1e-2).bfloat16()
+            events.clear()
+            opt.step()
+        outs.append(([p.detach().clone() for p in params], torch.get_rng_state()))
+    assert [e[0] for e in events] == ["run"] + ["back"] * _compiled.CHUNK + ["run"] + ["back"] * 5
+    assert events[0] == ("run", _compiled.CHUNK) and events[_compiled.CHUNK + 1] == ("run", 5)
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][0], outs[1][0], strict=True))
+    assert torch.equal(outs[0][1], outs[1][1])
