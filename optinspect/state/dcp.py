@@ -14,12 +14,12 @@ from __future__ import annotations
 import glob
 import os
 import pickle
+import sys
 from typing import Any
-
-import torch
 
 from optinspect.state.loaded import LoadedState, StateLoadError
 from optinspect.state.mapped import CorruptData, MappedFile
+from optinspect.state.ptindex import is_torch_dtype
 
 METADATA = ".metadata"
 _DCP = "torch.distributed.checkpoint"
@@ -57,8 +57,8 @@ class _MetadataReader(pickle.Unpickler):
             return _RECORDS[(module, name)]
         if (module, name) == ("torch", "Size"):
             return tuple
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and is_torch_dtype(name):
+            return getattr(sys.modules["torch"], name)
         if (module, name) == ("torch.serialization", "_get_layout"):
             return str
         if module == "pathlib" and name.endswith("Path"):  # the absolute path it was saved at: not shown

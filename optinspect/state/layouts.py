@@ -8,13 +8,11 @@ import os
 import re
 from typing import Any
 
-import torch
-
 from optinspect.specs import SHAPE_KEYS
 from optinspect.state.header import HeaderError, read_header
 from optinspect.state.limits import MAX_TENSORS
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError
-from optinspect.state.mapped import MappedTensor
+from optinspect.state.mapped import MappedTensor, is_tensor
 
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "optimizer_state", "opt", "optimizer_states")
 
@@ -104,20 +102,13 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
     return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
 
 
-_TENSORISH = (torch.Tensor, MappedTensor)
-
-
-def _tensorish(v: Any) -> bool:
-    return isinstance(v, _TENSORISH)
-
-
 def _infer_shape(entries: dict) -> tuple[int, ...] | None:
     for key in _key_set(entries)[1]:
         v = entries[key]
-        if isinstance(v, _TENSORISH) and len(v.shape) >= 1:
+        if is_tensor(v) and len(v.shape) >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
-    if _tensorish(row) and _tensorish(col):
+    if is_tensor(row) and is_tensor(col):
         return tuple(row.shape) + (col.shape[-1],)
     return None
 
@@ -136,7 +127,7 @@ def _names_from_module(ls: LoadedState, module: Any) -> bool:
     their names fit when the count and every shape agree."""
     if not isinstance(module, dict):
         return False
-    weights = [(str(k), tuple(v.shape)) for k, v in module.items() if _tensorish(v)]
+    weights = [(str(k), tuple(v.shape)) for k, v in module.items() if is_tensor(v)]
     if len(weights) != len(ls.params) or any(p.shape is not None and tuple(p.shape) != s
                                               for p, (_, s) in zip(ls.params, weights, strict=True)):
         return False
@@ -309,7 +300,7 @@ def _json_list(text: str) -> list:
 
 
 def _mapped_tensor(mapped: Any, info: Any) -> MappedTensor:
-    return MappedTensor(mapped, info.start, getattr(torch, info.torch_dtype), tuple(info.shape))
+    return MappedTensor(mapped, info.start, info.torch_dtype, tuple(info.shape))
 
 
 def has_mapped(ls: LoadedState) -> bool:

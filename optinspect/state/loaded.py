@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from optinspect.state.mapped import CorruptData, MappedTensor
+from optinspect.state.mapped import CorruptData, MappedTensor, is_tensor
 
 
 class StateLoadError(Exception):
@@ -54,8 +52,7 @@ class LoadedState:
     def tensor_bytes(self) -> int:
         """Bytes of every state tensor (mapped lazily or not): the total a progress bar counts towards."""
         return sum(int(v.nbytes) if isinstance(v, MappedTensor) else v.numel() * v.element_size()
-                   for p in self.params for v in p.entries.values()
-                   if isinstance(v, torch.Tensor) or isinstance(v, MappedTensor))
+                   for p in self.params for v in p.entries.values() if is_tensor(v))
 
 
 def materialize(v: Any) -> Any:

@@ -13,11 +13,12 @@ shape whose chunks are dequantized as they are read; its `nbytes` are what the f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from optinspect.state.mapped import CorruptData, MappedTensor, is_tensor
 
-from optinspect.state.mapped import CorruptData, MappedTensor
+if TYPE_CHECKING:
+    import torch
 
 # the subclasses' import paths (older torchao kept them under prototype.low_bit_optim) -> kind
 CLASSES = {f"{mod}.subclass_{kind}.OptimState{name}": kind
@@ -34,7 +35,7 @@ class Marker:
 
 
 def _tensor(x: Any, what: str):
-    if isinstance(x, (torch.Tensor, MappedTensor)):
+    if is_tensor(x):
         return x
     raise CorruptData(f"a torchao state's {what} is not a tensor")
 
@@ -54,7 +55,7 @@ class LowBitTensor(MappedTensor):
 
     def __init__(self, kind: str, shape: tuple[int, ...], attrs: dict):
         # not a view of one mapping: the MappedTensor fields describe the logical float32 tensor
-        super().__init__(None, 0, torch.float32, tuple(int(s) for s in shape))
+        super().__init__(None, 0, "float32", tuple(int(s) for s in shape))
         self.kind = kind
         self.codes = _tensor(attrs.get("codes"), "codes")
         self.scale = _tensor(attrs.get("scale"), "scale")
@@ -84,6 +85,8 @@ class LowBitTensor(MappedTensor):
 
     def codes_view(self, start: int, count: int) -> torch.Tensor:
         """Elements [start, start + count) as codes (uint8; 4-bit unpacked, high nibble first)."""
+        import torch
+
         if self.kind != "4bit":
             return _read(self.codes, start, count)
         lo, hi = start // 2, (start + count + 1) // 2
@@ -124,7 +127,7 @@ class _Codes(MappedTensor):
     __slots__ = ("owner",)
 
     def __init__(self, owner: LowBitTensor):
-        super().__init__(None, 0, torch.uint8, owner.shape)
+        super().__init__(None, 0, "uint8", owner.shape)
         self.owner = owner
 
     @property

@@ -14,9 +14,10 @@ import mmap
 import os
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PAGE = mmap.PAGESIZE
 # The mapping is read-only and so is every use of its views: torch's warning about a non-writable buffer is
@@ -26,6 +27,39 @@ warnings.filterwarnings("ignore", message="The given buffer is not writable", ca
 
 class CorruptData(ValueError):
     """Tensor bytes that are not where the file says they are (or no longer are: the file shrank)."""
+
+
+# Element sizes by dtype name. The index of a checkpoint (names, shapes, dtypes, where the bytes lie) is read
+# without importing torch, which takes most of a second: the TUI shows its rows before torch is loaded.
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+            "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16, "float8_e4m3fn": 1,
+            "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "uint16": 2, "uint32": 4, "uint64": 8}
+_TORCH_DTYPES: dict[str, Any] = {}
+
+
+def dtype_name(dtype: Any) -> str:
+    """`float32` for torch.float32 or for the name itself."""
+    return dtype if type(dtype) is str else str(dtype).replace("torch.", "")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a name (torch imported on first need)."""
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        import torch
+
+        _TORCH_DTYPES[name] = getattr(torch, name)
+        return _TORCH_DTYPES[name]
+
+
+def is_tensor(value: Any) -> bool:
+    """A tensor, mapped or torch's. Before torch is imported no torch tensor can exist, so the index of a
+    checkpoint is walked without importing it."""
+    if isinstance(value, MappedTensor):
+        return True
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor is not None and isinstance(value, tensor)
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 _libc = None
 if sys.platform.startswith("linux"):
@@ -62,6 +96,8 @@ class MappedFile:
         self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) if self.size else None
 
     def view(self, start: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+        import torch
+
         if count == 0:
             return torch.empty(0, dtype=dtype)
         # Touching a mapped page past the end of a file that shrank (a trainer re-saving in place) is SIGBUS,
@@ -91,14 +127,14 @@ class MappedFile:
 class MappedTensor:
     """A tensor in a file mapping: shape and dtype known, bytes read on demand (chunks, or all at once)."""
 
-    __slots__ = ("mapped", "_start", "dtype", "shape", "stride", "storage_numel", "_numel", "_placement")
+    __slots__ = ("mapped", "_start", "_dtype", "shape", "stride", "storage_numel", "_numel", "_placement")
 
-    def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype, shape: tuple[int, ...],
+    def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype | str, shape: tuple[int, ...],
                  stride: tuple[int, ...] | None = None, storage_numel: int | None = None,
                  placement: Any = None) -> None:
         self.mapped = mapped
         self._start = byte_start
-        self.dtype = dtype
+        self._dtype = dtype if type(dtype) is str else dtype_name(dtype)  # a name: no torch needed to index
         self.shape = shape
         self.stride = stride
         self.storage_numel = storage_numel
@@ -121,8 +157,12 @@ class MappedTensor:
         return self._numel
 
     @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self._dtype)
+
+    @property
     def itemsize(self) -> int:
-        return _itemsize(self.dtype)
+        return _itemsize(self._dtype)
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +170,7 @@ class MappedTensor:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
+        return self._dtype
 
     @property
     def contiguous(self) -> bool:
@@ -145,6 +185,8 @@ class MappedTensor:
         return self.shape == ()
 
     def scalar(self) -> Any:
+        import torch
+
         t = self.load()
         return t.item() if t.numel() == 1 and (t.dtype.is_floating_point or t.dtype in (torch.int64, torch.int32)) \
             else t
@@ -173,16 +215,22 @@ class MappedTensor:
 
     def _strided(self) -> torch.Tensor:
         """A zero-copy strided view over the mapping (its extent was checked against the storage)."""
+        import torch
+
         base = self.mapped.view(self.byte_start, self.storage_numel or 0, self.dtype)
         return torch.as_strided(base, self.shape, self.stride)
 
     def meta_tensor(self) -> torch.Tensor:
+        import torch
+
         return torch.empty(self.shape, device="meta")
 
 
 def _strided_range(full: torch.Tensor, start: int, count: int) -> torch.Tensor:
     """Elements [start, start + count) of a strided tensor in C order, copying only those: whole rows in one
     slice, the partial first and last rows recursively."""
+    import torch
+
     if full.dim() <= 1:
         return full.reshape(-1)[start:start + count].clone()
     inner = math.prod(full.shape[1:])
@@ -203,13 +251,12 @@ def _strided_range(full: torch.Tensor, start: int, count: int) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-_ITEMSIZE: dict[torch.dtype, int] = {}
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    if dtype not in _ITEMSIZE:
-        _ITEMSIZE[dtype] = torch.empty(0, dtype=dtype).element_size()
-    return _ITEMSIZE[dtype]
+def _itemsize(dtype: torch.dtype | str) -> int:
+    """Bytes per element, of a dtype or its name (a name outside the table is asked of torch)."""
+    name = dtype_name(dtype)
+    if name not in ITEMSIZE:
+        ITEMSIZE[name] = torch_dtype(name).itemsize
+    return ITEMSIZE[name]
 
 
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -239,16 +286,21 @@ def check_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int, s
 
 def positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Element indices start_i .. start_i + length_i - 1 for every i, laid end to end (int64)."""
+    import torch
+
     before = lengths.cumsum(0) - lengths
     return torch.arange(int(lengths.sum())) + torch.repeat_interleave(starts - before, lengths)
 
 
-def gather(tensors: list, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+def gather(tensors: list, dtype: torch.dtype | None | str = "float32") -> torch.Tensor:
     """The elements of many small tensors laid end to end in C order (as `dtype`, or their own shared dtype for
     None): mapped ones of one file and dtype in a single indexed read instead of a view and a copy each, which
     for a state of 100k tensors was most of the time. Their pages are given back afterwards."""
+    import torch
+
     lengths = [t.numel if isinstance(t, MappedTensor) else t.numel() for t in tensors]
-    out_dtype = dtype or (tensors[0].dtype if tensors else torch.float32)
+    out_dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype or (tensors[0].dtype if tensors else
+                                                                             torch.float32)
     out = torch.empty(sum(lengths), dtype=out_dtype)
     at, groups = 0, {}
     for t, n in zip(tensors, lengths, strict=True):

@@ -16,21 +16,21 @@ import math
 import pickle
 import re
 import struct
+import sys
 from typing import Any
-
-import torch
 
 from optinspect.state.limits import MAX_TENSORS, too_many_tensors
 from optinspect.state.loaded import StateLoadError
-from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor, _itemsize, check_extent
+from optinspect.state.mapped import CorruptData, MappedFile, MappedTensor, _itemsize, check_extent, dtype_name
 
+# dtypes by name: a checkpoint of typed storages (torch's usual form) is indexed without importing torch
 STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "ByteStorage": torch.uint8, "CharStorage": torch.int8,
-    "ShortStorage": torch.int16, "IntStorage": torch.int32, "LongStorage": torch.int64, "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
-    "Float8_e4m3fnStorage": torch.float8_e4m3fn, "Float8_e5m2Storage": torch.float8_e5m2,
-    "UntypedStorage": torch.uint8,  # bytes, with the tensor's dtype given by _rebuild_tensor_v3
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "ByteStorage": "uint8", "CharStorage": "int8",
+    "ShortStorage": "int16", "IntStorage": "int32", "LongStorage": "int64", "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "Float8_e4m3fnStorage": "float8_e4m3fn", "Float8_e5m2Storage": "float8_e5m2",
+    "UntypedStorage": "uint8",  # bytes, with the tensor's dtype given by _rebuild_tensor_v3
 }
 
 
@@ -75,11 +75,18 @@ class _StorageType:
         self.dtype = STORAGE_DTYPES[name]
 
     @classmethod
-    def of(cls, dtype: torch.dtype) -> _StorageType:
+    def of(cls, dtype: Any) -> _StorageType:
         """The storage type of `dtype` (for torch's untyped storages, whose tensors name their dtype)."""
         st = cls.__new__(cls)
-        st.dtype = dtype
+        st.dtype = dtype_name(dtype)
         return st
+
+
+def is_torch_dtype(name: str) -> bool:
+    """Whether torch.<name> is a dtype (only pickles that name a dtype import torch while indexed)."""
+    import torch
+
+    return isinstance(getattr(torch, name, None), torch.dtype)
 
 
 def _member_offsets(mm: Any, base: int = 0, end: int | None = None) -> tuple[dict[str, tuple[int, int]], str]:
@@ -248,7 +255,7 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
     pending = placement.pending
     extents: dict[tuple, tuple] = {}
 
-    def storage_of(pid: Any) -> tuple[torch.dtype, str, int]:
+    def storage_of(pid: Any) -> tuple[str, str, int]:
         """A storage reference's (dtype, key, elements), or why it is not one this reader takes (the unpickler
         hands over the raw persistent id: its `persistent_load` is the builtin `tuple`, no Python call per
         tensor). `rebuild_tensor` checks the usual form itself and comes here for anything else."""
@@ -297,12 +304,14 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
 
     def rebuild_tensor_v3(pid: Any, offset: int, shape: Any, stride: Any, _grad: Any, _hooks: Any,
                           dtype: Any, *_: Any) -> MappedTensor:
-        """torch's newer form (float8 and other dtypes without a typed storage): bytes plus the dtype."""
-        if not isinstance(dtype, torch.dtype):
+        """torch's newer form (float8 and other dtypes without a typed storage): bytes plus the dtype (a dtype
+        global of the pickle, which imported torch)."""
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(dtype, torch.dtype):
             raise CorruptData("a tensor without a storage or a dtype")
         storage_dtype, key, storage_numel = storage_of(pid)
         size = _itemsize(dtype)
-        if storage_dtype is not torch.uint8 or storage_numel % size:
+        if storage_dtype != "uint8" or storage_numel % size:
             raise CorruptData(f"storage {key} does not hold whole {dtype} elements")
         return rebuild_tensor(("storage", _StorageType.of(dtype), key, None, storage_numel // size), offset, shape,
                               stride)
@@ -323,7 +332,8 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
-        ("collections", "OrderedDict"): collections.OrderedDict,
+        # every tensor's backward hooks are an empty OrderedDict: a dict is built faster, and reads the same
+        ("collections", "OrderedDict"): dict,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
         ("torch", "Size"): tuple,
@@ -336,8 +346,8 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
                 return allowed[(module, name)]
             if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
                 return _StorageType(name)
-            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-                return getattr(torch, name)  # a dtype value (torchao's appearance dtype)
+            if module == "torch" and is_torch_dtype(name):
+                return getattr(sys.modules["torch"], name)  # a dtype value (float8 tensors, torchao's dtype)
             if f"{module}.{name}" in lowbit.CLASSES:
                 return lowbit.Marker(lowbit.CLASSES[f"{module}.{name}"])
             full = f"{module}.{name}"

@@ -14,8 +14,6 @@ import warnings
 import zipfile
 from typing import Any
 
-import torch
-
 from optinspect.state.limits import MAX_TENSORS
 from optinspect.state.loaded import StateLoadError
 from optinspect.state.mapped import CorruptData, check_extent
@@ -122,6 +120,8 @@ def safe_torch_load(path: str, max_tensors: int = MAX_TENSORS, placements: list 
 def _checked(path: str, obj: Any) -> Any:
     """What torch.load built, held to the reader's bounds: no tensor may claim more elements than its storage
     holds (a stride-0 view of a few bytes would otherwise be streamed as a huge tensor)."""
+    import torch
+
     seen = 0
     stack = [(obj, 0)]
     storages: dict[int, int] = {}
@@ -161,6 +161,8 @@ def _first_line(msg: str) -> str:
 
 
 def _load(path: str, is_zip: bool, stubs: list) -> Any:
+    import torch  # here, not at the top: our own index reader needs no torch
+
     ctx = torch.serialization.safe_globals(stubs) if stubs else contextlib.nullcontext()
     with ctx, warnings.catch_warnings():  # torch warns about odd protocols and such: our error line says it all
         warnings.simplefilter("ignore")
@@ -176,6 +178,8 @@ def _load(path: str, is_zip: bool, stubs: list) -> Any:
 
 def _unsafe_globals(path: str, is_zip: bool, message: str) -> list[str]:
     if is_zip:
+        import torch
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -18,12 +18,13 @@ import glob
 import math
 import os
 import re
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from optinspect.state.loaded import LoadedState, ParamState, StateLoadError
 from optinspect.state.mapped import CorruptData, MappedTensor
+
+if TYPE_CHECKING:
+    import torch
 
 OPTIM_FILE = re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "momentum_buffer", "max_exp_avg_sq")
@@ -63,6 +64,8 @@ class JoinedTensor(MappedTensor):
                 break
 
     def view(self, start: int, count: int) -> torch.Tensor:
+        import torch
+
         pieces = [_read(src, s, c) for src, s, c in self._pieces(start, count)]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces) if pieces else torch.empty(0, dtype=self.dtype)
 

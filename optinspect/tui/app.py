@@ -83,7 +83,6 @@ class StateApp(App[int]):
     # -- background work --------------------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False)
     def analyse(self) -> None:
-        from optinspect.state.analyse import build_report
         from optinspect.state.collector import long_lived
         from optinspect.state.header import HeaderError
         from optinspect.state.load import StateLoadError, load_state
@@ -99,6 +98,8 @@ class StateApp(App[int]):
             self.call_from_thread(self._failed, str(e))
             return
         self.call_from_thread(self._loaded, ls, rows)
+        from optinspect.state.analyse import build_report  # torch (most of a second), after the rows are shown
+
         total = max(1, ls.tensor_bytes)
         done = [0]
 
