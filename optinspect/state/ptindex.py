@@ -10,7 +10,6 @@ which applies the refusal policy.
 
 from __future__ import annotations
 
-import collections
 import io
 import math
 import pickle
