@@ -55,9 +55,17 @@ def _key_set(st: dict) -> tuple[bool, tuple[str, ...]]:
     return known
 
 
-def _flatten_entries(st: dict) -> dict[str, Any]:
-    if _key_set(st)[0]:  # the usual case: the dict as it is
-        return st
+def _entries(st: dict) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A parameter's entries as string keys (bitsandbytes' nested quant state flattened), and which of
+    SHAPE_KEYS they hold."""
+    plain, shape_keys = _key_set(st)
+    if plain:  # the usual case: the dict as it is
+        return st, shape_keys
+    flat = _flattened(st)
+    return flat, _key_set(flat)[1]
+
+
+def _flattened(st: dict) -> dict[str, Any]:
     if "__bnb_optimizer_quant_state__" not in st:
         return {k if type(k) is str else str(k): v for k, v in st.items()}
     out = {}
@@ -83,8 +91,9 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
                     st = state.get(str(idx), {})
             except TypeError:  # an unhashable parameter id
                 raise StateLoadError(f"{path}: a parameter id of type {type(idx).__name__}") from None
-            params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi,
-                                     _flatten_entries(st) if isinstance(st, dict) else {}))
+            entries, shape_keys = _entries(st) if isinstance(st, dict) else ({}, ())
+            params.append(ParamState(int(idx) if isinstance(idx, int) else len(params), "", gi, entries,
+                                     _infer_shape(entries, shape_keys)))
     names_from = "index"
     if names and len(names) == len(params):
         for p, n in zip(params, names, strict=True):
@@ -98,14 +107,13 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
     for p in params:
         if not p.name:
             p.name = f"{p.group}/{p.index}"
-        p.shape = _infer_shape(p.entries)
     return LoadedState(path=path, layout=layout, params=params, groups=groups, names_from=names_from)
 
 
-def _infer_shape(entries: dict) -> tuple[int, ...] | None:
-    for key in _key_set(entries)[1]:
+def _infer_shape(entries: dict, shape_keys: tuple[str, ...] | None = None) -> tuple[int, ...] | None:
+    for key in _key_set(entries)[1] if shape_keys is None else shape_keys:
         v = entries[key]
-        if is_tensor(v) and len(v.shape) >= 1:
+        if (type(v) is MappedTensor or is_tensor(v)) and len(v.shape) >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
     if is_tensor(row) and is_tensor(col):

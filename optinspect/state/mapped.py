@@ -131,14 +131,14 @@ class MappedTensor:
 
     def __init__(self, mapped: MappedFile, byte_start: int, dtype: torch.dtype | str, shape: tuple[int, ...],
                  stride: tuple[int, ...] | None = None, storage_numel: int | None = None,
-                 placement: Any = None) -> None:
+                 placement: Any = None, numel: int = -1) -> None:
         self.mapped = mapped
         self._start = byte_start
         self._dtype = dtype if type(dtype) is str else dtype_name(dtype)  # a name: no torch needed to index
         self.shape = shape
         self.stride = stride
         self.storage_numel = storage_numel
-        self._numel = -1
+        self._numel = numel  # computed on first need where not given
         self._placement = placement  # where `byte_start` is found on first need (it is -1 until then)
 
     @property

@@ -296,8 +296,7 @@ def load_index(path: str, harmless: re.Pattern, *, mapped: MappedFile | None = N
             extents[(shape, stride, dtype)] = shape, stride, numel, span, itemsize
         if numel and (offset < 0 or offset + span >= storage_numel or numel > storage_numel):
             check_extent(shape, stride, offset, storage_numel)  # raises, with the figures
-        t = MappedTensor(mapped, -1, dtype, shape, stride, storage_numel - offset, placement)
-        t._numel = numel
+        t = MappedTensor(mapped, -1, dtype, shape, stride, storage_numel - offset, placement, numel)
         pending.append((t, key, offset * itemsize, storage_numel * itemsize))
         return t
 

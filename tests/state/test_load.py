@@ -386,3 +386,37 @@ def test_names_first_on_mutated_archives_ends_cleanly(tmp_path):
             assert str(e).startswith(f"{path}: ")
             outcomes.add("refused once settled")
     assert outcomes == {"read", "refused at load", "refused once settled"}
+
+
+INDEX_WITHOUT_TORCH = r"""
+import json, sys
+sys.modules["torch"] = None  # any import of torch fails
+from optinspect.state.collector import long_lived
+from optinspect.state.load import load_state
+with long_lived():
+    ls = load_state(sys.argv[1], names_first=True)
+print(json.dumps({"params": [[p.name, list(p.shape or ()), {k: [v.dtype_name, v.nbytes, list(v.shape)]
+                                                             for k, v in p.entries.items()}] for p in ls.params],
+                  "bytes": ls.tensor_bytes, "layout": ls.layout}))
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_index_is_read_without_importing_torch(tmp_path, dtype):
+    """The TUI shows names and shapes before torch is imported (most of a second): the index of a torch zip
+    checkpoint, with its dtypes and sizes, is read with torch unimportable, and agrees with torch's own tensors."""
+    import subprocess
+
+    g = torch.Generator().manual_seed(0)
+    state = {i: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, i + 1, generator=g).to(dtype),
+                 "exp_avg_sq": torch.rand(4, i + 1, generator=g).to(dtype), "count": torch.tensor([i], dtype=torch.int64)}
+             for i in range(5)}
+    torch.save({"state": state, "param_groups": [{"lr": 1e-3, "params": list(range(5))}]}, tmp_path / "s.pt")
+    proc = subprocess.run([sys.executable, "-c", INDEX_WITHOUT_TORCH, str(tmp_path / "s.pt")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    want = [[f"0/{i}", [4, i + 1], {k: [str(v.dtype).replace("torch.", ""), v.numel() * v.element_size(),
+                                       list(v.shape)] for k, v in st.items()}] for i, st in state.items()]
+    assert got["params"] == want
+    assert got["bytes"] == sum(v.numel() * v.element_size() for st in state.values() for v in st.values())
