@@ -88,7 +88,7 @@ asyncio.run(run())
 
 def cold_start(path: str, until: str = "paint") -> float:
     """Seconds from launching a fresh interpreter to the app's first frame, or to its rows shown (imports
-    included: torch's, about 0.85 s here, is made in the loading thread after the first frame)."""
+    included: torch's, about 0.85 s here, is made in the loading thread after the rows are shown)."""
     import subprocess
 
     t = time.time()
