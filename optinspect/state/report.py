@@ -105,12 +105,21 @@ def plain(obj: Any, hist: Callable[[Any], Any] = _hist) -> Any:
     if kind is float:
         return obj if math.isfinite(obj) else str(obj)
     if kind is list or kind is tuple:
-        return [plain(v, hist) for v in obj]
+        return [v if type(v) in _AS_IS else plain(v, hist) for v in obj]
     if kind is dict:
-        return {str(k): plain(v, hist) for k, v in obj.items()}
+        return {str(k): v if type(v) in _AS_IS else plain(v, hist) for k, v in obj.items()}
     if is_dataclass(obj):  # histograms are our own lists of ints: shared as they are, not walked
-        return {name: (hist(getattr(obj, name)) if name == "hist" else plain(getattr(obj, name), hist))
-                for name in _field_names(kind)}
+        out = {}
+        for name in _field_names(kind):  # the common field types inline: a call each was most of the time
+            value = getattr(obj, name)
+            vt = type(value)
+            if vt in _AS_IS:
+                out[name] = value
+            elif vt is float:
+                out[name] = value if math.isfinite(value) else str(value)
+            else:
+                out[name] = hist(value) if name == "hist" else plain(value, hist)
+        return out
     if isinstance(obj, (bool, int, str)):  # subclasses: Flag (a str), enums
         return obj
     if isinstance(obj, float):
