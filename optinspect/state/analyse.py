@@ -16,7 +16,7 @@ from optinspect.specs import COUNTERS, FIRST, KAHAN, RESETS, SECOND
 from optinspect.state import stats as S
 from optinspect.state.loaded import LoadedState, ParamState, materialize
 from optinspect.state.lowbit import FP8_HALF_ULP_REL, LowBitTensor
-from optinspect.state.mapped import MappedTensor, gather
+from optinspect.state.mapped import MappedTensor, gather, torch_dtype
 from optinspect.state.report import DEFINITIONS, Flag, ParamReport, StateReport
 
 MOMENT_SPREAD = 1e8  # second-moment RMS spread within a group that counts as an anomaly
@@ -164,20 +164,40 @@ def _window_entries(params: list[ParamState]) -> list[dict]:
 
 
 def tensorish(x: Any) -> bool:
-    return isinstance(x, torch.Tensor) or isinstance(x, MappedTensor)
+    return type(x) is MappedTensor or isinstance(x, torch.Tensor) or isinstance(x, MappedTensor)
+
+
+@functools.lru_cache(maxsize=256)
+def _moment_candidates(keys: tuple) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The first- and second-moment keys among a state's keys, in the registry's order: once per key set (a state
+    of 100k parameters has a handful), where scanning the registry per parameter took seconds."""
+    return tuple(k for k in FIRST if k in keys), tuple(k for k in SECOND if k in keys)
 
 
 def _moment_keys(e: dict) -> tuple[str, str] | None:
     """The first and second moment of a parameter's state, when it has both in one shape."""
-    m_key = next((k for k in FIRST if k in e and tensorish(e[k])), None)
-    v_key = next((k for k in SECOND if k in e and tensorish(e[k])), None)
+    firsts, seconds = _moment_candidates(tuple(e))
+    m_key = next((k for k in firsts if tensorish(e[k])), None)
+    v_key = next((k for k in seconds if tensorish(e[k])), None)
     if m_key and v_key and tuple(e[m_key].shape) == tuple(e[v_key].shape):
         return m_key, v_key
     return None
 
 
+_FLOATING: dict[str, bool] = {}  # dtype name -> is_floating_point
+
+
+def _floating(name: str) -> bool:
+    known = _FLOATING.get(name)
+    if known is None:
+        known = _FLOATING[name] = torch_dtype(name).is_floating_point
+    return known
+
+
 def batchable(t: Any) -> bool:
     """A state tensor counted in a batch with other small ones (a plain float tensor of at most S.BATCH_MAX)."""
+    if type(t) is MappedTensor:  # the usual case, judged by its dtype's name
+        return _floating(t.dtype_name) and 0 < t.numel <= S.BATCH_MAX
     if not tensorish(t) or isinstance(t, LowBitTensor) or not t.dtype.is_floating_point:
         return False
     return 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) <= S.BATCH_MAX

@@ -9,6 +9,7 @@ means a later read faults them in again).
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import mmap
 import os
@@ -162,7 +163,8 @@ class MappedTensor:
 
     @property
     def itemsize(self) -> int:
-        return _itemsize(self._dtype)
+        size = ITEMSIZE.get(self._dtype)
+        return _itemsize(self._dtype) if size is None else size
 
     @property
     def nbytes(self) -> int:
@@ -174,7 +176,7 @@ class MappedTensor:
 
     @property
     def contiguous(self) -> bool:
-        return self.stride is None or self.numel <= 1 or tuple(self.stride) == _contiguous(self.shape)
+        return self.stride is None or self.numel <= 1 or tuple(self.stride) == _contiguous(tuple(self.shape))
 
     @property
     def ndim(self) -> int:
@@ -259,6 +261,7 @@ def _itemsize(dtype: torch.dtype | str) -> int:
     return ITEMSIZE[name]
 
 
+@functools.lru_cache(maxsize=1024)
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     out, acc = [], 1
     for s in reversed(shape):
