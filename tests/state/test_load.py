@@ -420,3 +420,29 @@ def test_index_is_read_without_importing_torch(tmp_path, dtype):
                                        list(v.shape)] for k, v in st.items()}] for i, st in state.items()]
     assert got["params"] == want
     assert got["bytes"] == sum(v.numel() * v.element_size() for st in state.values() for v in st.values())
+
+
+FRESH_INDEX = r"""
+import json, sys
+from optinspect.state.load import load_state
+assert "torch" not in sys.modules
+ls = load_state(sys.argv[1])
+t = ls.params[0].entries["exp_avg"]
+print(json.dumps([t.dtype_name, list(t.shape), t.load().float().tolist()]))
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_dtypes_without_a_typed_storage_in_a_fresh_process(tmp_path, dtype):
+    """float8 tensors are saved with untyped storages and their dtype as a pickled global: the index imports torch
+    for those on first need, in a process where nothing imported it before."""
+    import subprocess
+
+    exp_avg = torch.tensor([[0.5, -1.0, 2.0], [0.25, 0.0, -3.0]]).to(dtype)
+    torch.save({"state": {0: {"step": torch.tensor(1.0), "exp_avg": exp_avg,
+                              "exp_avg_sq": torch.ones(2, 3)}},
+                "param_groups": [{"lr": 1e-3, "params": [0]}]}, tmp_path / "f8.pt")
+    proc = subprocess.run([sys.executable, "-c", FRESH_INDEX, str(tmp_path / "f8.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [str(dtype).replace("torch.", ""), [2, 3], exp_avg.float().tolist()]
