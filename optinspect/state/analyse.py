@@ -32,6 +32,11 @@ GROUP_TENSOR_STATS = 1 << 20  # group values that are tensors up to this size al
 def plain_value(value: Any) -> Any:
     """A param-group value as plain JSON-able data (numbers, strings, lists, dicts), bounded in size and time
     whatever the file built: 0-d and small tensors become numbers, larger ones their shape and dtype."""
+    kind = type(value)
+    if kind is float:  # a parameter's counters and scalars: once per parameter, without the walker below
+        return value if math.isfinite(value) else str(value)
+    if kind is bool or (kind is int and abs(value) < 1 << 64):
+        return value
     budget = [PLAIN_NODES]
 
     def conv(x: Any, depth: int) -> Any:
@@ -155,8 +160,8 @@ def _window_entries(params: list[ParamState]) -> list[dict]:
     for p in params:
         e = {}
         for k, v in p.entries.items():
-            if _plain_mapped(v) and not v.is_scalar and batchable(v):
-                e[k] = v
+            if type(v) is MappedTensor and v.shape != () and _floating(v.dtype_name) and 0 < v.numel <= S.BATCH_MAX:
+                e[k] = v  # batchable(v), inline: 300k tensors
             else:
                 e[k] = values[id(v)] if id(v) in values else _small(v)
         out.append(e)
@@ -203,12 +208,11 @@ def batchable(t: Any) -> bool:
     return 0 < (t.numel if isinstance(t, MappedTensor) else t.numel()) <= S.BATCH_MAX
 
 
-def _small_jobs(e: dict) -> list[tuple]:
+def _small_jobs(e: dict, pair: tuple[str, str] | None) -> list[tuple]:
     """The statistics of this parameter that can be counted in a batch with other small tensors (plain float
-    tensors; 8-bit ones and large ones go their own way in `_param`)."""
+    tensors; 8-bit ones and large ones go their own way in `_param`); `pair`: its `_moment_keys`."""
     jobs = []
-    done: set[str] = set()
-    pair = _moment_keys(e)
+    done: set[str] | tuple = ()
     if pair and e[pair[0]].dtype != torch.uint8:
         m, v = e[pair[0]], e[pair[1]]
         if batchable(m) and batchable(v):
@@ -221,8 +225,9 @@ def _small_jobs(e: dict) -> list[tuple]:
 
 
 def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] | None, mapped: bool = False,
-           batched: dict | None = None) -> ParamReport:
-    """One parameter's row; `batched` holds what `S.batch_stats` already computed for its small tensors."""
+           batched: dict | None = None, pair: tuple[str, str] | None | bool = False) -> ParamReport:
+    """One parameter's row; `batched` holds what `S.batch_stats` already computed for its small tensors, `pair`
+    its `_moment_keys` where the caller has them."""
     batched = batched or {}
     family = _family(e, group)
     step = param_step(e, group, family)
@@ -234,7 +239,8 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
                     _family_name(family, e), step, counters,
                     name_certain=p.name_certain)
     done: set[str] = set()
-    pair = _moment_keys(e)
+    if pair is False:
+        pair = _moment_keys(e)
     if pair:
         m_key, v_key = pair
         m, v = e[m_key], e[v_key]
@@ -318,24 +324,26 @@ def build_report(ls: LoadedState, progress: Callable[[int], None] | None = None,
     params = ls.params
     i = 0
     while i < len(params):
-        window: list[tuple[ParamState, dict, list[tuple]]] = []
+        window: list[tuple[ParamState, dict, tuple[str, str] | None, list[tuple]]] = []
         elements = 0
         end = i
         limit = FIRST_BATCH if i == 0 else BATCH_PARAMS  # a small first batch: the first rows show sooner
         while end < len(params) and end - i < limit and elements < S.BATCH_ELEMENTS:
-            elements += sum(S.numel_of(v) for v in params[end].entries.values() if tensorish(v))
+            elements += sum(v.numel if type(v) is MappedTensor else S.numel_of(v)
+                            for v in params[end].entries.values() if tensorish(v))
             end += 1
         for p, e in zip(params[i:end], _window_entries(params[i:end]), strict=True):
-            window.append((p, e, _small_jobs(e)))
+            pair = _moment_keys(e)
+            window.append((p, e, pair, _small_jobs(e, pair)))
         i = end
-        flat_jobs = [j for _, _, jobs in window for j in jobs]
+        flat_jobs = [j for *_, jobs in window for j in jobs]
         results = iter(S.batch_stats(flat_jobs) if flat_jobs else [])
         if progress and flat_jobs:
             progress(sum(S.state_nbytes(t) for j in flat_jobs for t in S.job_tensors(j)))
-        for p, e, jobs in window:
+        for p, e, pair, jobs in window:
             batched = {(j[0], j[1]): next(results) for j in jobs}
             group = ls.groups[p.group] if p.group < len(ls.groups) else {}
-            row = _param(p, e, group, progress, ls.mapped, batched)
+            row = _param(p, e, group, progress, ls.mapped, batched, pair)
             rows.append(row)
             if on_param:
                 on_param(row)
