@@ -169,7 +169,7 @@ def _window_entries(params: list[ParamState]) -> list[dict]:
 
 
 def tensorish(x: Any) -> bool:
-    return type(x) is MappedTensor or isinstance(x, torch.Tensor) or isinstance(x, MappedTensor)
+    return isinstance(x, (torch.Tensor, MappedTensor))
 
 
 @functools.lru_cache(maxsize=256)
@@ -224,11 +224,10 @@ def _small_jobs(e: dict, pair: tuple[str, str] | None) -> list[tuple]:
     return jobs
 
 
-def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] | None, mapped: bool = False,
-           batched: dict | None = None, pair: tuple[str, str] | None | bool = False) -> ParamReport:
+def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] | None, mapped: bool,
+           batched: dict, pair: tuple[str, str] | None) -> ParamReport:
     """One parameter's row; `batched` holds what `S.batch_stats` already computed for its small tensors, `pair`
-    its `_moment_keys` where the caller has them."""
-    batched = batched or {}
+    is its `_moment_keys`."""
     family = _family(e, group)
     step = param_step(e, group, family)
     counters = {}
@@ -239,8 +238,6 @@ def _param(p: ParamState, e: dict, group: dict, progress: Callable[[int], None] 
                     _family_name(family, e), step, counters,
                     name_certain=p.name_certain)
     done: set[str] = set()
-    if pair is False:
-        pair = _moment_keys(e)
     if pair:
         m_key, v_key = pair
         m, v = e[m_key], e[v_key]

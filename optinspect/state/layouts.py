@@ -113,7 +113,7 @@ def from_state_dict(sd: dict, path: str, layout: str, names: list[str] | None = 
 def _infer_shape(entries: dict, shape_keys: tuple[str, ...] | None = None) -> tuple[int, ...] | None:
     for key in _key_set(entries)[1] if shape_keys is None else shape_keys:
         v = entries[key]
-        if (type(v) is MappedTensor or is_tensor(v)) and len(v.shape) >= 1:
+        if is_tensor(v) and len(v.shape) >= 1:
             return tuple(v.shape)
     row, col = entries.get("exp_avg_sq_row"), entries.get("exp_avg_sq_col")
     if is_tensor(row) and is_tensor(col):
