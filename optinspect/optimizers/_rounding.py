@@ -9,6 +9,7 @@ from ._ahead import HIGH, settle, stream
 __all__ = ["copy_stochastic_", "is_low_precision"]
 
 _BF16_MAX = torch.finfo(torch.bfloat16).max
+_MASK = torch.tensor(-65536, dtype=torch.int32)
 
 
 def is_low_precision(t: torch.Tensor) -> bool:
@@ -29,7 +30,7 @@ def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Gen
     # (discarded bits) / 2^16: unbiased, and the carry moves into the exponent correctly.
     bits = _random_bits(source, generator)
     bits.add_(source.view(dtype=torch.int32))
-    bits.bitwise_and_(-65536)
+    bits.bitwise_and_(_MASK if bits.is_cpu else -65536)  # a 0-dim int32 tensor: no conversion per call
     result = bits.view(dtype=torch.float32)
     if _may_carry_badly(source):
         result = _keep_special(result, source)

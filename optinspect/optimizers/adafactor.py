@@ -15,7 +15,7 @@ import torch
 
 from ._ahead import all_threads, reduction, splits_alike
 from ._base import PerParameterOptimizer, working, write_back_
-from ._common import norm2, scratch, tensor_batches, windows
+from ._common import norm2, number, scratch, tensor_batches, windows
 
 __all__ = ["EnhancedAdafactor", "Adafactor"]
 
@@ -35,7 +35,7 @@ def _mean_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
-    return reduction(norm2, t) / (t.numel() ** 0.5)
+    return reduction(norm2, t) / number(t.numel() ** 0.5, t)
 
 
 class EnhancedAdafactor(PerParameterOptimizer):
@@ -132,7 +132,8 @@ class EnhancedAdafactor(PerParameterOptimizer):
         # -update): grad * grad is grad**2 bit for bit, and p - u is p + (-u). Reused across steps on CPU (see
         # scratch).
         buf = scratch(0, grad)
-        sq = (torch.mul(grad, grad) if buf is None else torch.mul(grad, grad, out=buf)).add_(group["eps"][0])
+        sq = torch.mul(grad, grad) if buf is None else torch.mul(grad, grad, out=buf)
+        sq.add_(number(group["eps"][0], grad))
         if grad.dim() < 2:
             v = state["exp_avg_sq"]
             v.mul_(beta2t).add_(sq, alpha=1.0 - beta2t)
@@ -140,7 +141,7 @@ class EnhancedAdafactor(PerParameterOptimizer):
         else:
             update = self._factored(state, sq, beta2t)
         update.mul_(grad)
-        clip = (_rms(update) / group["clip_threshold"]).clamp_(min=1.0)
+        clip = (_rms(update) / number(group["clip_threshold"], update)).clamp_(min=1.0)
         # elementwise from here on: slice by slice in cache on CPU, same ops per element (see windows)
         for _, window in windows([update, p32, state.get("exp_avg")]):
             self._finish(*window, clip, lr, group)
@@ -174,8 +175,8 @@ class EnhancedAdafactor(PerParameterOptimizer):
         row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
         # the arithmetic on the row and column vectors stays on the full pool where it would split apart
         with nullcontext() if splits_alike(row.numel()) and splits_alike(col.numel()) else all_threads:
-            row.mul_(beta2t).add_(reduction(_mean_rows, sq), alpha=1.0 - beta2t)
-            col.mul_(beta2t).add_(reduction(_mean_cols, sq), alpha=1.0 - beta2t)
+            row.mul_(number(beta2t, row)).add_(reduction(_mean_rows, sq), alpha=1.0 - beta2t)
+            col.mul_(number(beta2t, col)).add_(reduction(_mean_cols, sq), alpha=1.0 - beta2t)
             r_factor = (row / reduction(_mean_last, row)).rsqrt_().unsqueeze(-1)
             c_factor = col.unsqueeze(-2).rsqrt()
         return torch.mul(r_factor, c_factor, out=sq) if sq.is_contiguous() else torch.mul(r_factor, c_factor)
@@ -237,7 +238,7 @@ class EnhancedAdafactor(PerParameterOptimizer):
     def _finish(update: torch.Tensor, p32: torch.Tensor, exp_avg: torch.Tensor | None, clip: torch.Tensor,
                 lr: float, group: dict) -> None:
         """The clipped, scaled update and the weight change (whole tensors or matching slices of them)."""
-        update.div_(clip).mul_(lr)
+        update.div_(clip).mul_(number(lr, update) if isinstance(lr, float) else lr)
         if exp_avg is not None:
             exp_avg.mul_(group["beta1"]).add_(update, alpha=1 - group["beta1"])
             update = exp_avg

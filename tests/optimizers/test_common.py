@@ -60,3 +60,43 @@ def test_multi_tensor_batches_group_what_one_chain_can_take(monkeypatch):
     assert C.tensor_batches(ts) == [[i] for i in range(len(ts))]
     monkeypatch.setattr(C, "MULTI_TENSOR_ON_CPU", True)
     assert C.tensor_batches(ts) == [[0, 1, 2], [3], [4], [5], [6], [7], [8], [9, 10]]
+
+
+_OPS = {
+    "mul_": lambda t, x: t.clone().mul_(x),
+    "div_": lambda t, x: t.clone().div_(x),
+    "add_": lambda t, x: t.clone().add_(x),
+    "sub": lambda t, x: t - x,
+    "div": lambda t, x: t / x,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5)])
+@pytest.mark.parametrize("op", sorted(_OPS))
+def test_number_gives_the_kernel_what_a_python_number_does(dtype, shape, op):
+    """torch with the Python number is the oracle: same dtype, same bits, for values whose fp32 and fp64 roundings
+    differ (1/3, 0.1) and tiny or large ones."""
+    g = torch.Generator().manual_seed(0)
+    t = (torch.randn(shape, generator=g) * torch.randn(shape, generator=g).mul(8).exp()).to(dtype)
+    for x in (0.999, 1 / 3, 0.1, 1e-30, 221.70250336881628, 1e8 + 1, 3):
+        want = _OPS[op](t, x)
+        got = _OPS[op](t, common.number(x, t))
+        assert got.dtype == want.dtype
+        assert torch.equal(got, want), (x, got, want)
+
+
+def test_number_is_a_cached_tensor_only_where_that_is_exact():
+    f32, f64, bf16 = torch.ones(3), torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.bfloat16)
+    assert common.number(0.5, f32) is common.number(0.5, f32)
+    assert common.number(0.5, f32).dtype == torch.float32 and common.number(0.5, f64).dtype == torch.float64
+    assert common.number(0.5, bf16) == 0.5 and not isinstance(common.number(0.5, bf16), torch.Tensor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("make", [lambda g: torch.randn(3072, 16, generator=g), lambda g: torch.randn(64, 96, generator=g).t(),
+                                  lambda g: torch.randn(5, generator=g), lambda g: torch.randn((), generator=g)])
+def test_norm2_is_tensor_norm(dtype, make):
+    g = torch.Generator().manual_seed(1)
+    t = (make(g) * 1e3).to(dtype)
+    assert torch.equal(common.norm2(t), t.norm(2))
