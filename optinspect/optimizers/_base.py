@@ -58,11 +58,12 @@ def working(t: torch.Tensor, upcast: bool) -> torch.Tensor:
 
 
 def write_back_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], *, fp16_exact: bool = False,
-                fp16_nearest: bool = False) -> None:
+                fp16_nearest: bool = False, bound: float | None = None) -> None:
     """Store fp32 working copies back into their low-precision homes with stochastic rounding; a pair whose
     working tensor is its home (nothing was upcast) is skipped. The pairs are written in the order given: each
     one draws random bits from the global generator, so the order is part of the result (the originals' kept).
     `fp16_nearest`: fp16 homes get plain round-to-nearest (Adafactor's original does this; bf16 stays stochastic).
+    `bound`: see copy_stochastic_ (for every working tensor of the pairs).
     Inside a step run side by side, a stochastic rounding waits until the step and every earlier parameter's are
     done: nothing may read those homes or change the working tensors after this in the same step."""
     for home, work in pairs:
@@ -71,8 +72,9 @@ def write_back_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], *, fp16_exac
         if fp16_nearest and home.dtype == torch.float16:
             home.copy_(work)
         # side by side, the draws and rounding are queued to run in the parameters' order (`in_order`)
-        elif not (is_low_precision(home) and in_order(partial(copy_stochastic_, home, work, fp16_exact=fp16_exact))):
-            copy_stochastic_(home, work, fp16_exact=fp16_exact)
+        elif not (is_low_precision(home)
+                  and in_order(partial(copy_stochastic_, home, work, fp16_exact=fp16_exact, bound=bound))):
+            copy_stochastic_(home, work, fp16_exact=fp16_exact, bound=bound)
 
 
 # Elements: a step with a larger tensor runs its parameters one after another, each op on the whole pool, which

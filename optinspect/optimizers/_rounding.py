@@ -25,14 +25,17 @@ def _random_bits(source: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.randint(0, HIGH, source.shape, dtype=torch.int32, device=source.device, generator=generator)
 
 
-def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None) -> None:
+def _bf16_grid_(target: torch.Tensor, source: torch.Tensor, generator: torch.Generator | None,
+                bound: float | None = None) -> None:
     # Adding 16 random bits below bf16's mantissa and truncating rounds up with probability
     # (discarded bits) / 2^16: unbiased, and the carry moves into the exponent correctly.
     bits = _random_bits(source, generator)
     bits.add_(source.view(dtype=torch.int32))
     bits.bitwise_and_(_MASK if bits.is_cpu else -65536)  # a 0-dim int32 tensor: no conversion per call
     result = bits.view(dtype=torch.float32)
-    if _may_carry_badly(source):
+    # A bound under half of bf16's largest (the other half is room for the bound's own rounding; NaN fails the
+    # comparison) rules out NaNs and values that carry into infinity without a pass over the tensor.
+    if not (bound is not None and bound < _BF16_MAX / 2) and _may_carry_badly(source):
         result = _keep_special(result, source)
     target.copy_(result)
 
@@ -81,11 +84,13 @@ def _fp16_exact_(target: torch.Tensor, source: torch.Tensor, generator: torch.Ge
 
 
 def copy_stochastic_(target: torch.Tensor, source: torch.Tensor, *, generator: torch.Generator | None = None,
-                     fp16_exact: bool = False) -> None:
+                     fp16_exact: bool = False, bound: float | None = None) -> None:
     """Write fp32 `source` into `target`, stochastically rounded when `target` is bf16 or fp16.
 
     fp16 targets keep the originals' behaviour by default (rounded on the bf16 grid, then copied: only 7
     mantissa bits survive); `fp16_exact=True` rounds to real fp16 neighbours. fp32 targets get a plain copy.
+    `bound`: a number no |element| of source exceeds, where the caller knows one from what it computed anyway
+    (the rounding then skips its own check for NaNs and values that would carry badly).
     """
     if target.dtype == torch.float32 or not is_low_precision(target):
         target.copy_(source)
@@ -95,4 +100,4 @@ def copy_stochastic_(target: torch.Tensor, source: torch.Tensor, *, generator: t
     if target.dtype == torch.float16 and fp16_exact:
         _fp16_exact_(target, src, generator)
     else:
-        _bf16_grid_(target, src, generator)
+        _bf16_grid_(target, src, generator, bound)

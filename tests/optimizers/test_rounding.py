@@ -131,6 +131,23 @@ def test_the_repair_element_by_element_around_the_carries():
         assert torch.equal(out[rest].view(torch.int32), raw[rest].view(torch.int32))
 
 
+@pytest.mark.parametrize("bound", [None, 1e3, 1e37, 1.7e38, float("nan"), float("inf")])
+def test_a_bound_skips_the_check_only_where_it_rules_out_a_bad_carry(bound, monkeypatch):
+    from optinspect.optimizers import _rounding
+
+    checked = []
+    real = _rounding._may_carry_badly
+    monkeypatch.setattr(_rounding, "_may_carry_badly", lambda source: checked.append(1) or real(source))
+    src = torch.randn(4096, generator=torch.Generator().manual_seed(2)) * 100
+    want, got = torch.empty(4096, dtype=torch.bfloat16), torch.empty(4096, dtype=torch.bfloat16)
+    copy_stochastic_(want, src, generator=torch.Generator().manual_seed(4))
+    checked.clear()
+    copy_stochastic_(got, src, generator=torch.Generator().manual_seed(4), bound=bound)
+    assert torch.equal(got, want)
+    skipped = bound is not None and bound < torch.finfo(torch.bfloat16).max / 2
+    assert checked == ([] if skipped else [1])
+
+
 def test_fp16_default_keeps_only_bf16_precision_and_the_fix_rounds_to_fp16():
     x = torch.full((20_000,), 1 + 3 * 2**-10)
     legacy = torch.empty(20_000, dtype=torch.float16)
