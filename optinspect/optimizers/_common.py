@@ -21,7 +21,7 @@ A2 = 1.27323954474  # ~4/pi, as the originals write it
 def norm2(t: torch.Tensor) -> torch.Tensor:
     """The L2 norm, for `reduction` (one function object: its thread-invariance is tried once per shape). On CPU
     and CUDA `t.norm(2)` is this very call behind a Python wrapper (~1.5 us a call)."""
-    if t.device.type in ("cpu", "cuda") and t.layout == torch.strided:
+    if (t.is_cpu or t.is_cuda) and t.layout == torch.strided:
         return torch.linalg.vector_norm(t, 2)
     return t.norm(2)
 
