@@ -167,6 +167,8 @@ def splits_alike(n: int) -> bool:
     """Whether elementwise arithmetic on n elements gives the same bits at the count in effect (a lent pool, a
     task run side by side at one thread) as at the step's full count (a step checks its parameters' sizes first;
     this is for other tensors, e.g. Adafactor's row vectors)."""
+    if n < GRAIN:  # split at no count
+        return True
     running = task()
     if running is not None:
         return splits_alike_at(n, running.threads)
